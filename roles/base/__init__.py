@@ -1,0 +1,1 @@
+"""Role base: hostname, /etc/hosts, time sync, admin access, SSH hardening, firewall."""

@@ -1,0 +1,10 @@
+"""Defaults of role base; the plan's settings arrive as host data `podium_base`."""
+
+DEFAULTS = {
+    "base_packages": ["chrony", "nftables", "openssh-server", "sudo", "curl", "ca-certificates"],
+    "base_sshd_dropin": "/etc/ssh/sshd_config.d/podium.conf",
+    "base_nftables_conf": "/etc/nftables.conf",
+    "base_chrony_conf": "/etc/chrony/chrony.conf",
+    # Public keys allowed to log in as the admin user (the stack's own key in the lab).
+    "podium_admin_keys": [],
+}

@@ -1,0 +1,138 @@
+"""Role base, its verbs: deploy, check, remove."""
+
+from io import StringIO
+
+from pyinfra import host
+from pyinfra.api import deploy as pyinfra_deploy
+from pyinfra.facts.server import Command
+from pyinfra.operations import apt, files, server, systemd
+
+from podium.files import files_for
+from roles.base.defaults import DEFAULTS
+
+
+def _in_container() -> bool:
+    kind = host.get_fact(Command, command="systemd-detect-virt --container 2>/dev/null || true")
+    return bool(kind and kind.strip() not in ("", "none"))
+
+
+@pyinfra_deploy("base: deploy", data_defaults=DEFAULTS)
+def deploy() -> None:
+    settings = host.data.podium_base
+    rendered = files_for("base", host.name, settings)
+
+    server.hostname(name="Set the hostname", hostname=settings["hostname"])
+    files.put(name="Write /etc/hosts", src=StringIO(rendered["hosts"]), dest="/etc/hosts", mode="644")
+    apt.packages(
+        name="Install base packages",
+        packages=host.data.base_packages,
+        update=True,
+        cache_time=24 * 3600,
+    )
+
+    chrony = files.put(
+        name="Configure chrony (stack's own time servers only)",
+        src=StringIO(rendered["chrony.conf"]),
+        dest=host.data.base_chrony_conf,
+        mode="644",
+    )
+    if _in_container():
+        # The host owns the clock of a container: chronyd follows the servers without setting it.
+        dropin = files.put(
+            name="Let chrony run in a container without setting the clock",
+            src=StringIO("[Unit]\nConditionCapability=\n[Service]\nExecStart=\nExecStart=!/usr/sbin/chronyd $DAEMON_OPTS -x\n"),
+            dest="/etc/systemd/system/chrony.service.d/podium.conf",
+            mode="644",
+            create_remote_dir=True,
+        )
+        systemd.daemon_reload(name="Reload systemd for the chrony drop-in", _if=dropin.did_change)
+        systemd.service(
+            name="Restart chrony after its drop-in changed",
+            service="chrony",
+            running=True,
+            restarted=True,
+            enabled=True,
+            _if=dropin.did_change,
+        )
+    systemd.service(
+        name="Run chrony",
+        service="chrony",
+        running=True,
+        enabled=True,
+        restarted=True,
+        _if=chrony.did_change,
+    )
+    systemd.service(name="Keep chrony running", service="chrony", running=True, enabled=True)
+
+    user = settings["admin_user"]
+    if user != "root":
+        server.user(
+            name=f"Admin user {user}",
+            user=user,
+            groups=["sudo"],
+            shell="/bin/bash",
+            create_home=True,
+            public_keys=host.data.podium_admin_keys,
+        )
+        files.put(
+            name=f"Passwordless sudo for {user}",
+            src=StringIO(f"{user} ALL=(ALL) NOPASSWD:ALL\n"),
+            dest=f"/etc/sudoers.d/podium-{user}",
+            mode="440",
+        )
+    for key in host.data.podium_admin_keys:
+        files.line(name="Admin key for root", path="/root/.ssh/authorized_keys", line=key)
+
+    sshd = files.put(
+        name="Harden sshd (keys only)",
+        src=StringIO(rendered["sshd_podium.conf"]),
+        dest=host.data.base_sshd_dropin,
+        mode="644",
+    )
+    server.shell(name="Check the sshd configuration", commands=["sshd -t"], _if=sshd.did_change)
+    systemd.service(
+        name="Reload sshd", service="ssh", running=True, reloaded=True, _if=sshd.did_change
+    )
+
+    nft = files.put(
+        name="Write the firewall (default drop)",
+        src=StringIO(rendered["nftables.conf"]),
+        dest=host.data.base_nftables_conf,
+        mode="755",
+    )
+    server.shell(
+        name="Check the firewall rules",
+        commands=[f"nft -c -f {host.data.base_nftables_conf}"],
+        _if=nft.did_change,
+    )
+    systemd.service(
+        name="Load the firewall",
+        service="nftables",
+        running=True,
+        enabled=True,
+        restarted=True,
+        _if=nft.did_change,
+    )
+    systemd.service(name="Keep the firewall loaded", service="nftables", running=True, enabled=True)
+
+
+@pyinfra_deploy("base: check")
+def check() -> None:
+    server.shell(
+        name="Firewall, time sync and sshd are running",
+        commands=["systemctl is-active nftables chrony ssh", "nft list table inet podium >/dev/null"],
+    )
+
+
+@pyinfra_deploy("base: remove", data_defaults=DEFAULTS)
+def remove() -> None:
+    files.file(name="Remove the sshd drop-in", path=host.data.base_sshd_dropin, present=False)
+    files.file(name="Remove the chrony drop-in", path="/etc/systemd/system/chrony.service.d/podium.conf", present=False)
+    files.put(
+        name="Open the firewall again",
+        src=StringIO("#!/usr/sbin/nft -f\nflush ruleset\n"),
+        dest=host.data.base_nftables_conf,
+        mode="755",
+    )
+    systemd.service(name="Reload the firewall", service="nftables", restarted=True)
+    systemd.service(name="Reload sshd", service="ssh", reloaded=True)

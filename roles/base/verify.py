@@ -1,0 +1,65 @@
+"""Role base, proved on each host: names, time sync, keys-only SSH and a default-drop firewall
+that lets through exactly the declared ports."""
+
+import shlex
+
+
+def test_010_hostname(host, settings):
+    assert host.check_output("hostname") == settings["hostname"]
+
+
+def test_020_hosts_file_names_every_node(host, settings):
+    hosts = host.file("/etc/hosts").content_string
+    for entry in settings["hosts"]:
+        assert f"{entry['address']}\t{entry['name']}" in hosts, f"{entry['name']} missing from /etc/hosts"
+
+
+def test_030_time_sync_uses_only_the_stacks_servers(host, settings):
+    conf = host.file("/etc/chrony/chrony.conf").content_string
+    assert "pool " not in conf, "chrony must not use a public pool"
+    for server in settings["ntp_servers"]:
+        assert f"server {server} iburst" in conf
+    assert host.service("chrony").is_running
+
+
+def test_040_sshd_takes_keys_only(host):
+    config = host.check_output("sshd -T")
+    assert "passwordauthentication no" in config
+    assert "kbdinteractiveauthentication no" in config
+    assert host.service("ssh").is_running
+
+
+def test_050_firewall_drops_by_default(host):
+    ruleset = host.check_output("nft list chain inet podium input")
+    assert "policy drop" in ruleset
+    assert host.service("nftables").is_enabled
+
+
+def test_060_declared_ports_are_open_and_others_closed_from_a_peer(host, settings, node, stack):
+    """Open a listener on an undeclared port and on SSH's: a peer reaches SSH only."""
+    peers = [n.name for n in stack.nodes if n.name != settings["hostname"]]
+    if not peers:
+        return
+    peer = node(peers[0])
+    address = settings["address"]
+    undeclared = 47999
+    declared = {o["port"] for o in settings["openings"]}
+    assert undeclared not in declared
+    unit = "podium-verify-probe"
+    host.run(f"systemctl stop {unit} 2>/dev/null; systemctl reset-failed {unit} 2>/dev/null")
+    host.check_output(
+        f"systemd-run --unit {unit} --property=RuntimeMaxSec=60 "
+        f"python3 -m http.server {undeclared} --bind 0.0.0.0"
+    )
+    try:
+        host.run(f"for i in $(seq 50); do ss -ltn | grep -q ':{undeclared} ' && break; sleep 0.1; done")
+
+        def reach(port: int) -> int:
+            probe = f"timeout 3 bash -c {shlex.quote(f'</dev/tcp/{address}/{port}')}"
+            return peer.run(probe).rc
+
+        assert host.run(f"timeout 3 bash -c '</dev/tcp/127.0.0.1/{undeclared}'").rc == 0, "probe did not start"
+        assert reach(settings["ssh_port"]) == 0, "SSH should be reachable from a peer"
+        assert reach(undeclared) != 0, f"undeclared port {undeclared} is reachable from {peers[0]}"
+    finally:
+        host.run(f"systemctl stop {unit}")

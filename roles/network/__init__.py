@@ -1,0 +1,1 @@
+"""Role network: systemd-networkd VLANs, bridges and MTU."""

@@ -1,0 +1,132 @@
+"""`podium keys create|ls|revoke`: API keys of a gateway, via its admin API or its store."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from podium.errors import InvalidInput
+from podium.services.gateway.client import AdminApi, KeyAdmin, StoreAdmin, read_token_file
+from podium.services.gateway.keys import KeySpec, parse_expiry
+
+keys_app = typer.Typer(help="API keys of a Podium gateway.", no_args_is_help=True)
+out = Console(highlight=False)
+
+_GATEWAY = typer.Option(None, "--gateway", help="Gateway URL, e.g. http://127.0.0.1:8080.")
+_TOKEN_FILE = typer.Option(None, "--admin-token-file", help="File holding the admin token.")
+_STORE = typer.Option(None, "--store", help="Work on the store directly: sqlite:///PATH or"
+                      " postgresql+psycopg://...")
+_JSON = typer.Option(False, "--json", help="Print JSON.")
+
+
+def key_admin(gateway: str | None, admin_token_file: Path | None, store: str | None) -> KeyAdmin:
+    """The backend the flags name: the admin API (--gateway + token) or the store (--store)."""
+    if store and gateway:
+        raise InvalidInput("give either --gateway (with --admin-token-file) or --store, not both")
+    if store:
+        return StoreAdmin(store)
+    if gateway:
+        if admin_token_file is None:
+            raise InvalidInput("--gateway needs --admin-token-file FILE holding the admin token")
+        return AdminApi(gateway, read_token_file(admin_token_file))
+    raise InvalidInput(
+        "say where the keys live: --gateway URL --admin-token-file F, or --store URL"
+    )
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts))
+
+
+def _limits(key: dict[str, Any]) -> str:
+    parts = []
+    if key.get("rpm") is not None:
+        parts.append(f"{key['rpm']} rpm")
+    if key.get("tpm") is not None:
+        parts.append(f"{key['tpm']} tpm")
+    if key.get("quota") is not None:
+        parts.append(f"{key['quota']}/{key['quota_period']}")
+    return ", ".join(parts) or "defaults"
+
+
+@keys_app.command("create")
+def create(
+    name: str = typer.Option(..., "--name", help="Name of the key (letters, digits, . _ -)."),
+    models: str = typer.Option("*", "--models", help="Models it may use: m1,m2 or '*'."),
+    rpm: int | None = typer.Option(None, "--rpm", help="Requests per minute."),
+    tpm: int | None = typer.Option(None, "--tpm", help="Tokens per minute."),
+    quota: str | None = typer.Option(None, "--quota", help="Token quota: N/day or N/month."),
+    expires: str | None = typer.Option(None, "--expires",
+                                       help="YYYY-MM-DD (00:00 UTC), ISO date-time, or Nd."),
+    gateway: str | None = _GATEWAY,
+    admin_token_file: Path | None = _TOKEN_FILE,
+    store: str | None = _STORE,
+    as_json: bool = _JSON,
+) -> None:
+    """Create a key; the key itself is shown once, alone on the last line.
+
+    Example: podium keys create --gateway http://127.0.0.1:8080 --admin-token-file tok
+    --name ci --models tiny --rpm 60 --quota 100000/day
+    """
+    spec = KeySpec(
+        name=name,
+        models=tuple(m.strip() for m in models.split(",")),
+        rpm=rpm,
+        tpm=tpm,
+        quota=quota,
+        expires_at=parse_expiry(expires) if expires else None,
+    )
+    spec.validate()
+    created = key_admin(gateway, admin_token_file, store).create_key(spec)
+    if as_json:
+        typer.echo(json.dumps(created))
+        return
+    out.print(f"created key {created['name']!r} for models {','.join(created['models'])};"
+              f" limits: {_limits(created)}; expires: {_when(created.get('expires_at'))}")
+    out.print("store it now, it is not shown again:")
+    typer.echo(created["key"])
+
+
+@keys_app.command("ls")
+def ls(
+    gateway: str | None = _GATEWAY,
+    admin_token_file: Path | None = _TOKEN_FILE,
+    store: str | None = _STORE,
+    as_json: bool = _JSON,
+) -> None:
+    """List keys (never their secrets: only the first characters, to recognise them)."""
+    keys = key_admin(gateway, admin_token_file, store).list_keys()
+    if as_json:
+        typer.echo(json.dumps(keys))
+        return
+    table = Table("name", "prefix", "models", "limits", "expires", "state")
+    for key in keys:
+        table.add_row(key["name"], key["prefix"] + "…", ",".join(key["models"]), _limits(key),
+                      _when(key.get("expires_at")), key["state"])
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def revoke(
+    name: str = typer.Argument(..., help="Name of the key to revoke."),
+    gateway: str | None = _GATEWAY,
+    admin_token_file: Path | None = _TOKEN_FILE,
+    store: str | None = _STORE,
+    as_json: bool = _JSON,
+) -> None:
+    """Revoke a key; gateways refuse it within a second (their key cache's lifetime)."""
+    key = key_admin(gateway, admin_token_file, store).revoke_key(name)
+    if as_json:
+        typer.echo(json.dumps(key))
+        return
+    out.print(f"revoked key {key['name']!r} at {_when(key.get('revoked_at'))} UTC")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(keys_app, name="keys")

@@ -1,0 +1,90 @@
+"""`podium lab`: the whole appliance on this computer, in machines it creates and removes."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from podium.errors import InvalidInput
+from podium.stack import load_stack
+
+lab_app = typer.Typer(help="The appliance on this computer: machines, provisioning, verification.", no_args_is_help=True)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+StackArg = Annotated[str, typer.Argument(help="The lab's stack folder or stack.yaml.")]
+Machines = Annotated[
+    str | None, typer.Option("--machines", help="nspawn (default: containers) or libvirt (VMs).")
+]
+
+
+@lab_app.command("up")
+def lab_up(
+    stack: StackArg = "stacks/lab",
+    machines: Machines = None,
+    skip_verify: Annotated[bool, typer.Option("--skip-verify", help="Do not run podium verify.")] = False,
+) -> None:
+    """Start the stack's machines, provision them with `podium up`, verify, print how to call it."""
+    from podium.lab import up as lab
+    from podium.up import up
+    from podium.verify import run_verify
+
+    loaded = load_stack(stack)
+    parts = lab.lab_parts(loaded, machines)
+    lab.machines_up(parts, err)
+    inventory = lab.write_lab_inventory(loaded)
+    err.print(f"[green]✓[/] inventory: {inventory}")
+    result = up(loaded, console=err)
+    out.print(f"changes: {result.changes}")
+    if not skip_verify:
+        outcomes = run_verify(loaded, [a for a in result.actions if a.action != "remove"])
+        failed = [o for o in outcomes if not o.passed]
+        for o in outcomes:
+            mark = "[green]✓[/]" if o.passed else "[red]✗[/]"
+            err.print(f"{mark} verify {o.component} on {o.host} ({o.tests} checks)")
+            for failure in o.failures:
+                err.print(f"    {failure}", markup=False)
+        if failed:
+            raise typer.Exit(1)
+    lab.print_access(loaded, out)
+
+
+@lab_app.command("down")
+def lab_down(stack: StackArg = "stacks/lab", machines: Machines = None) -> None:
+    """Remove every machine, overlay, namespace, bridge and NAT rule the lab created."""
+    from podium.lab import up as lab
+
+    loaded = load_stack(stack)
+    lab.lab_down(loaded, err, machines)
+
+
+@lab_app.command("ssh")
+def lab_ssh(
+    node: Annotated[str, typer.Argument(help="A node of the lab, e.g. node1.")],
+    stack: Annotated[str, typer.Option("--stack", help="The lab's stack.")] = "stacks/lab",
+    command: Annotated[list[str] | None, typer.Argument(help="A command to run instead of a shell.")] = None,
+) -> None:
+    """Open a shell (or run a command) on a lab machine with the lab's key and known_hosts."""
+    from podium.secrets import StackSecrets
+    from podium.verify import ssh_config
+
+    loaded = load_stack(stack)
+    if node not in loaded.node_names:
+        raise InvalidInput(f"node {node}: not in {loaded.name}; nodes: {', '.join(loaded.node_names)}")
+    config = ssh_config(loaded, StackSecrets(loaded.name))
+    os.execvp("ssh", ["ssh", "-F", str(config), node, *(command or [])])
+
+
+@lab_app.command("image")
+def lab_image(force: Annotated[bool, typer.Option("--force", help="Build again.")] = False) -> None:
+    """Build (once, cached by recipe) the Debian 12 image lab machines boot from."""
+    from podium.lab.image import build_rootfs
+
+    out.print(str(build_rootfs(force=force, console=err)))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(lab_app, name="lab")

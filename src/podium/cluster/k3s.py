@@ -1,0 +1,66 @@
+"""What the kubernetes (k3s) role needs on one host, from the stack and the version table:
+where the binary and air-gap images come from and their sha256, the server to join, the node's
+labels, and whether it serves GPUs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from podium.cluster.meta import mirror_host
+from podium.errors import InvalidInput
+from podium.stack.model import Stack
+from podium.stack.versions import VersionTable
+
+TOKEN_FILE = "/etc/rancher/k3s/podium-token"
+SERVER_PORT = 6443
+# The air-gap image archive k3s imports at start; one per architecture, amd64 only for now.
+IMAGES_ARTIFACT = "k3s-airgap-images-amd64.tar.zst"
+# NVIDIA's device plugin release unless versions.yaml pins `kubernetes.device_plugin`.
+DEVICE_PLUGIN_VERSION = "v0.17.0"
+
+
+def artifact_url(mirror: str, version: str, file: str) -> str:
+    """`<mirror>/k3s/<version>/<file>`: the mirror keeps one folder per pinned release."""
+    return f"{mirror.rstrip('/')}/k3s/{version}/{file}"
+
+
+def k3s_settings(stack: Stack, versions: VersionTable, host: str) -> dict[str, Any]:
+    kube = stack.kubernetes
+    assert kube is not None and kube.server is not None
+    if not stack.artifact_mirror:
+        raise InvalidInput(
+            "kubernetes: k3s is installed from the artifact mirror, but `artifact_mirror` is "
+            "not set; name the mirror that holds k3s and its air-gap images"
+        )
+    version = versions.version("kubernetes", stack)
+    table = versions.components["kubernetes"].artifacts
+    images = table[IMAGES_ARTIFACT]
+    node = stack.node(host)
+    server = stack.node(kube.server)
+    cluster_nodes = [kube.server, *kube.agents]
+    return {
+        "server": host == kube.server,
+        "server_name": kube.server,
+        "server_url": f"https://{server.address}:{SERVER_PORT}",
+        "namespace": kube.namespace,
+        "version": version,
+        "node_name": host,
+        "node_address": str(node.address),
+        "labels": {**dict(sorted(node.labels.items())),
+                   **({"podium.io/gpu": "true"} if node.gpus else {})},
+        "gpus": node.gpus,
+        # The server deploys the device plugin when any node of the cluster has GPUs.
+        "cluster_has_gpus": any(stack.node(n).gpus for n in cluster_nodes),
+        # What verify expects to see Ready, and the GPUs each node must advertise.
+        "cluster_nodes": cluster_nodes,
+        "gpu_nodes": {n: stack.node(n).gpus for n in cluster_nodes if stack.node(n).gpus},
+        "mirror": stack.artifact_mirror,
+        "binary": {"url": artifact_url(stack.artifact_mirror, version, table["k3s"].file),
+                   "sha256": table["k3s"].sha256},
+        "images": {"url": artifact_url(stack.artifact_mirror, version, images.file),
+                   "sha256": images.sha256, "file": images.file},
+        "device_plugin_image": f"{mirror_host(stack)}/nvidia/k8s-device-plugin:"
+        f"{versions.extra('kubernetes').get('device_plugin', DEVICE_PLUGIN_VERSION)}",
+        "token_file": TOKEN_FILE,
+        "tls_sans": [str(server.address), kube.server],
+    }

@@ -1,0 +1,202 @@
+"""The host layer: run a component's pyinfra role on its hosts through pyinfra's Python API, and
+read or record each host's state."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from io import StringIO
+from typing import Any
+
+from pyinfra.api import Config, Inventory, State
+from pyinfra.api.connect import connect_all, disconnect_all
+from pyinfra.api.deploy import add_deploy
+from pyinfra.api.exceptions import PyinfraError
+from pyinfra.api.operations import run_ops
+from pyinfra.api.state import StateStage
+from pyinfra.facts.server import Command
+from pyinfra.operations import files
+
+from podium.errors import PodiumError
+from podium.inventory import HostEntry
+from podium.plan.state import STATE_PATH, HostState, parse_state
+from podium.render import REPO
+
+VERBS = ("deploy", "check", "remove")
+
+
+@dataclass
+class ComponentRun:
+    component: str
+    verb: str
+    hosts: list[str]
+    changes: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def role_module(component: str) -> Any:
+    """roles/<role>/tasks.py, imported from the checkout (roles are not part of the wheel)."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    role = component.replace("-", "_")
+    try:
+        return importlib.import_module(f"roles.{role}.tasks")
+    except ModuleNotFoundError as exc:
+        if exc.name in (f"roles.{role}", f"roles.{role}.tasks"):
+            raise PodiumError(f"component {component} has no role at roles/{role}/tasks.py") from None
+        raise
+
+
+@contextmanager
+def connected(entries: Sequence[HostEntry], parallel: int = 20) -> Iterator[State]:
+    """A pyinfra State connected to the given hosts; hosts that fail to connect are reported."""
+    inventory = Inventory((list(entries), {}))
+    config = Config(PARALLEL=parallel, CONNECT_TIMEOUT=10, FAIL_PERCENT=100)
+    state = State(inventory, config)
+    state.print_noop_info = False
+    logging.getLogger("pyinfra").setLevel(logging.CRITICAL)
+    try:
+        state.set_stage(StateStage.Connect)
+        connect_all(state)
+        yield state
+    finally:
+        state.set_stage(StateStage.Disconnect)
+        disconnect_all(state)
+
+
+def unreachable(state: State, entries: Sequence[HostEntry]) -> list[str]:
+    active = {h.name for h in state.inventory.get_active_hosts()}
+    return [name for name, _ in entries if name not in active]
+
+
+def read_states(entries: Sequence[HostEntry]) -> dict[str, HostState]:
+    """Each reachable host's recorded state; a host never provisioned has none."""
+    out: dict[str, HostState] = {}
+    with connected(entries) as state:
+        missing = unreachable(state, entries)
+        if missing:
+            raise PodiumError(f"cannot reach {', '.join(missing)} over SSH; is the machine up?")
+        for host in state.inventory.get_active_hosts():
+            text = host.get_fact(Command, command=f"cat {STATE_PATH} 2>/dev/null || true")
+            if text and text.strip():
+                out[host.name] = parse_state(text, f"{host.name}:{STATE_PATH}")
+    return out
+
+
+def run_component(
+    entries: Sequence[HostEntry],
+    component: str,
+    verb: str = "deploy",
+    *,
+    dry_run: bool = False,
+    record: Callable[[str], HostState | None] | None = None,
+) -> ComponentRun:
+    """Run one verb of a component's role on the given hosts, in parallel; when `record` gives a
+    host's new state, write it to the host after the role succeeded there."""
+    if verb not in VERBS:
+        raise PodiumError(f"verb {verb!r} is not one of {', '.join(VERBS)}")
+    module = role_module(component)
+    func = getattr(module, verb)
+    result = ComponentRun(component, verb, [name for name, _ in entries])
+    with connected(entries) as state:
+        for name in unreachable(state, entries):
+            result.failed[name] = "could not connect over SSH"
+        state.set_stage(StateStage.Prepare)
+        try:
+            add_deploy(state, func)
+            if record and not dry_run:
+                for host in state.inventory.get_active_hosts():
+                    new = record(host.name)
+                    if new is not None:
+                        add_deploy(state, _record_state, new.to_json(), host=host)
+        except PyinfraError as exc:
+            raise PodiumError(f"{component}: the role could not be prepared: {exc}") from None
+        if dry_run:
+            result.changes = _will_change(state)
+            return result
+        state.set_stage(StateStage.Execute)
+        try:
+            run_ops(state)
+        except PyinfraError:
+            pass  # every host failed; the per-host errors below say why
+        result.changes += _did_change(state)
+        for host in state.inventory:
+            if host.name in result.failed:
+                continue
+            if not _all_succeeded(state, host):
+                result.failed[host.name] = _first_error(state, host)
+    return result
+
+
+def _record_state(text: str) -> None:
+    files.directory(name="Podium state folder", path="/var/lib/podium", mode="755")
+    files.put(name="Record Podium state", src=StringIO(text), dest=STATE_PATH, mode="644")
+
+
+def _ops(state: State, host: Any) -> Iterator[Any]:
+    for op_hash in state.get_op_order():
+        # Recording state is bookkeeping, not a change to the appliance.
+        if any("Podium state" in n for n in state.get_op_meta(op_hash).names):
+            continue
+        try:
+            yield state.get_op_data_for_host(host, op_hash).operation_meta
+        except KeyError:
+            continue
+
+
+def _did_change(state: State) -> int:
+    count = 0
+    for host in state.inventory.get_active_hosts():
+        for meta in _ops(state, host):
+            if meta.is_complete() and meta.did_change():
+                count += 1
+    return count
+
+
+def _will_change(state: State) -> int:
+    count = 0
+    for host in state.inventory.get_active_hosts():
+        for meta in _ops(state, host):
+            with _host_context(state, host):
+                if meta.will_change:
+                    count += 1
+    return count
+
+
+@contextmanager
+def _host_context(state: State, host: Any) -> Iterator[None]:
+    from pyinfra.context import ctx_host, ctx_state
+
+    with ctx_state.use(state), ctx_host.use(host):
+        yield
+
+
+def _all_succeeded(state: State, host: Any) -> bool:
+    metas = list(_ops(state, host))
+    return all(m.is_complete() and m.did_succeed() for m in metas)
+
+
+def _first_error(state: State, host: Any) -> str:
+    for op_hash in state.get_op_order():
+        try:
+            data = state.get_op_data_for_host(host, op_hash)
+        except KeyError:
+            continue
+        meta = data.operation_meta
+        if not meta.is_complete() or not meta.did_succeed():
+            name = ", ".join(sorted(state.get_op_meta(op_hash).names)) or op_hash
+            output = ""
+            try:
+                output = "; ".join(line for line in meta.stderr_lines[-3:]) if meta.is_complete() else ""
+            except Exception:  # the output is a best-effort hint only
+                output = ""
+            return f"operation '{name}' failed" + (f": {output}" if output else " (did not run)")
+    return "failed"

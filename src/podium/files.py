@@ -1,0 +1,27 @@
+"""The files a component's role writes on a host, built from its settings alone, so that
+`podium render`, the roles and the tests all see the same bytes."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+from podium.render import render_component
+
+# Components whose files are not plain templates of templates/<role>/ name a builder
+# `module:function` taking (host, settings) and returning relative path → content.
+BUILDERS: dict[str, str] = {
+    "monitoring": "podium.monitoring.role_files:build",
+    "network": "podium.network_files:build",
+}
+
+
+def files_for(component: str, host: str, settings: Mapping[str, Any]) -> dict[str, str]:
+    """Relative path → content of every file the component's role writes on `host`."""
+    target = BUILDERS.get(component)
+    if target is not None:
+        module, _, func = target.partition(":")
+        built: dict[str, str] = getattr(importlib.import_module(module), func)(host, settings)
+        return built
+    return render_component(component.replace("-", "_"), host, settings)

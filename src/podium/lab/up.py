@@ -1,0 +1,154 @@
+"""`podium lab up` / `down`: the stack's machines on this computer, provisioned by the same roles
+as production, verified, and a line on how to call the appliance."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from podium.drivers.base import LabNetwork, MachineDriver, MachineSpec, get_driver
+from podium.errors import InvalidInput, PodiumError
+from podium.inventory import write_inventory
+from podium.plan.actions import make_plan
+from podium.render import REPO
+from podium.secrets import StackSecrets
+from podium.stack.model import Stack
+from podium.stack.types import size_bytes
+from podium.stack.versions import load_versions
+
+LAB_STATE = Path("/var/lib/podium/lab")
+
+
+@dataclass
+class LabParts:
+    stack: Stack
+    network: LabNetwork
+    driver: MachineDriver
+    specs: list[MachineSpec]
+
+
+def lab_parts(stack: Stack, machines: str | None = None) -> LabParts:
+    if stack.host_network is None:
+        raise InvalidInput(
+            f"stack {stack.name}: host_network is required for a lab (subnet and gateway)"
+        )
+    created = [n for n in stack.nodes if n.machine is not None]
+    if not created:
+        raise InvalidInput(
+            f"stack {stack.name}: no node has a machine: section; a lab creates its machines"
+        )
+    kinds = {n.machine.driver for n in created if n.machine}
+    driver_name = machines or (kinds.pop() if len(kinds) == 1 else "nspawn")
+    driver = get_driver(driver_name)()
+    network = LabNetwork(
+        stack.name, str(stack.host_network.subnet), str(stack.host_network.gateway)
+    )
+    public = StackSecrets(stack.name).ssh_public_key
+    # GlusterFS needs FUSE inside the machines that mount it.
+    fuse = bool(stack.storage and stack.storage.driver == "glusterfs")
+    specs = [
+        MachineSpec(
+            name=n.name,
+            address=str(n.address),
+            cpus=n.machine.cpus,
+            memory_mb=size_bytes(n.machine.memory) // (1 << 20),
+            authorized_keys=(public,),
+            fuse=fuse,
+        )
+        for n in created
+        if n.machine
+    ]
+    return LabParts(stack, network, driver, specs)
+
+
+def machines_up(parts: LabParts, console: Console) -> None:
+    with console.status(f"starting {len(parts.specs)} {parts.driver.name} machines"):
+        statuses = parts.driver.ensure(parts.network, parts.specs)
+    for status in statuses:
+        if not status.ssh_ready:
+            raise PodiumError(
+                f"machine {status.name} did not come up: {status.detail or 'SSH not answering'}"
+            )
+    secrets = StackSecrets(parts.stack.name)
+    secrets.write_known_hosts(
+        {spec.address: parts.driver.host_keys(parts.network, spec.name) for spec in parts.specs}
+    )
+    start_time_server(parts.network)
+    console.print(f"[green]✓[/] machines: {', '.join(s.name for s in statuses)}")
+
+
+def write_lab_inventory(stack: Stack) -> Path:
+    actions = make_plan(stack, load_versions())
+    return write_inventory(stack, actions, REPO / "inventory" / f"{stack.name}.py")
+
+
+def lab_down(stack: Stack, console: Console, machines: str | None = None) -> None:
+    parts = lab_parts(stack, machines)
+    stop_time_server(parts.network)
+    with console.status("removing machines, overlays, namespaces, bridge and NAT rules"):
+        parts.driver.destroy(parts.network, None)
+    console.print(f"[green]✓[/] lab {stack.name} removed")
+
+
+# The lab's machines sync time from the lab host, never from a public pool: a chronyd of the
+# lab's own serves the lab subnet from the host's clock, without adjusting it (-x).
+def _chrony_paths(network: LabNetwork) -> tuple[Path, Path]:
+    folder = LAB_STATE / network.lab
+    return folder / "chrony.conf", folder / "chrony.pid"
+
+
+def start_time_server(network: LabNetwork) -> None:
+    conf, pidfile = _chrony_paths(network)
+    if _alive(pidfile):
+        return
+    if not Path("/usr/sbin/chronyd").exists():
+        raise PodiumError(
+            "chronyd is missing on this computer; apt-get install chrony (the lab's time source)"
+        )
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(
+        "\n".join(
+            [
+                "# The lab's time source: this host's clock, served to the lab subnet only.",
+                "local stratum 8",
+                f"allow {network.subnet}",
+                f"bindaddress {network.gateway}",
+                "cmdport 0",
+                f"pidfile {pidfile}",
+                f"driftfile {conf.parent / 'chrony.drift'}",
+                "",
+            ]
+        ),
+        encoding="utf-8",
+    )
+    subprocess.run(["/usr/sbin/chronyd", "-x", "-f", str(conf)], check=True, capture_output=True)
+
+
+def stop_time_server(network: LabNetwork) -> None:
+    _, pidfile = _chrony_paths(network)
+    if _alive(pidfile):
+        os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
+
+
+def _alive(pidfile: Path) -> bool:
+    try:
+        pid = int(pidfile.read_text().strip())
+        os.kill(pid, 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def print_access(stack: Stack, out: Console) -> None:
+    """How to call the appliance: filled in once the gateway component is part of the stack."""
+    if stack.gateway is None:
+        out.print("gateway: none declared in this stack")
+        return
+    from podium.lab.access import print_gateway_access
+
+    print_gateway_access(stack, out)

@@ -1,0 +1,49 @@
+"""Make tiny random-weight models (GGUF, HF llama, scikit-learn) for labs, tests and benchmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, get_args
+
+from podium.errors import InvalidInput
+
+TinyKind = Literal["gguf", "hf", "sklearn"]
+KINDS: tuple[str, ...] = get_args(TinyKind)
+
+
+def make_tiny(kind: TinyKind, out: Path, *, seed: int = 0, size: str = "tiny") -> Path:
+    """Write a tiny model of `kind` to `out`; the same seed and size give the same bytes.
+
+    Args:
+        kind: "gguf" (a .gguf file for llama.cpp), "hf" (a transformers/vLLM
+            directory) or "sklearn" (a .skops file plus a .json sidecar).
+        out: the file (gguf, sklearn) or directory (hf) to write; parents are created.
+        seed: seeds the random weights (and the sklearn classifier).
+        size: "tiny" (a few MB) or, for gguf and hf, "1b" (about 1e9 parameters, f16).
+
+    Example:
+        >>> make_tiny("gguf", Path("/tmp/tiny.gguf"))  # doctest: +SKIP
+        PosixPath('/tmp/tiny.gguf')
+    """
+    if kind not in KINDS:
+        raise InvalidInput(
+            f"kind {kind!r} is not a tiny model kind; use one of: {', '.join(KINDS)}."
+        )
+    if seed < 0 or seed >= 2**32:
+        raise InvalidInput(f"seed {seed} is out of range; use an integer from 0 to {2**32 - 1}.")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Imports are per kind: each writer pulls in its own heavy libraries.
+    if kind == "gguf":
+        from podium.models.tiny_gguf import write_gguf
+
+        return write_gguf(out, seed=seed, size=size)
+    if kind == "hf":
+        from podium.models.tiny_hf import write_hf
+
+        return write_hf(out, seed=seed, size=size)
+    if size != "tiny":
+        raise InvalidInput(f"size {size!r} does not exist for sklearn models; use size 'tiny'.")
+    from podium.models.tiny_sklearn import write_sklearn
+
+    return write_sklearn(out, seed=seed, size=size)

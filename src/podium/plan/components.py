@@ -1,0 +1,354 @@
+"""The appliance's components: their order, the hosts each lands on, and the settings a role
+gets on each host (the config whose hash decides `reconfigure`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+from typing import Any
+
+from podium.monitoring.targets import EngineEndpoint, GatewayEndpoint, targets_from_components
+from podium.stack.model import Stack
+from podium.stack.ports import ALERTMANAGER_PORT, listeners, replicas
+
+Settings = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    # Components this one needs laid down first, when they are part of the stack.
+    after: tuple[str, ...]
+    hosts: Callable[[Stack], list[str]]
+    settings: Callable[[Stack, str], Settings]
+
+    @property
+    def role(self) -> str:
+        """The role folder: hyphens become underscores so roles import as Python packages."""
+        return self.name.replace("-", "_")
+
+
+def _all(stack: Stack) -> list[str]:
+    return stack.node_names
+
+
+def _ordered(stack: Stack, names: set[str]) -> list[str]:
+    return [n for n in stack.node_names if n in names]
+
+
+def _base_settings(stack: Stack, host: str) -> Settings:
+    node = stack.node(host)
+    audiences = _audiences(stack)
+    openings = []
+    for item in listeners(stack):
+        if item.node == host:
+            sources = sorted({s for who in item.audience for s in audiences[who]})
+            if "any" in item.audience or "0.0.0.0/0" in sources:
+                sources = []
+            openings.append({"port": item.port, "protocol": "tcp", "sources": sources, "what": item.what})
+    for opening in stack.network.openings:
+        if host in opening.nodes:
+            sources = [_source(stack, s) for s in opening.sources] or audiences["stack"]
+            openings.append(
+                {"port": opening.port, "protocol": opening.protocol, "sources": sources, "what": "declared opening"}
+            )
+    ntp = list(stack.network.ntp_servers)
+    if not ntp and stack.host_network:
+        ntp = [str(stack.host_network.gateway)]
+    return {
+        "hostname": host,
+        "address": str(node.address),
+        "hosts": [{"name": n.name, "address": str(n.address)} for n in stack.nodes],
+        "ntp_servers": ntp,
+        "admin_user": node.ssh.user,
+        "ssh_port": node.ssh.port,
+        "openings": sorted(openings, key=lambda o: (o["port"], o["protocol"], o["what"])),
+    }
+
+
+def _audiences(stack: Stack) -> dict[str, list[str]]:
+    """Addresses allowed in for each kind of client a listener names."""
+    def addresses(names: list[str]) -> list[str]:
+        return sorted(str(stack.node(n).address) for n in names)
+
+    admin = [_source(stack, s) for s in stack.network.admin_sources]
+    if not admin:
+        admin = [str(stack.host_network.gateway)] if stack.host_network else ["0.0.0.0/0"]
+    return {
+        "any": [],
+        "stack": addresses(stack.node_names),
+        "admin": admin,
+        "gateway": addresses(stack.gateway.nodes) if stack.gateway else [],
+        "monitoring": addresses([stack.monitoring.node]) if stack.monitoring else [],
+    }
+
+
+def _source(stack: Stack, source: str) -> str:
+    if source in stack.node_names:
+        return str(stack.node(source).address)
+    return str(IPv4Network(source, strict=False))
+
+
+def _network_hosts(stack: Stack) -> list[str]:
+    names = {n for item in [*stack.network.bridges, *stack.network.vlans] for n in item.nodes}
+    return _ordered(stack, names)
+
+
+def _network_settings(stack: Stack, host: str) -> Settings:
+    vlans = []
+    for vlan in stack.network.vlans:
+        if host not in vlan.nodes:
+            continue
+        hosts = list(vlan.subnet.hosts())
+        index = vlan.nodes.index(host)
+        vlans.append(
+            {
+                "name": vlan.name,
+                "id": vlan.id,
+                "parent": vlan.parent,
+                "mtu": vlan.mtu,
+                "address": f"{hosts[index]}/{vlan.subnet.prefixlen}",
+            }
+        )
+    bridges = [
+        {"name": b.name, "interfaces": b.interfaces, "mtu": b.mtu}
+        for b in stack.network.bridges
+        if host in b.nodes
+    ]
+    node = stack.node(host)
+    parent_address = None
+    if node.machine and node.machine.driver == "nspawn" and stack.host_network:
+        # A lab machine's only interface is host0; its networkd file must keep its address.
+        net = stack.host_network
+        parent_address = {
+            "interface": "host0",
+            "address": f"{node.address}/{net.subnet.prefixlen}",
+            "gateway": str(net.gateway),
+        }
+    return {"vlans": vlans, "bridges": bridges, "parent_address": parent_address}
+
+
+def _storage_hosts(stack: Stack) -> list[str]:
+    if not stack.storage:
+        return []
+    clients = stack.storage.clients or stack.node_names
+    return _ordered(stack, {*stack.storage.nodes, *clients})
+
+
+def _storage_settings(stack: Stack, host: str) -> Settings:
+    storage = stack.storage
+    assert storage is not None
+    return {
+        "driver": storage.driver,
+        "servers": storage.nodes,
+        "server": host in storage.nodes,
+        "replicas": storage.replicas,
+        "volume": storage.volume,
+        "mount": storage.mount,
+        "network": storage.network,
+    }
+
+
+def _gpu_settings(stack: Stack, host: str) -> Settings:
+    node = stack.node(host)
+    return {
+        "expected_gpus": node.gpus,
+        "nvswitch": node.nvswitch,
+        **stack.gpu.model_dump(),
+        "mirror": stack.artifact_mirror,
+    }
+
+
+def _registry_settings(stack: Stack, host: str) -> Settings:
+    assert stack.registry is not None
+    return stack.registry.model_dump()
+
+
+def _engine_component(kind: str) -> Component:
+    def hosts(stack: Stack) -> list[str]:
+        names = {r.node for e in _host_engines(stack, kind) for r in replicas(e)}
+        return _ordered(stack, names)
+
+    def settings(stack: Stack, host: str) -> Settings:
+        out = []
+        for engine in _host_engines(stack, kind):
+            model = stack.model(engine.model)
+            for rep in replicas(engine):
+                if rep.node != host:
+                    continue
+                out.append(
+                    {
+                        "engine": engine.name,
+                        "replica": rep.index,
+                        "port": rep.port,
+                        "grpc_port": rep.grpc_port,
+                        "metrics_port": rep.metrics_port,
+                        "model": model.name,
+                        "model_ref": engine.model,
+                        "model_version": model.version,
+                        "model_format": model.format,
+                        "trusted": model.trusted,
+                        "trusted_types": model.trusted_types,
+                        "device": engine.device,
+                        "gpus": engine.gpus_per_replica,
+                        "args": engine.args,
+                    }
+                )
+        return {"replicas": out}
+
+    return Component(f"engine-{kind}", ("registry", "gpu", "storage"), hosts, settings)
+
+
+def _host_engines(stack: Stack, kind: str) -> list[Any]:
+    on_cluster = set(stack.kubernetes.engines) if stack.kubernetes else set()
+    return [e for e in stack.engines if e.kind == kind and e.name not in on_cluster]
+
+
+def _monitoring_settings(stack: Stack, host: str) -> Settings:
+    mon = stack.monitoring
+    assert mon is not None
+    server = host == mon.node
+    return {
+        "server": server,
+        "server_address": str(stack.node(mon.node).address),
+        **mon.model_dump(),
+        "alertmanager_port": ALERTMANAGER_PORT,
+        "stack": stack.name,
+        # GPU nodes also run the DCGM exporter, fetched from the stack's artifact mirror.
+        "gpu": stack.node(host).gpus > 0,
+        "artifact_mirror": stack.artifact_mirror,
+        # Only Prometheus' node needs the targets: a node exporter is not reconfigured when
+        # an engine moves.
+        "targets": _monitoring_targets(stack) if server else [],
+    }
+
+
+def _monitoring_targets(stack: Stack) -> list[dict[str, Any]]:
+    """Every metrics endpoint of the stack's hosts, as plain data for prometheus.yml."""
+    mon = stack.monitoring
+    assert mon is not None
+    ip = {n.name: str(n.address) for n in stack.nodes}
+    engines = [
+        EngineEndpoint(
+            f"engine-{engine.kind}",
+            rep.node,
+            ip[rep.node],
+            # MLServer serves metrics on a port of its own; the others on their API port.
+            rep.metrics_port if rep.metrics_port is not None else rep.port,
+            engine.name,
+            stack.model(engine.model).name,
+            str(rep.index),
+        )
+        for kind in ("llamacpp", "predictive", "vllm", "sglang")
+        for engine in _host_engines(stack, kind)
+        for rep in replicas(engine)
+    ]
+    gw = stack.gateway
+    gateways = []
+    if gw is not None:
+        gateways = [GatewayEndpoint(n, ip[n], gw.port, str(i)) for i, n in enumerate(gw.nodes)]
+    reg = stack.registry
+    targets = targets_from_components(
+        ip,
+        gpu_nodes=[n.name for n in stack.nodes if n.gpus > 0],
+        engines=engines,
+        gateways=gateways,
+        registry=(reg.node, ip[reg.node]) if reg else None,
+        prometheus=(mon.node, ip[mon.node]),
+        # The registry's debug listener (metrics) is the port after its API port.
+        registry_port=reg.port + 1 if reg else 5001,
+        prometheus_port=mon.port,
+    )
+    out = []
+    for t in targets:
+        # A TLS gateway serves /metrics on its HTTPS port too.
+        scheme = "https" if t.job == "gateway" and gw is not None and gw.tls else t.scheme
+        out.append(
+            {
+                "job": t.job,
+                "host": t.host,
+                "address": t.address,
+                "labels": dict(t.labels),
+                "scheme": scheme,
+                "metrics_path": t.metrics_path,
+            }
+        )
+    return out
+
+
+def _gateway_settings(stack: Stack, host: str) -> Settings:
+    gw = stack.gateway
+    assert gw is not None
+    models: dict[str, Any] = {}
+    for engine in stack.engines:
+        model = stack.model(engine.model)
+        entry = models.setdefault(
+            model.name,
+            {"kind": "predictive" if engine.kind == "predictive" else "llm", "replicas": []},
+        )
+        for rep in replicas(engine):
+            address = stack.node(rep.node).address
+            entry["replicas"].append(f"http://{address}:{rep.port}")
+    return {
+        "port": gw.port,
+        "tls": gw.tls,
+        "store": gw.store,
+        "store_node": gw.store_node,
+        "models": models,
+        "keys": [k.model_dump(mode="json") for k in gw.keys],
+        "prices": {k: v.model_dump() for k, v in gw.prices.items()},
+    }
+
+
+def _kubernetes_hosts(stack: Stack) -> list[str]:
+    kube = stack.kubernetes
+    if not kube or kube.distribution != "k3s" or not kube.server:
+        return []
+    return _ordered(stack, {kube.server, *kube.agents})
+
+
+def _kubernetes_settings(stack: Stack, host: str) -> Settings:
+    kube = stack.kubernetes
+    assert kube is not None
+    return {"server": host == kube.server, "server_name": kube.server, "namespace": kube.namespace}
+
+
+def _when(attr: str, hosts: Callable[[Stack], list[str]]) -> Callable[[Stack], list[str]]:
+    return lambda stack: hosts(stack) if getattr(stack, attr) else []
+
+
+COMPONENTS: tuple[Component, ...] = (
+    Component("base", (), _all, _base_settings),
+    Component("network", ("base",), _network_hosts, _network_settings),
+    Component("storage", ("network",), _storage_hosts, _storage_settings),
+    Component(
+        "gpu", ("base",), lambda s: [n.name for n in s.nodes if n.gpus > 0], _gpu_settings
+    ),
+    Component(
+        "registry",
+        ("storage",),
+        lambda s: [s.registry.node] if s.registry else [],
+        _registry_settings,
+    ),
+    Component("kubernetes", ("gpu", "registry"), _kubernetes_hosts, _kubernetes_settings),
+    _engine_component("llamacpp"),
+    _engine_component("vllm"),
+    _engine_component("sglang"),
+    _engine_component("predictive"),
+    Component(
+        "monitoring",
+        ("engine-llamacpp", "engine-vllm", "engine-sglang", "engine-predictive"),
+        _when("monitoring", _all),
+        _monitoring_settings,
+    ),
+    Component(
+        "gateway",
+        ("monitoring", "engine-llamacpp", "engine-predictive"),
+        lambda s: list(s.gateway.nodes) if s.gateway else [],
+        _gateway_settings,
+    ),
+)
+
+COMPONENT_NAMES: tuple[str, ...] = tuple(c.name for c in COMPONENTS)
+BY_NAME: dict[str, Component] = {c.name: c for c in COMPONENTS}

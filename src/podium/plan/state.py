@@ -1,0 +1,71 @@
+"""Recorded state: what Podium last laid down on a host, kept on the node in
+/var/lib/podium/state.json. Versioned so a newer Podium can read an older file."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from podium.errors import InvalidInput
+
+STATE_PATH = "/var/lib/podium/state.json"
+STATE_FORMAT = 1
+
+
+class ComponentState(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: str
+    config_hash: str
+    applied_at: str = ""
+
+
+class HostState(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    format: int = STATE_FORMAT
+    host: str
+    components: dict[str, ComponentState] = {}
+
+    def record(self, component: str, version: str, config_hash: str) -> None:
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+        self.components[component] = ComponentState(
+            version=version, config_hash=config_hash, applied_at=now
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(), indent=2, sort_keys=True) + "\n"
+
+
+def parse_state(text: str, source: str) -> HostState:
+    try:
+        data = json.loads(text)
+        if data.get("format") != STATE_FORMAT:
+            raise InvalidInput(
+                f"{source}: state format {data.get('format')!r} is not {STATE_FORMAT}; "
+                "upgrade Podium to read it"
+            )
+        return HostState.model_validate(data)
+    except (json.JSONDecodeError, ValidationError, AttributeError) as exc:
+        raise InvalidInput(f"{source}: not a Podium state file ({str(exc).splitlines()[0]})") from None
+
+
+def parse_states(text: str, source: str) -> dict[str, HostState]:
+    """A file for `--state-from`: one host's state, or a JSON list / mapping of several."""
+    try:
+        data: Any = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"{source}: not JSON ({exc.msg} at line {exc.lineno})") from None
+    items = data.values() if isinstance(data, dict) and "host" not in data else data
+    if isinstance(data, dict) and "host" in data:
+        items = [data]
+    states = [parse_state(json.dumps(item), source) for item in items]
+    return {s.host: s for s in states}
+
+
+def config_hash(settings: dict[str, Any]) -> str:
+    """A stable digest of a role's settings on one host: equal settings, equal hash."""
+    canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]

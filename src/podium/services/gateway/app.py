@@ -1,0 +1,235 @@
+"""The gateway's Starlette app: routes, authentication, authorisation, admission, errors."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from podium.services.gateway import admin, errors, openapi, proxy
+from podium.services.gateway.config import GatewayConfig
+from podium.services.gateway.errors import GatewayError
+from podium.services.gateway.keys import ApiKey
+from podium.services.gateway.replicas import ReplicaSet
+from podium.services.gateway.runtime import Call, Gateway
+from podium.services.gateway.validation import check_infer, check_openai, parse_body
+
+log = logging.getLogger("podium.gateway")
+MAX_BODY = 16 * 1024 * 1024
+Handler = Callable[[Gateway, Request], Awaitable[Any]]
+
+
+async def _read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+        raise errors.GatewayError(413, f"the request body is over {MAX_BODY} bytes",
+                                  "invalid_request_error")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise errors.GatewayError(413, f"the request body is over {MAX_BODY} bytes",
+                                      "invalid_request_error")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _model_for(gw: Gateway, key: ApiKey, model: str, kind: str) -> ReplicaSet:
+    replicas = gw.models.get(model)
+    if replicas is None:
+        raise errors.not_found(f"the model {model!r} does not exist", "model")
+    if not key.allows(model):
+        raise errors.forbidden(f"the key {key.name!r} may not use the model {model!r}", "model")
+    if replicas.config.kind != kind:
+        where = "/v1 (OpenAI)" if replicas.config.kind == "llm" else f"/v2/models/{model}/infer"
+        raise errors.bad_request(f"the model {model!r} is served on {where}", "model")
+    return replicas
+
+
+async def _proxied(
+    gw: Gateway, request: Request, key: ApiKey, model: str, replicas: ReplicaSet,
+    endpoint: str, started: float, method: str, path: str, body: bytes | None, **kw: Any,
+) -> Any:
+    limits = await gw.admit(key)
+    gw.begin_call()
+    call = Call(gw.new_request_id(), key, limits, model, replicas, endpoint, started, time.time())
+    request.state.call = call
+    result: Any = None
+    try:
+        result = await proxy.forward(gw, call, method, path, body, **kw)
+        return result
+    finally:
+        if not isinstance(result, proxy.StreamRelay):
+            gw.end_call()
+
+
+async def openai_request(gw: Gateway, request: Request) -> Any:
+    started = time.perf_counter()
+    endpoint = request.url.path
+    key = await gw.authenticate(request.headers.get("authorization"))
+    raw = await _read_body(request)
+    body = parse_body(raw)
+    check_openai(endpoint, body)
+    model = body["model"]
+    replicas = _model_for(gw, key, model, "llm")
+    request.state.model = model
+    request.state.key = key.name
+    stream = bool(body.get("stream"))
+    served = replicas.config.served_name
+    changed = False
+    if served and served != model:
+        body["model"] = served
+        changed = True
+    wants_usage = False
+    if stream:
+        options = body.get("stream_options") or {}
+        wants_usage = bool(options.get("include_usage"))
+        # Always ask the engine for usage, so streams are metered as the engine counted.
+        body["stream_options"] = {**options, "include_usage": True}
+        changed = True
+    upstream = json.dumps(body).encode() if changed else raw
+    return await _proxied(gw, request, key, model, replicas, endpoint, started, "POST", endpoint,
+                          upstream, stream=stream, strip_usage=stream and not wants_usage)
+
+
+def _model_card(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "podium"}
+
+
+async def list_models(gw: Gateway, request: Request) -> Response:
+    key = await gw.authenticate(request.headers.get("authorization"))
+    data = [_model_card(name) for name in gw.models if key.allows(name)]
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def get_model(gw: Gateway, request: Request) -> Response:
+    key = await gw.authenticate(request.headers.get("authorization"))
+    name = request.path_params["model"]
+    if name not in gw.models or not key.allows(name):
+        raise errors.not_found(f"the model {name!r} does not exist", "model")
+    return JSONResponse(_model_card(name))
+
+
+async def v2_model(gw: Gateway, request: Request) -> Any:
+    """/v2/models/{name}[/ready|/infer], proxied to the predictive engine (MLServer)."""
+    started = time.perf_counter()
+    key = await gw.authenticate(request.headers.get("authorization"))
+    name = request.path_params["name"]
+    replicas = _model_for(gw, key, name, "predictive")
+    request.state.model = name
+    request.state.key = key.name
+    served = replicas.config.served_name or name
+    tail = request.url.path.removeprefix(f"/v2/models/{name}")
+    path = f"/v2/models/{served}{tail}"
+    body = await _read_body(request) if request.method == "POST" else None
+    if body is not None:
+        check_infer(parse_body(body))  # MLServer answers bad tensors with 500s; refuse them here
+    return await _proxied(gw, request, key, name, replicas, tail or "/v2/metadata", started,
+                          request.method, path, body)
+
+
+async def live(gw: Gateway, request: Request) -> Response:
+    return JSONResponse({"live": True})
+
+
+async def ready(gw: Gateway, request: Request) -> Response:
+    down = [
+        name for name, rs in gw.models.items() if not any(r.healthy for r in rs.replicas.values())
+    ]
+    if down:
+        raise errors.unavailable(f"models without a healthy replica: {', '.join(down)}")
+    return JSONResponse({"ready": True})
+
+
+async def metrics(gw: Gateway, request: Request) -> Response:
+    return Response(gw.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+async def openapi_json(gw: Gateway, request: Request) -> Response:
+    return JSONResponse(
+        openapi.document({name: rs.config.kind for name, rs in gw.models.items()})
+    )
+
+
+def _endpoint(gw: Gateway, handler: Handler) -> Callable[[Request], Awaitable[Any]]:
+    async def endpoint(request: Request) -> Any:
+        try:
+            return await handler(gw, request)
+        except GatewayError as exc:
+            call = getattr(request.state, "call", None)
+            if call is None or not call.counted:  # metered requests were counted with their record
+                model = getattr(request.state, "model", "")
+                key = getattr(request.state, "key", "")
+                gw.metrics.requests.labels(model, key, str(exc.status)).inc()
+            return exc.response()
+        except Exception:
+            log.exception("unexpected error on %s", request.url.path)
+            return errors.GatewayError(500, "the gateway failed on this request; see its log",
+                                       "server_error").response()
+
+    return endpoint
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = "not_found" if exc.status_code == 404 else "method_not_allowed"
+    return errors.GatewayError(
+        exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
+        "invalid_request_error", code=code,
+    ).response()
+
+
+def create_app(config: GatewayConfig) -> Starlette:
+    """The ASGI app for a config; the store and health checks start with its lifespan.
+
+    Example: uvicorn.run(create_app(load_config(Path("gateway.yaml"))), port=8080)
+    """
+    gw = Gateway(config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await gw.start()
+        try:
+            yield
+        finally:
+            await gw.stop()
+
+    def route(path: str, handler: Handler, methods: list[str]) -> Route:
+        return Route(path, _endpoint(gw, handler), methods=methods)
+
+    routes = [
+        route("/v1/models", list_models, ["GET"]),
+        route("/v1/models/{model:path}", get_model, ["GET"]),
+        route("/v1/chat/completions", openai_request, ["POST"]),
+        route("/v1/completions", openai_request, ["POST"]),
+        route("/v1/embeddings", openai_request, ["POST"]),
+        route("/v2/health/live", live, ["GET"]),
+        route("/v2/health/ready", ready, ["GET"]),
+        route("/v2/models/{name}", v2_model, ["GET"]),
+        route("/v2/models/{name}/ready", v2_model, ["GET"]),
+        route("/v2/models/{name}/infer", v2_model, ["POST"]),
+        route("/metrics", metrics, ["GET"]),
+        route("/openapi.json", openapi_json, ["GET"]),
+        route("/admin/v1/keys", admin.create_key, ["POST"]),
+        route("/admin/v1/keys", admin.list_keys, ["GET"]),
+        route("/admin/v1/keys/{name}", admin.revoke_key, ["DELETE"]),
+        route("/admin/v1/usage", admin.usage_report, ["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={404: _http_error, 405: _http_error},
+    )
+    app.state.gateway = gw
+    return app
+

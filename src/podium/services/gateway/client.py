@@ -1,0 +1,122 @@
+"""Key administration from outside the gateway: over its admin API, or directly on its store.
+
+Both backends answer the same three calls with the same JSON-ready dicts, so the CLI
+(and whatever resolves a stack to a gateway URL and admin token) need not care which.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any, Protocol
+
+from podium.errors import InvalidInput, PodiumError
+from podium.services.gateway.keys import KeySpec, create_op, list_op, new_secret, revoke_op
+from podium.services.gateway.store import Store
+from podium.services.gateway.usage import UsageLine, report_op
+
+
+class KeyAdmin(Protocol):
+    def create_key(self, spec: KeySpec) -> dict[str, Any]: ...
+    def list_keys(self) -> list[dict[str, Any]]: ...
+    def revoke_key(self, name: str) -> dict[str, Any]: ...
+
+
+def read_token_file(path: Path) -> str:
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise InvalidInput(
+            f"--admin-token-file {str(path)!r} cannot be read ({exc.strerror})"
+        ) from None
+    if not token:
+        raise InvalidInput(f"--admin-token-file {str(path)!r} is empty")
+    return token
+
+
+class AdminApi:
+    """The gateway's admin API at `gateway_url`, authorised by `admin_token`.
+
+    Example: AdminApi("http://127.0.0.1:8080", token).create_key(KeySpec(name="ci"))["key"]
+    """
+
+    def __init__(self, gateway_url: str, admin_token: str, timeout: float = 30.0) -> None:
+        self.base = gateway_url.rstrip("/")
+        self.token = admin_token
+        self.timeout = timeout
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            self.base + path,
+            data=data,
+            method=method,
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                message = json.loads(exc.read())["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = f"HTTP {exc.code}"
+            if exc.code in (400, 404, 409):
+                raise InvalidInput(message) from None
+            raise PodiumError(f"gateway {self.base} refused {method} {path}: {message}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise PodiumError(
+                f"gateway {self.base} cannot be reached ({exc}); check --gateway"
+            ) from None
+
+    def create_key(self, spec: KeySpec) -> dict[str, Any]:
+        body = {
+            "name": spec.name, "models": list(spec.models), "rpm": spec.rpm, "tpm": spec.tpm,
+            "quota": spec.quota, "expires_at": spec.expires_at,
+        }
+        result: dict[str, Any] = self._call("POST", "/admin/v1/keys", body)
+        return result
+
+    def list_keys(self) -> list[dict[str, Any]]:
+        data: list[dict[str, Any]] = self._call("GET", "/admin/v1/keys")["data"]
+        return data
+
+    def revoke_key(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(
+            "DELETE", "/admin/v1/keys/" + urllib.parse.quote(name, safe="")
+        )
+        return result
+
+    def usage(self, since: float | None, until: float | None, by: list[str]) -> list[UsageLine]:
+        query = {"by": ",".join(by)}
+        if since is not None:
+            query["since"] = str(since)
+        if until is not None:
+            query["until"] = str(until)
+        data = self._call("GET", "/admin/v1/usage?" + urllib.parse.urlencode(query))["data"]
+        return [UsageLine(**row) for row in data]
+
+
+class StoreAdmin:
+    """Keys straight in the gateway's store (for a stopped gateway, or before its start)."""
+
+    def __init__(self, store_url: str) -> None:
+        self.store = Store(store_url)
+        self.store.create_schema()
+
+    def create_key(self, spec: KeySpec) -> dict[str, Any]:
+        secret = new_secret()
+        key = self.store.run_sync(create_op(spec, secret))
+        return {**key.to_json(), "key": secret}
+
+    def list_keys(self) -> list[dict[str, Any]]:
+        return [k.to_json() for k in self.store.run_sync(list_op())]
+
+    def revoke_key(self, name: str) -> dict[str, Any]:
+        return self.store.run_sync(revoke_op(name)).to_json()
+
+    def usage(self, since: float | None, until: float | None, by: list[str]) -> list[UsageLine]:
+        return self.store.run_sync(report_op(since, until, by))

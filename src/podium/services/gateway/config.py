@@ -1,0 +1,177 @@
+"""The gateway's configuration file: a YAML document validated by pydantic."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from podium.errors import InvalidInput
+
+_QUOTA = re.compile(r"^\s*(\d+)\s*/\s*(day|month)\s*$")
+
+
+def parse_quota(text: str) -> tuple[int, str]:
+    """'100000/day' -> (100000, 'day'); the period is 'day' or 'month' (UTC).
+
+    Example: parse_quota("5000/month") == (5000, "month")
+    """
+    match = _QUOTA.match(text)
+    if not match:
+        raise InvalidInput(
+            f"quota {text!r} is not understood; write it as N/day or N/month, e.g. 100000/day"
+        )
+    return int(match.group(1)), match.group(2)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Listen(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+
+
+class Tls(_Strict):
+    cert: Path
+    key: Path
+
+
+class Price(_Strict):
+    """Price in the appliance's currency per 1,000 tokens."""
+
+    prompt_per_1k: float = Field(default=0.0, ge=0)
+    completion_per_1k: float = Field(default=0.0, ge=0)
+
+
+class ModelConfig(_Strict):
+    kind: Literal["llm", "predictive"] = "llm"
+    replicas: list[str] = Field(min_length=1)
+    # The model name the engine knows; defaults to the public name.
+    served_name: str | None = None
+    price: Price = Field(default_factory=Price)
+    # Path probed by active health checks; defaults by kind (/health, /v2/health/ready).
+    health_path: str | None = None
+    # Requests one replica may hold at once; more wait on another replica or get 503.
+    max_outstanding_per_replica: int = Field(default=64, ge=1)
+
+    @field_validator("replicas")
+    @classmethod
+    def _urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if not re.match(r"^https?://[^/\s]+(/.*)?$", url):
+                raise ValueError(f"replica {url!r} must be an http:// or https:// URL")
+        return [url.rstrip("/") for url in urls]
+
+    def probe_path(self) -> str:
+        if self.health_path:
+            return self.health_path
+        return "/health" if self.kind == "llm" else "/v2/health/ready"
+
+
+class Limits(_Strict):
+    """Defaults for keys that do not set their own; None means unlimited."""
+
+    rpm: int | None = Field(default=None, ge=0)
+    tpm: int | None = Field(default=None, ge=0)
+    quota: str | None = None
+
+    @field_validator("quota")
+    @classmethod
+    def _quota(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_quota(value)
+        return value
+
+
+class Health(_Strict):
+    interval_s: float = Field(default=2.0, gt=0)
+    timeout_s: float = Field(default=1.0, gt=0)
+    # Consecutive failures (probes or requests) that take a replica out of rotation.
+    eject_after: int = Field(default=3, ge=1)
+
+
+class Timeouts(_Strict):
+    connect_s: float = Field(default=3.0, gt=0)
+    # Until the engine sends response headers (a long prompt is processed before that).
+    first_byte_s: float = Field(default=300.0, gt=0)
+    # Between two reads of a response body, i.e. the longest pause between tokens.
+    read_s: float = Field(default=120.0, gt=0)
+
+
+class UsageRetention(_Strict):
+    # Raw per-request records older than this are rolled up per day, key and model.
+    retention_days: int = Field(default=30, ge=1)
+    rollup_interval_s: float = Field(default=3600.0, gt=0)
+
+
+class GatewayConfig(_Strict):
+    listen: Listen = Field(default_factory=Listen)
+    tls: Tls | None = None
+    store: str = "sqlite:///podium-gateway.db"
+    admin_token_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    admin_token_file: Path | None = None
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+    limits: Limits = Field(default_factory=Limits)
+    health: Health = Field(default_factory=Health)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    usage: UsageRetention = Field(default_factory=UsageRetention)
+    # Requests in flight in this gateway process before it answers 503.
+    max_in_flight: int = Field(default=1024, ge=1)
+    # How long a key lookup is trusted; bounds how late a revocation takes effect.
+    key_cache_s: float = Field(default=1.0, ge=0, le=5)
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, url: str) -> str:
+        if not url.startswith(("sqlite://", "postgresql")):
+            raise ValueError("store must be sqlite:///PATH or postgresql+psycopg://...")
+        return url
+
+    def admin_token_hash(self) -> str | None:
+        """The sha256 of the admin token, read from the file when one is named."""
+        if self.admin_token_sha256:
+            return self.admin_token_sha256
+        if self.admin_token_file is None:
+            return None
+        try:
+            token = self.admin_token_file.read_text().strip()
+        except OSError as exc:
+            raise InvalidInput(
+                f"admin_token_file {str(self.admin_token_file)!r} cannot be read ({exc.strerror});"
+                " create it with `podium gateway admin-token FILE`"
+            ) from exc
+        return hashlib.sha256(token.encode()).hexdigest()
+
+
+def load_config(path: Path) -> GatewayConfig:
+    """Read and validate a gateway config file; every error names file, field and value."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise InvalidInput(f"gateway config {str(path)!r} cannot be read ({exc.strerror})") from exc
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"gateway config {str(path)!r} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"gateway config {str(path)!r} must be a mapping of settings")
+    try:
+        config = GatewayConfig.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise InvalidInput(
+            f"gateway config {str(path)!r}, field {where!r}: {first['msg']}"
+            f" (value given: {first.get('input')!r})"
+        ) from exc
+    base = path.parent
+    updates: dict[str, object] = {}
+    if config.admin_token_file and not config.admin_token_file.is_absolute():
+        updates["admin_token_file"] = base / config.admin_token_file
+    if config.tls and not config.tls.cert.is_absolute():
+        updates["tls"] = Tls(cert=base / config.tls.cert, key=base / config.tls.key)
+    return config.model_copy(update=updates) if updates else config

@@ -1,0 +1,73 @@
+"""One usage record per request: what the engine reported, priced, and how to store it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import Connection
+
+from podium.services.gateway.config import Price
+from podium.services.gateway.limits import EffectiveLimits, charge
+from podium.services.gateway.store import usage_table
+
+
+@dataclass
+class UsageRecord:
+    """A request as billed: key, model, tokens as the engine counted them, timings."""
+
+    ts: float
+    request_id: str
+    key_id: int
+    key_name: str
+    model: str
+    endpoint: str
+    replica: str = ""
+    status: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    cost: float = 0.0
+
+    def price_with(self, price: Price) -> None:
+        self.cost = (
+            self.prompt_tokens * price.prompt_per_1k
+            + self.completion_tokens * price.completion_per_1k
+        ) / 1000.0
+
+
+def tokens_of(usage: Any) -> tuple[int, int] | None:
+    """(prompt, completion) from an OpenAI `usage` object; embeddings have no completion."""
+    if not isinstance(usage, dict):
+        return None
+    prompt = usage.get("prompt_tokens")
+    completion = usage.get("completion_tokens", 0)
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    return prompt, completion
+
+
+def usage_in_body(body: bytes) -> tuple[int, int] | None:
+    """The token counts in a whole (non-streamed) OpenAI response body, if it has them."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    return tokens_of(data.get("usage")) if isinstance(data, dict) else None
+
+
+def record_op(
+    record: UsageRecord, key_limits: EffectiveLimits | None
+) -> Callable[[Connection], None]:
+    """Insert the record and charge its tokens to the key's limits, in one transaction."""
+
+    def op(conn: Connection) -> None:
+        conn.execute(usage_table.insert().values(**asdict(record)))
+        if key_limits is not None and key_limits.counts_tokens():
+            tokens = record.prompt_tokens + record.completion_tokens
+            charge(conn, record.key_id, key_limits, tokens, record.ts)
+
+    return op

@@ -1,0 +1,99 @@
+"""The gateway's Prometheus metrics, in a registry of its own (one per gateway app)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_TTFT = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
+_PER_TOKEN = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.2, 2.5)
+
+
+class GatewayMetrics:
+    """Requests, latencies, tokens and replica health, exposed on /metrics."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "podium_gateway_requests",
+            "Requests answered, by model, key name and HTTP status.",
+            ["model", "key", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "podium_gateway_request_duration_seconds",
+            "Time from request to last byte, by model.",
+            ["model"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "podium_gateway_ttft_seconds",
+            "Time from request to the first streamed token, by model.",
+            ["model"],
+            buckets=_TTFT,
+            registry=r,
+        )
+        self.tpot = Histogram(
+            "podium_gateway_tpot_seconds",
+            "Mean time per output token after the first, per streamed request, by model.",
+            ["model"],
+            buckets=_PER_TOKEN,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "podium_gateway_itl_seconds",
+            "Time between two streamed chunks carrying tokens, by model.",
+            ["model"],
+            buckets=_PER_TOKEN,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "podium_gateway_tokens",
+            "Tokens as the engines reported them, by model, key name and kind"
+            " (prompt or completion).",
+            ["model", "key", "kind"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "podium_gateway_in_flight_requests", "Requests being served now.", registry=r
+        )
+        self.upstream_requests = Counter(
+            "podium_gateway_upstream_requests",
+            "Requests sent to each engine replica, by model, replica and outcome.",
+            ["model", "replica", "outcome"],
+            registry=r,
+        )
+        self.replica_healthy = Gauge(
+            "podium_gateway_upstream_healthy",
+            "1 while a replica is in rotation, 0 while it is ejected.",
+            ["model", "replica"],
+            registry=r,
+        )
+        self.replica_outstanding = Gauge(
+            "podium_gateway_upstream_outstanding_requests",
+            "Requests a replica is serving now.",
+            ["model", "replica"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "podium_gateway_upstream_retries",
+            "Requests retried on another replica before their first byte.",
+            ["model"],
+            registry=r,
+        )
+        self.stream_errors = Counter(
+            "podium_gateway_stream_errors",
+            "Streams that broke after their first byte and ended with an error event.",
+            ["model"],
+            registry=r,
+        )
+        self.usage_write_failures = Counter(
+            "podium_gateway_usage_write_failures",
+            "Usage records the store refused (those responses were answered 503).",
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,395 @@
+"""Forwarding to engines: the one place that streams, with one retry before the first byte.
+
+A request that cannot connect, or gets a 5xx (or a dropped connection) before its first
+byte, is retried once on another replica. Non-streamed answers are buffered, metered,
+then sent. Streams are relayed event by event; the usage record is committed before the
+final `data: [DONE]`, and a stream that breaks midway ends with an SSE error event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import aiohttp
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+from podium.services.gateway import errors
+from podium.services.gateway.errors import GatewayError, error_body
+from podium.services.gateway.metering import UsageRecord, tokens_of, usage_in_body
+from podium.services.gateway.replicas import EngineReplica
+from podium.services.gateway.runtime import Call, Gateway
+
+_JSON = {"Content-Type": "application/json"}
+_DONE = b"data: [DONE]\n\n"
+# Markers of a chunk that carries generated text (compact and spaced JSON).
+_TOKEN_MARKS = (
+    b'"content":"', b'"content": "', b'"text":"', b'"text": "',
+    b'"reasoning_content":"', b'"reasoning_content": "',
+)
+_UPSTREAM_ERRORS = (aiohttp.ClientError, OSError, asyncio.IncompleteReadError)
+
+
+class _Failed(Exception):
+    """An attempt that failed before its first byte reached the client (so may be retried)."""
+
+    def __init__(self, why: str, status: int = 502, body: bytes = b"") -> None:
+        super().__init__(why)
+        self.why = why
+        self.status = status
+        self.body = body
+
+
+def _record(call: Call, replica: str, status: int, tokens: tuple[int, int] | None,
+            ttft: float | None = None) -> UsageRecord:
+    prompt, completion = tokens or (0, 0)
+    return UsageRecord(
+        ts=call.ts,
+        request_id=call.request_id,
+        key_id=call.key.id,
+        key_name=call.key.name,
+        model=call.model,
+        endpoint=call.endpoint,
+        replica=replica,
+        status=status,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        latency_ms=(time.perf_counter() - call.started) * 1000.0,
+        ttft_ms=None if ttft is None else ttft * 1000.0,
+    )
+
+
+def _unsupported(call: Call, payload: bytes) -> bytes:
+    """An engine's 501 ("not supported", e.g. embeddings switched off) as the 400 OpenAI gives."""
+    try:
+        detail = str(json.loads(payload)["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        detail = payload[:200].decode(errors="replace")
+    return error_body(f"model {call.model!r} does not support {call.endpoint}: {detail}",
+                      "invalid_request_error", code="unsupported_by_model")
+
+
+def _retryable(status: int) -> bool:
+    # 501 means "this engine does not do that" (e.g. embeddings off): the same everywhere,
+    # so it is passed through rather than retried or held against the replica.
+    return status >= 500 and status != 501
+
+
+def _final_error(call: Call, failure: _Failed | None) -> GatewayError:
+    if failure is None:
+        return errors.unavailable(f"model {call.model!r} has no healthy replica with room; retry")
+    if failure.status == 503:
+        return errors.unavailable(f"model {call.model!r}: {failure.why}")
+    if failure.status == 504:
+        return errors.gateway_timeout(f"model {call.model!r}: {failure.why}")
+    return errors.bad_gateway(f"model {call.model!r}: {failure.why}")
+
+
+def _upstream_failure(exc: BaseException, what: str) -> _Failed:
+    if isinstance(exc, TimeoutError):
+        return _Failed(f"the engine did not answer {what} in time", 504)
+    return _Failed(
+        f"the engine could not be reached or dropped the connection ({type(exc).__name__}: {exc})"
+    )
+
+
+async def forward(
+    gw: Gateway, call: Call, method: str, path: str, body: bytes | None, *,
+    stream: bool = False, strip_usage: bool = False,
+) -> Response | StreamRelay:
+    """Send a request to a replica of the call's model and return the answer to relay."""
+    tried: set[str] = set()
+    failure: _Failed | None = None
+    seq = gw.next_seq()
+    for attempt in range(2):
+        replica = call.replicas.pick(seq, frozenset(tried))
+        if replica is None:
+            break
+        if attempt:
+            gw.metrics.retries.labels(call.model).inc()
+        tried.add(replica.url)
+        call.replicas.acquire(replica)
+        handed_off = False
+        try:
+            if stream:
+                result = await _open_stream(gw, call, replica, path, body or b"", strip_usage)
+                # From here the relay owns the replica slot and releases it when done.
+                handed_off = isinstance(result, StreamRelay)
+                return result
+            return await _exchange(gw, call, replica, method, path, body)
+        except _Failed as exc:
+            # A plain 500 may be this request's own doing (MLServer answers 500 to inputs
+            # its model cannot take): retried, but not held against the replica, so one bad
+            # request cannot eject every replica. Probes catch replicas that fail everything.
+            if exc.status != 500:
+                call.replicas.failed(replica, exc.why)
+            failure = exc
+            if exc.status == 504:
+                break  # a timed-out request already cost its full wait; do not double it
+        finally:
+            if not handed_off:
+                call.replicas.release(replica)
+    error = _final_error(call, failure)
+    if failure is not None and failure.status == 500 and call.replicas.config.kind == "predictive":
+        error = errors.bad_request(
+            f"model {call.model!r} could not run on these inputs (the engine answered HTTP 500"
+            f" twice); check input names, shapes and datatypes against GET /v2/models/{call.model}"
+        )
+    await gw.record(call, _record(call, "", error.status, None))
+    raise error
+
+
+async def _exchange(
+    gw: Gateway, call: Call, replica: EngineReplica, method: str, path: str, body: bytes | None
+) -> Response:
+    assert gw.json_client is not None
+    t = gw.config.timeouts
+    try:
+        async with asyncio.timeout(t.first_byte_s + t.read_s):
+            async with gw.json_client.request(
+                method, replica.url + path, data=body, headers=_JSON if body else None
+            ) as resp:
+                payload = await resp.read()
+                status = resp.status
+                ctype = resp.headers.get("Content-Type", "application/json")
+    except _UPSTREAM_ERRORS + (TimeoutError,) as exc:
+        raise _upstream_failure(exc, "before its time limit") from None
+    if _retryable(status):
+        raise _Failed(f"the engine answered HTTP {status}", status, payload)
+    if status == 501:
+        status, payload, ctype = 400, _unsupported(call, payload), "application/json"
+    call.replicas.succeeded(replica)
+    tokens = usage_in_body(payload) if status == 200 and call.endpoint.startswith("/v1") else None
+    # Committed before a single byte is sent: a completed answer always has its record.
+    await gw.record(call, _record(call, replica.url, status, tokens))
+    return Response(payload, status, media_type=ctype.split(";")[0] if ctype else None,
+                    headers={"x-request-id": call.request_id})
+
+
+async def _next_event(content: aiohttp.StreamReader) -> bytes | None:
+    """The next server-sent event (its lines and the blank line after), None at the end."""
+    lines: list[bytes] = []
+    while True:
+        line = await content.readline()
+        if not line:
+            return b"".join(lines) + b"\n" if lines else None
+        if line == b"\n" or line == b"\r\n":
+            if lines:
+                lines.append(line)
+                return b"".join(lines)
+            continue
+        lines.append(line)
+
+
+async def _open_stream(
+    gw: Gateway, call: Call, replica: EngineReplica, path: str, body: bytes, strip_usage: bool
+) -> Response | StreamRelay:
+    assert gw.stream_client is not None
+    t = gw.config.timeouts
+    resp: aiohttp.ClientResponse | None = None
+    try:
+        async with asyncio.timeout(t.first_byte_s):
+            resp = await gw.stream_client.post(replica.url + path, data=body, headers=_JSON)
+            if resp.status != 200:
+                payload = await resp.read()
+                resp.release()
+                if _retryable(resp.status):
+                    raise _Failed(f"the engine answered HTTP {resp.status}", resp.status, payload)
+                status = resp.status
+                if status == 501:
+                    status, payload = 400, _unsupported(call, payload)
+                await gw.record(call, _record(call, replica.url, status, None))
+                return Response(payload, status, media_type="application/json")
+            first = await _next_event(resp.content)
+    except _Failed:
+        raise
+    except _UPSTREAM_ERRORS + (TimeoutError,) as exc:
+        if resp is not None:
+            resp.close()
+        raise _upstream_failure(exc, "its first token") from None
+    except BaseException:
+        if resp is not None:
+            resp.close()
+        raise
+    if first is None:
+        resp.close()
+        raise _Failed("the engine closed the stream before its first event")
+    return StreamRelay(gw, call, replica, resp, first, strip_usage)
+
+
+def _data(event: bytes) -> bytes:
+    if event.startswith(b"data:"):
+        return event[5:].strip()
+    return b""
+
+
+def _chunk_usage(data: bytes) -> tuple[tuple[int, int], dict[str, Any]] | None:
+    """The token counts a chunk reports, with the parsed chunk; None when it has none."""
+    if b'"usage"' not in data:
+        return None
+    try:
+        chunk = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(chunk, dict):
+        return None
+    tokens = tokens_of(chunk.get("usage"))
+    if tokens is None:
+        return None
+    return tokens, chunk
+
+
+def _without_usage(chunk: dict[str, Any]) -> bytes | None:
+    """The chunk as a client that did not ask for usage sees it from OpenAI (None: not at all)."""
+    if not chunk.get("choices"):
+        return None
+    # Some engines (llama-server's /v1/completions) report usage on the last text chunk.
+    chunk.pop("usage", None)
+    return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _has_token(data: bytes) -> bool:
+    for mark in _TOKEN_MARKS:
+        at = data.find(mark)
+        if at >= 0 and data[at + len(mark): at + len(mark) + 1] != b'"':
+            return True
+    return False
+
+
+def error_event(message: str, code: str = "upstream_error") -> bytes:
+    body = {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+class StreamRelay:
+    """An ASGI response relaying one upstream SSE stream, metering it as it goes.
+
+    Its own ASGI callable rather than Starlette's StreamingResponse so that the replica,
+    the upstream connection and the usage record are settled whatever the client does,
+    even when it leaves before the first byte.
+    """
+
+    def __init__(self, gw: Gateway, call: Call, replica: EngineReplica,
+                 resp: aiohttp.ClientResponse, first: bytes, strip_usage: bool) -> None:
+        self.gw, self.call, self.replica, self.resp = gw, call, replica, resp
+        self.first = first
+        self.strip_usage = strip_usage
+        self.client_gone = False
+        self.recorded = False
+        self.released = False
+        self.tokens: tuple[int, int] | None = None
+        self.token_chunks = 0
+        self.first_token: float | None = None
+        self.last_token: float | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        watcher = asyncio.get_running_loop().create_task(self._watch(receive))
+        try:
+            await send({
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream; charset=utf-8"),
+                    (b"cache-control", b"no-cache"),
+                    (b"x-accel-buffering", b"no"),
+                    (b"x-request-id", self.call.request_id.encode()),
+                ],
+            })
+            async for chunk in self._events():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            watcher.cancel()
+            self._settle(499)
+
+    async def _watch(self, receive: Receive) -> None:
+        message: Message = await receive()
+        while message["type"] != "http.disconnect":
+            message = await receive()
+        # Closing the upstream response ends the pending read, and the engine's work.
+        self.client_gone = True
+        self.resp.close()
+
+    def _settle(self, status: int) -> None:
+        """Release the replica and queue a record if none was written (client gone)."""
+        if not self.resp.closed:
+            self.resp.close()
+        if not self.recorded:
+            self.recorded = True
+            self.gw.record_nowait(self.call, self._record(status))
+        if not self.released:
+            self.released = True
+            self.call.replicas.release(self.replica)
+            self.gw.end_call()
+
+    def _record(self, status: int) -> UsageRecord:
+        tokens = self.tokens or (0, self.token_chunks)
+        ttft = None if self.first_token is None else self.first_token - self.call.started
+        return _record(self.call, self.replica.url, status, tokens, ttft)
+
+    async def _events(self) -> Any:
+        m, model, gw = self.gw.metrics, self.call.model, self.gw
+        read_s = gw.config.timeouts.read_s
+        event: bytes | None = self.first
+        try:
+            while event is not None:
+                data = _data(event)
+                if data == b"[DONE]":
+                    break
+                out: bytes | None = event
+                found = _chunk_usage(data)
+                if found is not None:
+                    self.tokens = found[0]
+                    if self.strip_usage:
+                        out = _without_usage(found[1])
+                if _has_token(data):
+                    now = time.perf_counter()
+                    if self.first_token is None:
+                        self.first_token = now
+                        m.ttft.labels(model).observe(now - self.call.started)
+                    else:
+                        assert self.last_token is not None
+                        m.itl.labels(model).observe(now - self.last_token)
+                    self.last_token = now
+                    self.token_chunks += 1
+                if out is not None:
+                    yield out
+                async with asyncio.timeout(read_s):
+                    event = await _next_event(self.resp.content)
+            if event is None:
+                raise _Failed("the engine ended the stream without [DONE]")
+        except (_Failed, TimeoutError, *_UPSTREAM_ERRORS) as exc:
+            if self.client_gone:
+                return
+            why = exc.why if isinstance(exc, _Failed) else (
+                "no token within the read timeout" if isinstance(exc, TimeoutError)
+                else f"the connection to the engine broke ({type(exc).__name__})"
+            )
+            m.stream_errors.labels(model).inc()
+            self.call.replicas.failed(self.replica, why)
+            self._settle(502)
+            yield error_event(f"model {model!r}: the stream broke off: {why}")
+            return
+        self.call.replicas.succeeded(self.replica)
+        self._observe_tpot()
+        record = self._record(200)
+        self.recorded = True
+        try:
+            # Committed before [DONE]: a client that saw the end of its stream is billed.
+            await gw.record(self.call, record)
+        except GatewayError as exc:
+            yield error_event(exc.message, "usage_store_unavailable")
+            return
+        yield _DONE
+
+    def _observe_tpot(self) -> None:
+        if self.first_token is None or self.last_token is None or self.tokens is None:
+            return
+        generated = self.tokens[1]
+        if generated > 1:
+            self.gw.metrics.tpot.labels(self.call.model).observe(
+                (self.last_token - self.first_token) / (generated - 1)
+            )

@@ -1,0 +1,227 @@
+"""The running gateway's state: config, store, metrics, replicas, key cache, upstream clients."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import queue
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import aiohttp
+from sqlalchemy import Connection
+
+from podium.services.gateway import errors
+from podium.services.gateway.config import GatewayConfig
+from podium.services.gateway.keys import ApiKey, KeyCache, hash_secret, lookup_op
+from podium.services.gateway.limits import EffectiveLimits, admit_op, cleanup_op
+from podium.services.gateway.metering import UsageRecord, record_op
+from podium.services.gateway.metrics import GatewayMetrics
+from podium.services.gateway.replicas import HealthChecker, ReplicaSet
+from podium.services.gateway.store import Store
+from podium.services.gateway.usage import rollup_op
+
+log = logging.getLogger("podium.gateway")
+T = TypeVar("T")
+
+
+@dataclass
+class Call:
+    """One authorised request on its way through the gateway."""
+
+    request_id: str
+    key: ApiKey
+    limits: EffectiveLimits
+    model: str
+    replicas: ReplicaSet
+    endpoint: str
+    started: float  # perf_counter
+    ts: float  # wall clock, for the record
+    counted: bool = False  # in the request metrics already
+
+
+class Gateway:
+    """Everything a request handler needs, built from the config and started with the app."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.metrics = GatewayMetrics()
+        self.store = Store(config.store)
+        self.admin_hash = config.admin_token_hash()
+        self.keys = KeyCache(config.key_cache_s)
+        self.models = {
+            name: ReplicaSet(name, model, config.health, self.metrics)
+            for name, model in config.models.items()
+        }
+        self.health = HealthChecker(list(self.models.values()), config.health)
+        self.in_flight = 0
+        self._seq = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self.json_client: aiohttp.ClientSession | None = None
+        self.stream_client: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.store.create_schema)
+        self.store.start()
+        t = self.config.timeouts
+        timeout = aiohttp.ClientTimeout(total=None, connect=t.connect_s, sock_connect=t.connect_s)
+        # Non-streamed answers reuse connections, dropped well before the engines' own
+        # keep-alive timeout (5 s in llama-server and uvicorn) so none is closed under us.
+        self.json_client = aiohttp.ClientSession(
+            timeout=timeout,
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=2.0),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent",),
+        )
+        # llama-server closes the connection after every streamed response: never reuse one.
+        self.stream_client = aiohttp.ClientSession(
+            timeout=timeout,
+            connector=aiohttp.TCPConnector(limit=0, force_close=True),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent",),
+        )
+        self.health.start()
+        self._tasks.append(asyncio.get_running_loop().create_task(self._housekeeping()))
+
+    async def stop(self) -> None:
+        await self.health.stop()
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for client in (self.json_client, self.stream_client):
+            if client is not None:
+                await client.close()
+        await asyncio.to_thread(self.store.close)
+
+    def begin_call(self) -> None:
+        """Count a request in flight; refuse it with 503 past the configured bound."""
+        if self.in_flight >= self.config.max_in_flight:
+            raise errors.unavailable(
+                f"the gateway is serving its maximum of {self.config.max_in_flight} requests"
+            )
+        self.in_flight += 1
+        self.metrics.in_flight.set(self.in_flight)
+
+    def end_call(self) -> None:
+        self.in_flight -= 1
+        self.metrics.in_flight.set(self.in_flight)
+
+    def next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def new_request_id(self) -> str:
+        return secrets.token_hex(8)
+
+    def check_admin(self, authorization: str | None) -> None:
+        if self.admin_hash is None:
+            raise errors.GatewayError(
+                403, "the admin API is disabled: set admin_token_file in the gateway config",
+                "permission_error", code="admin_disabled",
+            )
+        token = _bearer(authorization)
+        if token is None or not hmac.compare_digest(
+            hashlib.sha256(token.encode()).hexdigest(), self.admin_hash
+        ):
+            raise errors.unauthorized("the admin token is missing or wrong")
+
+    async def authenticate(self, authorization: str | None) -> ApiKey:
+        secret = _bearer(authorization)
+        if secret is None:
+            raise errors.unauthorized(
+                "no API key given; send it as 'Authorization: Bearer pdm-...'"
+            )
+        key_hash = hash_secret(secret)
+        now = time.monotonic()
+        hit, key = self.keys.get(key_hash, now)
+        if not hit:
+            key = await self._store_call(lookup_op(key_hash))
+            self.keys.put(key_hash, key, now)
+        if key is None:
+            raise errors.unauthorized("the API key is not valid")
+        state = key.state(time.time())
+        if state != "active":
+            raise errors.unauthorized(f"the API key {key.name!r} is {state}")
+        return key
+
+    async def admit(self, key: ApiKey) -> EffectiveLimits:
+        limits = EffectiveLimits.of(key, self.config.limits)
+        if limits.rpm is None and not limits.counts_tokens():
+            return limits
+        refusal = await self._store_call(admit_op(key, limits, time.time()))
+        if refusal is not None:
+            raise errors.rate_limited(refusal.message, refusal.retry_after_s, refusal.code)
+        return limits
+
+    async def record(self, call: Call, record: UsageRecord) -> None:
+        """Commit a usage record; raises GatewayError(503) when the store refuses it."""
+        record.price_with(self.config.models[call.model].price)
+        try:
+            await self.store.run(record_op(record, call.limits))
+        except Exception as exc:
+            self.metrics.usage_write_failures.inc()
+            log.error("usage record %s not stored: %s", record.request_id, exc)
+            raise errors.unavailable(
+                "the usage store is unavailable; the request was not billed"
+            ) from None
+        self._count(call, record)
+
+    def record_nowait(self, call: Call, record: UsageRecord) -> None:
+        """Queue a record without waiting (client gone, response cut): it still commits."""
+        record.price_with(self.config.models[call.model].price)
+        try:
+            self.store.submit(record_op(record, call.limits))
+        except queue.Full:
+            self.metrics.usage_write_failures.inc()
+            log.error("usage record %s dropped: store queue full", record.request_id)
+        self._count(call, record)
+
+    def _count(self, call: Call, record: UsageRecord) -> None:
+        call.counted = True
+        m = self.metrics
+        m.requests.labels(call.model, call.key.name, str(record.status)).inc()
+        m.latency.labels(call.model).observe(record.latency_ms / 1000.0)
+        if record.prompt_tokens:
+            m.tokens.labels(call.model, call.key.name, "prompt").inc(record.prompt_tokens)
+        if record.completion_tokens:
+            m.tokens.labels(call.model, call.key.name, "completion").inc(record.completion_tokens)
+
+    async def _store_call(self, op: Callable[[Connection], T]) -> T:
+        try:
+            return await self.store.run(op)
+        except queue.Full:
+            raise errors.unavailable("the gateway's store is overloaded; retry shortly") from None
+        except errors.GatewayError:
+            raise
+        except Exception as exc:
+            log.error("store call failed: %s", exc)
+            raise errors.unavailable("the gateway's store is unavailable; retry shortly") from None
+
+    async def _housekeeping(self) -> None:
+        retention = self.config.usage
+        while True:
+            try:
+                moved = await self.store.run(rollup_op(retention.retention_days))
+                await self.store.run(cleanup_op())
+                if moved:
+                    log.info("rolled up %d usage records older than %d days", moved,
+                             retention.retention_days)
+            except Exception as exc:
+                log.warning("usage rollup failed, will retry: %s", exc)
+            await asyncio.sleep(retention.rollup_interval_s)
+
+
+def _bearer(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()

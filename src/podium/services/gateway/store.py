@@ -1,0 +1,267 @@
+"""The gateway's durable state (keys, usage, limit counters) and the threads that write it.
+
+SQLite in WAL mode is the embedded default; PostgreSQL is used when several gateways
+share keys, counters and usage. Writes never run on the event loop: operations are
+queued to a few threads, and each thread commits whatever has queued up meanwhile in
+one transaction (group commit), so a busy gateway pays one commit per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from podium.errors import InvalidInput, PodiumError
+
+log = logging.getLogger("podium.gateway.store")
+T = TypeVar("T")
+Op = Callable[[Connection], Any]
+
+metadata = MetaData()
+
+keys_table = Table(
+    "gateway_keys",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),
+    Column("models", Text, nullable=False),
+    Column("rpm", Integer),
+    Column("tpm", Integer),
+    Column("quota", BigInteger),
+    Column("quota_period", String(8)),
+    Column("expires_at", Float),
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float),
+)
+
+usage_table = Table(
+    "gateway_usage",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("ts", Float, nullable=False),
+    Column("request_id", String(64), nullable=False),
+    Column("key_id", Integer, nullable=False),
+    Column("key_name", String(200), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("endpoint", String(64), nullable=False),
+    Column("replica", String(300), nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("prompt_tokens", Integer, nullable=False),
+    Column("completion_tokens", Integer, nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    Column("ttft_ms", Float),
+    Column("cost", Float, nullable=False),
+    Index("ix_gateway_usage_ts", "ts"),
+)
+
+# Records older than the retention, summed per UTC day, key and model.
+usage_daily_table = Table(
+    "gateway_usage_daily",
+    metadata,
+    Column("day", String(10), primary_key=True),
+    Column("key_name", String(200), primary_key=True),
+    Column("model", String(200), primary_key=True),
+    Column("requests", BigInteger, nullable=False),
+    Column("errors", BigInteger, nullable=False),
+    Column("prompt_tokens", BigInteger, nullable=False),
+    Column("completion_tokens", BigInteger, nullable=False),
+    Column("cost", Float, nullable=False),
+)
+
+# Fixed-window counters for RPM, TPM and quotas, shared by every gateway on the store.
+counters_table = Table(
+    "gateway_counters",
+    metadata,
+    Column("key_id", Integer, primary_key=True),
+    Column("kind", String(8), primary_key=True),
+    Column("window", BigInteger, primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)
+
+
+def upsert(conn: Connection, table: Table, values: Mapping[str, Any]) -> Any:
+    """An INSERT ... ON CONFLICT statement for this connection's dialect (SQLite or PostgreSQL)."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table).values(**values)
+
+
+def _engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=4
+        )
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # Let SQLAlchemy, not the driver, open transactions (see _begin below).
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            # In WAL mode NORMAL loses no committed transaction when the process is
+            # killed; only a power loss can drop the last commits.
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Connection) -> None:
+            # IMMEDIATE takes the write lock up front, so a read-then-write transaction
+            # waits for another writer instead of failing with SQLITE_BUSY.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    if url.startswith("postgresql"):
+        return create_engine(url, pool_size=8, max_overflow=4, pool_pre_ping=True)
+    raise InvalidInput(
+        f"store URL {url!r} is not supported; use sqlite:///PATH or postgresql+psycopg://..."
+    )
+
+
+class Store:
+    """Keys, usage and counters on one database, written by a few group-committing threads.
+
+    Example:
+        store = Store("sqlite:////var/lib/podium/gateway.db"); store.create_schema()
+        keys = store.run_sync(lambda conn: conn.execute(select(keys_table)).all())
+    """
+
+    def __init__(self, url: str, *, threads: int | None = None, max_queue: int = 20000) -> None:
+        self.url = url
+        try:
+            self.engine = _engine(url)
+        except (ImportError, SQLAlchemyError) as exc:
+            raise InvalidInput(f"store URL {url!r} cannot be opened: {exc}") from exc
+        self.is_sqlite = url.startswith("sqlite")
+        # SQLite has one writer at a time; PostgreSQL takes a few concurrent batches.
+        self._nthreads = threads or (1 if self.is_sqlite else 4)
+        self._queue: queue.Queue[tuple[Op, concurrent.futures.Future[Any]] | None] = queue.Queue(
+            max_queue
+        )
+        self._threads: list[threading.Thread] = []
+
+    def create_schema(self) -> None:
+        for attempt in range(3):
+            try:
+                metadata.create_all(self.engine)
+                return
+            except SQLAlchemyError as exc:
+                # Two gateways creating the schema at once: the loser retries and finds it.
+                if attempt == 2:
+                    raise PodiumError(
+                        f"store {self.safe_url()} schema cannot be created: {exc}"
+                    ) from exc
+
+    def safe_url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def run_sync(self, op: Callable[[Connection], T]) -> T:
+        """Run one operation in its own transaction on the calling thread (CLI use)."""
+        try:
+            with self.engine.begin() as conn:
+                return op(conn)
+        except SQLAlchemyError as exc:
+            raise PodiumError(f"store {self.safe_url()} failed: {exc}") from exc
+
+    def start(self) -> None:
+        for i in range(self._nthreads):
+            thread = threading.Thread(target=self._work, name=f"podium-store-{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self._threads.clear()
+        self.engine.dispose()
+
+    def submit(self, op: Callable[[Connection], T]) -> concurrent.futures.Future[T]:
+        """Queue an operation; raises queue.Full when the store is this far behind."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._queue.put_nowait((op, future))
+        return future
+
+    async def run(self, op: Callable[[Connection], T]) -> T:
+        """Run an operation on a store thread and wait for its transaction to commit.
+
+        Shielded: a request cancelled meanwhile (client gone) still has its write committed.
+        """
+        return await asyncio.shield(asyncio.wrap_future(self.submit(op)))
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            stop = False
+            while len(batch) < 256:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batch.append(more)
+            self._commit(batch)
+            if stop:
+                return
+
+    def _commit(self, batch: Sequence[tuple[Op, concurrent.futures.Future[Any]]]) -> None:
+        live = [(op, fut) for op, fut in batch if fut.set_running_or_notify_cancel()]
+        try:
+            with self.engine.begin() as conn:
+                results = [op(conn) for op, _ in live]
+        except Exception:
+            if len(live) == 1:
+                op, fut = live[0]
+                self._alone(op, fut)
+                return
+            # One bad operation must not fail its neighbours: run each on its own.
+            for op, fut in live:
+                self._alone(op, fut)
+            return
+        for (_, fut), result in zip(live, results, strict=True):
+            fut.set_result(result)
+
+    def _alone(self, op: Op, fut: concurrent.futures.Future[Any]) -> None:
+        for attempt in range(2):
+            try:
+                with self.engine.begin() as conn:
+                    result = op(conn)
+            except Exception as exc:
+                # A deadlock between two gateways' batches is worth one more try.
+                if attempt == 0 and "deadlock" in str(exc).lower():
+                    continue
+                log.warning("store operation failed: %s", exc)
+                fut.set_exception(exc)
+                return
+            fut.set_result(result)
+            return

@@ -1,0 +1,284 @@
+"""Rules that span several fields of a stack; each broken rule names the field path it is about."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from podium.stack.model import Stack
+from podium.stack.ports import listeners
+
+Path = tuple[str | int, ...]
+
+ENGINE_FORMATS = {
+    "llamacpp": {"gguf"},
+    "vllm": {"safetensors"},
+    "sglang": {"safetensors"},
+    "predictive": {"skops", "joblib"},
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: Path
+    value: object
+    message: str
+
+
+def check(stack: Stack, components: frozenset[str]) -> list[Problem]:
+    """Every broken cross-field rule, in the order the fields appear in the file."""
+    return [
+        *_unique_nodes(stack),
+        *_node_refs(stack),
+        *_machines(stack),
+        *_storage(stack),
+        *_models(stack),
+        *_engines(stack),
+        *_gateway(stack),
+        *_kubernetes(stack),
+        *_ports(stack),
+        *_versions(stack, components),
+    ]
+
+
+def _unique_nodes(stack: Stack) -> Iterator[Problem]:
+    seen_names: set[str] = set()
+    seen_addresses: dict[str, str] = {}
+    for i, node in enumerate(stack.nodes):
+        if node.name in seen_names:
+            yield Problem(("nodes", i, "name"), node.name, "is declared twice; node names are unique")
+        seen_names.add(node.name)
+        address = str(node.address)
+        if address in seen_addresses:
+            yield Problem(
+                ("nodes", i, "address"),
+                address,
+                f"is already the address of node {seen_addresses[address]}; give each node its own",
+            )
+        seen_addresses.setdefault(address, node.name)
+
+
+def _node_refs(stack: Stack) -> Iterator[Problem]:
+    known = set(stack.node_names)
+    refs: list[tuple[Path, str]] = []
+    if stack.storage:
+        refs += [(("storage", "nodes", i), n) for i, n in enumerate(stack.storage.nodes)]
+        refs += [(("storage", "clients", i), n) for i, n in enumerate(stack.storage.clients or [])]
+    if stack.registry:
+        refs.append((("registry", "node"), stack.registry.node))
+    for e, engine in enumerate(stack.engines):
+        refs += [(("engines", e, "nodes", i), n) for i, n in enumerate(engine.nodes)]
+    if stack.monitoring:
+        refs.append((("monitoring", "node"), stack.monitoring.node))
+    if stack.gateway:
+        refs += [(("gateway", "nodes", i), n) for i, n in enumerate(stack.gateway.nodes)]
+        if stack.gateway.store_node:
+            refs.append((("gateway", "store_node"), stack.gateway.store_node))
+    for section in ("bridges", "vlans", "openings"):
+        for b, item in enumerate(getattr(stack.network, section)):
+            refs += [(("network", section, b, "nodes", i), n) for i, n in enumerate(item.nodes)]
+    if stack.kubernetes:
+        if stack.kubernetes.server:
+            refs.append((("kubernetes", "server"), stack.kubernetes.server))
+        refs += [(("kubernetes", "agents", i), n) for i, n in enumerate(stack.kubernetes.agents)]
+    listed = ", ".join(sorted(known))
+    for path, name in refs:
+        if name not in known:
+            yield Problem(path, name, f"is not a node of this stack; declared nodes: {listed}")
+
+
+def _machines(stack: Stack) -> Iterator[Problem]:
+    net = stack.host_network
+    for i, node in enumerate(stack.nodes):
+        machine = node.machine
+        if machine is None:
+            continue
+        if machine.driver == "libvirt" and not machine.hypervisor:
+            yield Problem(
+                ("nodes", i, "machine", "hypervisor"),
+                None,
+                "is required for a libvirt machine; give a URI such as qemu:///system",
+            )
+        if machine.driver == "nspawn" and machine.pci_passthrough:
+            yield Problem(
+                ("nodes", i, "machine", "pci_passthrough"),
+                machine.pci_passthrough,
+                "needs a libvirt VM; nspawn machines cannot take PCI devices",
+            )
+        if net is None:
+            yield Problem(
+                ("nodes", i, "machine"),
+                machine.driver,
+                "needs a host_network section (subnet and gateway) for the machines Podium creates",
+            )
+        elif node.address not in net.subnet or node.address == net.gateway:
+            yield Problem(
+                ("nodes", i, "address"),
+                str(node.address),
+                f"must be a host address in host_network.subnet {net.subnet} other than its gateway",
+            )
+    if net and net.gateway not in net.subnet:
+        yield Problem(("host_network", "gateway"), str(net.gateway), f"is outside {net.subnet}")
+
+
+def _storage(stack: Stack) -> Iterator[Problem]:
+    storage = stack.storage
+    if storage is None:
+        return
+    if storage.replicas > len(storage.nodes):
+        yield Problem(
+            ("storage", "replicas"),
+            storage.replicas,
+            f"is more than the {len(storage.nodes)} storage node(s); lower it or add nodes",
+        )
+    if storage.driver in ("local", "nfs") and len(storage.nodes) != 1:
+        yield Problem(
+            ("storage", "nodes"),
+            storage.nodes,
+            f"must name exactly one node for the {storage.driver} driver",
+        )
+    vlans = [v.name for v in stack.network.vlans]
+    if storage.network and storage.network not in vlans:
+        yield Problem(
+            ("storage", "network"),
+            storage.network,
+            f"is not a VLAN in network.vlans; declared: {', '.join(vlans) or 'none'}",
+        )
+
+
+def _models(stack: Stack) -> Iterator[Problem]:
+    seen: set[tuple[str, str]] = set()
+    for m, model in enumerate(stack.models):
+        key = (model.name, model.version)
+        if key in seen:
+            yield Problem(("models", m, "version"), model.version, "is declared twice for this model")
+        seen.add(key)
+        if model.format == "joblib" and not model.trusted:
+            yield Problem(
+                ("models", m, "format"),
+                model.format,
+                "is a pickle format that runs code when loaded; use skops, or set trusted: true",
+            )
+
+
+def _engines(stack: Stack) -> Iterator[Problem]:
+    names: set[str] = set()
+    for e, engine in enumerate(stack.engines):
+        if engine.name in names:
+            yield Problem(("engines", e, "name"), engine.name, "is declared twice; engine names are unique")
+        names.add(engine.name)
+        try:
+            model = stack.model(engine.model)
+        except KeyError:
+            refs = [f"{m.name}:{t}" for m in stack.models for t in [m.version, *m.aliases]]
+            yield Problem(
+                ("engines", e, "model"),
+                engine.model,
+                f"is not a model version or alias in models; declared: {', '.join(refs) or 'none'}",
+            )
+        else:
+            if model.format not in ENGINE_FORMATS[engine.kind]:
+                allowed = " or ".join(sorted(ENGINE_FORMATS[engine.kind]))
+                yield Problem(
+                    ("engines", e, "model"),
+                    engine.model,
+                    f"is {model.format}, but {engine.kind} serves {allowed}",
+                )
+        yield from _engine_devices(stack, e)
+
+
+def _engine_devices(stack: Stack, e: int) -> Iterator[Problem]:
+    engine = stack.engines[e]
+    known = {n.name: n for n in stack.nodes}
+    gpu_kind = engine.kind in ("vllm", "sglang")
+    if engine.kind == "sglang" and engine.device == "cpu":
+        yield Problem(("engines", e, "device"), "cpu", "is not supported by SGLang; use gpu or vllm")
+        return
+    if engine.kind == "predictive" and engine.device == "gpu":
+        yield Problem(("engines", e, "device"), "gpu", "is not used by scikit-learn; use cpu")
+    wants_gpu = engine.device == "gpu" or (gpu_kind and engine.device == "auto")
+    for i, name in enumerate(engine.nodes):
+        node = known.get(name)
+        if node is None or not wants_gpu:
+            continue
+        if node.gpus == 0:
+            fix = "set device: cpu on the engine" if engine.kind == "vllm" else "place it on a GPU node"
+            yield Problem(
+                ("engines", e, "nodes", i),
+                name,
+                f"has no GPUs but {engine.kind} needs one; {fix}",
+            )
+        elif engine.gpus_per_replica > node.gpus:
+            yield Problem(
+                ("engines", e, "gpus_per_replica"),
+                engine.gpus_per_replica,
+                f"is more than the {node.gpus} GPUs of node {name}",
+            )
+
+
+def _gateway(stack: Stack) -> Iterator[Problem]:
+    gw = stack.gateway
+    if gw is None:
+        return
+    model_names = {m.name for m in stack.models}
+    if gw.store == "sqlite" and len(gw.nodes) > 1:
+        yield Problem(
+            ("gateway", "store"),
+            "sqlite",
+            "cannot be shared by several gateway nodes; use postgresql with a store_node",
+        )
+    if gw.store == "postgresql" and not gw.store_node:
+        yield Problem(("gateway", "store_node"), None, "is required when store is postgresql")
+    key_names: set[str] = set()
+    for k, key in enumerate(gw.keys):
+        if key.name in key_names:
+            yield Problem(("gateway", "keys", k, "name"), key.name, "is declared twice")
+        key_names.add(key.name)
+        if key.models != "*":
+            for i, name in enumerate(key.models):
+                if name not in model_names:
+                    yield Problem(
+                        ("gateway", "keys", k, "models", i),
+                        name,
+                        f"is not a model name; declared: {', '.join(sorted(model_names)) or 'none'}",
+                    )
+    for name in gw.prices:
+        if name not in model_names:
+            yield Problem(("gateway", "prices", name), name, "is not a model name of this stack")
+
+
+def _kubernetes(stack: Stack) -> Iterator[Problem]:
+    kube = stack.kubernetes
+    if kube is None:
+        return
+    if kube.distribution == "k3s" and not kube.server:
+        yield Problem(("kubernetes", "server"), None, "is required for k3s; name the server node")
+    if kube.distribution == "existing" and not kube.kubeconfig:
+        yield Problem(("kubernetes", "kubeconfig"), None, "is required for an existing cluster")
+    engines = {e.name for e in stack.engines}
+    for i, name in enumerate(kube.engines):
+        if name not in engines:
+            yield Problem(("kubernetes", "engines", i), name, "is not an engine of this stack")
+
+
+def _ports(stack: Stack) -> Iterator[Problem]:
+    taken: dict[tuple[str, int], str] = {}
+    for item in listeners(stack):
+        key = (item.node, item.port)
+        if key in taken and taken[key] != item.what:
+            yield Problem(
+                item.path,
+                item.port,
+                f"is already used on node {item.node} by {taken[key]}; pick another port for {item.what}",
+            )
+        taken.setdefault(key, item.what)
+
+
+def _versions(stack: Stack, components: frozenset[str]) -> Iterator[Problem]:
+    for name in stack.versions:
+        if name not in components:
+            yield Problem(
+                ("versions", name),
+                None,
+                f"is not a component; known: {', '.join(sorted(components))}",
+            )

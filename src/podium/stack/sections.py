@@ -1,0 +1,158 @@
+"""The service sections of a stack: network, storage, GPUs, registry, models, engines, monitoring,
+gateway and Kubernetes."""
+
+from __future__ import annotations
+
+import datetime as dt
+from ipaddress import IPv4Network
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from podium.stack.nodes import Strict
+from podium.stack.types import Duration, Name, Port
+
+NodeList = list[str]
+# Lists of nodes a thing runs on: at least one.
+Placement = Annotated[list[str], Field(min_length=1)]
+
+
+class Bridge(Strict):
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,14}$")]
+    nodes: NodeList
+    interfaces: list[str] = []
+    mtu: Annotated[int, Field(ge=576, le=9216)] = 1500
+
+
+class Vlan(Strict):
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,14}$")]
+    id: Annotated[int, Field(ge=1, le=4094)]
+    # The interface the VLAN rides on (host0 inside lab machines).
+    parent: str = "host0"
+    mtu: Annotated[int, Field(ge=576, le=9216)] = 1500
+    nodes: NodeList
+    # Node addresses are the subnet's hosts in node order unless given.
+    subnet: IPv4Network
+
+
+class Opening(Strict):
+    """A firewall opening beyond those Podium derives from component placement."""
+
+    port: Port
+    protocol: Literal["tcp", "udp"] = "tcp"
+    nodes: NodeList
+    # CIDRs or node names allowed in; empty means every node of the stack.
+    sources: list[str] = []
+
+
+class Network(Strict):
+    bridges: list[Bridge] = []
+    vlans: list[Vlan] = []
+    openings: list[Opening] = []
+    # NTP servers of the site; the lab syncs from its host. Never a public pool.
+    ntp_servers: list[str] = []
+    # Where the control machine connects from (CIDRs); SSH and admin ports open to it.
+    # Empty: the lab host's gateway for created machines, else anywhere for SSH.
+    admin_sources: list[str] = []
+
+
+class Storage(Strict):
+    driver: Literal["glusterfs", "nfs", "local"]
+    nodes: Placement
+    replicas: Annotated[int, Field(ge=1, le=16)] = 1
+    mount: Annotated[str, Field(pattern=r"^/[^\s]*$")] = "/srv/podium"
+    volume: Name = "podium"
+    # Nodes that mount the volume; every node of the stack when unset.
+    clients: NodeList | None = None
+    # A VLAN name: storage traffic goes over it when set.
+    network: str | None = None
+
+
+class Gpu(Strict):
+    driver_branch: Annotated[str, Field(pattern=r"^\d{3}$")] = "550"
+    source: Literal["distribution", "nvidia", "mirror"] = "distribution"
+    container_toolkit: bool = True
+    persistence: bool = True
+
+
+class Registry(Strict):
+    node: str
+    port: Port = 5000
+    path: Annotated[str, Field(pattern=r"^/[^\s]*$")] = "/srv/podium/registry"
+    tls: bool = True
+
+
+class Model(Strict):
+    name: Name
+    version: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+    format: Literal["gguf", "safetensors", "skops", "joblib"]
+    # A path relative to the stack folder, or tiny:gguf|hf|sklearn for a generated test model.
+    source: str
+    aliases: list[Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")]] = []
+    trusted: bool = False
+    # Types a skops file may contain beyond skops' own safe list.
+    trusted_types: list[str] = []
+
+
+class Engine(Strict):
+    name: Name
+    kind: Literal["llamacpp", "vllm", "sglang", "predictive"]
+    # name:version or name:alias of a model in `models`.
+    model: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]*:[A-Za-z0-9][A-Za-z0-9._-]*$")]
+    nodes: Placement
+    replicas: Annotated[int, Field(ge=1, le=64)] = 1
+    # First replica's port on a node; further replicas on the same node take the next ports.
+    port: Port = 8080
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    gpus_per_replica: Annotated[int, Field(ge=0, le=16)] = 0
+    args: dict[str, str | int | float | bool] = {}
+
+
+class Monitoring(Strict):
+    node: str
+    port: Port = 9090
+    retention: Duration = "15d"
+    scrape_interval: Duration = "15s"
+    ttft_slo_seconds: Annotated[float, Field(gt=0)] = 2.0
+    # How long a condition holds before an alert fires; the lab shortens it.
+    alert_for: Duration = "5m"
+    webhook: str | None = None
+    # Grafana comes from a repository or mirror the site names; skipped when unset.
+    grafana_repository: str | None = None
+
+
+class ApiKey(Strict):
+    name: Name
+    models: list[str] | Literal["*"] = "*"
+    rpm: Annotated[int, Field(ge=1)] | None = None
+    tpm: Annotated[int, Field(ge=1)] | None = None
+    quota: Annotated[str, Field(pattern=r"^\d+/(day|month)$")] | None = None
+    expires: dt.date | None = None
+
+
+class Price(Strict):
+    prompt: Annotated[float, Field(ge=0)]
+    completion: Annotated[float, Field(ge=0)]
+
+
+class Gateway(Strict):
+    nodes: Placement
+    port: Port = 8443
+    tls: bool = True
+    store: Literal["sqlite", "postgresql"] = "sqlite"
+    # The PostgreSQL node when store is postgresql.
+    store_node: str | None = None
+    keys: list[ApiKey] = []
+    # Price per 1K tokens, by model name.
+    prices: dict[str, Price] = {}
+
+
+class Kubernetes(Strict):
+    distribution: Literal["k3s", "existing"] = "k3s"
+    server: str | None = None
+    agents: NodeList = []
+    kubeconfig: str | None = None
+    namespace: Name = "podium"
+    # Engines (by name) that run as Deployments instead of systemd units.
+    engines: list[str] = []
+    gateway: bool = False

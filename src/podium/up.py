@@ -1,0 +1,129 @@
+"""`podium up`: read each host's recorded state, plan, then run the plan component by component
+(all hosts of a component in parallel), recording state on a host as soon as it succeeded there."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from rich.console import Console
+
+from podium.drivers.pyinfra_runner import read_states, run_component
+from podium.errors import InvalidInput, PodiumError
+from podium.inventory import HostEntry, connection, host_entries
+from podium.plan.actions import Action, make_plan
+from podium.plan.components import COMPONENT_NAMES, COMPONENTS
+from podium.plan.state import HostState
+from podium.stack.model import Stack
+from podium.stack.versions import load_versions
+
+
+@dataclass
+class UpResult:
+    actions: list[Action]
+    changes: int = 0
+    ran: list[str] = field(default_factory=list)
+
+
+def recorded_states(stack: Stack) -> dict[str, HostState]:
+    entries = [(n, connection(stack, n)) for n in stack.node_names]
+    return read_states(entries)
+
+
+def up(
+    stack: Stack,
+    *,
+    limit: Sequence[str] = (),
+    only: Sequence[str] = (),
+    dry_run: bool = False,
+    reapply: bool = False,
+    console: Console | None = None,
+) -> UpResult:
+    console = console or Console(stderr=True)
+    for name in limit:
+        if name not in stack.node_names:
+            raise InvalidInput(f"--limit {name}: not a node of {stack.name}; nodes: {', '.join(stack.node_names)}")
+    for name in only:
+        if name not in COMPONENT_NAMES:
+            raise InvalidInput(f"--only {name}: not a component; components: {', '.join(COMPONENT_NAMES)}")
+    versions = load_versions()
+    with console.status("reading recorded state from the hosts"):
+        states = recorded_states(stack)
+    digests = _model_digests(stack, states, push=False, dry_run=dry_run)
+    actions = make_plan(stack, versions, states, digests)
+    entries = dict(host_entries(stack, actions))
+    result = UpResult(actions)
+    new_states = {h: states.get(h, HostState(host=h)).model_copy(deep=True) for h in stack.node_names}
+    for h, s in states.items():
+        new_states.setdefault(h, s.model_copy(deep=True))
+
+    def selected(action: Action) -> bool:
+        return (not limit or action.host in limit) and (not only or action.component in only)
+
+    for component in COMPONENTS:
+        skip = ("remove",) if reapply else ("keep", "remove")
+        todo = [a for a in actions if a.component == component.name and a.action not in skip]
+        todo = [a for a in todo if selected(a)]
+        if not todo:
+            continue
+        by_host = {a.host: a for a in todo}
+
+        def record(host: str, by_host: dict[str, Action] = by_host, name: str = component.name) -> HostState:
+            action = by_host[host]
+            assert action.to_version is not None and action.config_hash is not None
+            new_states[host].record(name, action.to_version, action.config_hash)
+            return new_states[host].model_copy(deep=True)
+
+        hosts: list[HostEntry] = [(h, entries[h]) for h in by_host]
+        label = ", ".join(f"{a.host} ({a.action})" for a in todo)
+        with console.status(f"{component.name}: {label}"):
+            run = run_component(hosts, component.name, "deploy", dry_run=dry_run, record=record)
+        _report(console, run.component, run.changes, run.failed, dry_run)
+        result.changes += run.changes
+        result.ran.append(component.name)
+        if run.failed:
+            host, why = next(iter(run.failed.items()))
+            raise PodiumError(f"{component.name} failed on {host}: {why}")
+        if component.name == "registry" and not dry_run:
+            # With the registry up, push the stack's missing models and plan the engines
+            # against the digests their references resolve to.
+            digests = _model_digests(stack, new_states, push=True, dry_run=dry_run)
+            actions = make_plan(stack, versions, states, digests)
+            entries = dict(host_entries(stack, actions))
+            result.actions = actions
+
+    removals = [a for a in actions if a.action == "remove" and selected(a)]
+    for action in removals:
+        entry = (action.host, {**entries.get(action.host, connection(stack, action.host))})
+
+        def drop(host: str, name: str = action.component) -> HostState:
+            new_states[host].components.pop(name, None)
+            return new_states[host].model_copy(deep=True)
+
+        with console.status(f"{action.component}: removing from {action.host}"):
+            run = run_component([entry], action.component, "remove", dry_run=dry_run, record=drop)
+        _report(console, f"{action.component} (remove)", run.changes, run.failed, dry_run)
+        result.changes += run.changes
+        if run.failed:
+            raise PodiumError(f"removing {action.component} failed on {action.host}: {run.failed[action.host]}")
+    return result
+
+
+def _report(console: Console, what: str, changes: int, failed: dict[str, str], dry_run: bool) -> None:
+    verb = "would change" if dry_run else "changed"
+    mark = "[red]✗[/]" if failed else "[green]✓[/]"
+    console.print(f"{mark} {what}: {verb} {changes}")
+
+
+def _model_digests(
+    stack: Stack, states: dict[str, HostState], *, push: bool, dry_run: bool
+) -> dict[str, str] | None:
+    """Engine model reference → digest, once the stack's registry is recorded on its node."""
+    if not stack.registry or not stack.models or dry_run:
+        return None
+    recorded = states.get(stack.registry.node)
+    if recorded is None or "registry" not in recorded.components:
+        return None
+    from podium.registry.sync import sync_models
+
+    return sync_models(stack, push=push)

@@ -1,0 +1,118 @@
+"""The plan: dependency order from nothing, keep when state matches, upgrade/downgrade of one
+component on its hosts only, reconfigure on changed settings, removals last."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from podium.plan import COMPONENT_NAMES, make_plan
+from podium.plan.actions import compare_versions
+from podium.plan.state import HostState, parse_states
+from podium.stack import load_stack
+from podium.stack.versions import load_versions
+
+STACKS = ["stacks/lab", "stacks/single-gpu", "stacks/hybrid"]
+
+
+def applied(actions):
+    """The recorded state a successful run of these actions leaves behind."""
+    states = {}
+    for a in actions:
+        if a.action != "remove":
+            states.setdefault(a.host, HostState(host=a.host)).record(a.component, a.to_version, a.config_hash)
+    return states
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_example_stacks_load_and_plan_in_dependency_order(stack):
+    actions = make_plan(load_stack(stack), load_versions())
+    assert actions and all(a.action == "install" for a in actions)
+    order = [COMPONENT_NAMES.index(a.component) for a in actions]
+    assert order == sorted(order), "components out of dependency order"
+
+
+def test_lab_order_is_base_network_storage_registry_engines_monitoring_gateway():
+    actions = make_plan(load_stack("stacks/lab"), load_versions())
+    seen = list(dict.fromkeys(a.component for a in actions))
+    assert seen == ["base", "network", "storage", "registry", "engine-llamacpp",
+                    "engine-predictive", "monitoring", "gateway"]
+
+
+def test_state_equal_to_stack_keeps_everything():
+    stack, versions = load_stack("stacks/lab"), load_versions()
+    actions = make_plan(stack, versions, applied(make_plan(stack, versions)))
+    assert {a.action for a in actions} == {"keep"}
+
+
+def test_version_bump_upgrades_that_component_on_its_hosts_only(tmp_path):
+    stack, versions = load_stack("stacks/lab"), load_versions()
+    state = applied(make_plan(stack, versions))
+    bumped = stack.model_copy(update={"versions": {"engine-llamacpp": "99999.0.0"}})
+    changed = [a for a in make_plan(bumped, versions, state) if a.action != "keep"]
+    assert {(a.component, a.host, a.action) for a in changed} == {
+        ("engine-llamacpp", "node1", "upgrade"), ("engine-llamacpp", "node2", "upgrade")}
+    older = stack.model_copy(update={"versions": {"engine-llamacpp": "100.0.0"}})
+    assert {a.action for a in make_plan(older, versions, state) if a.component == "engine-llamacpp"} == {"downgrade"}
+
+
+def test_changed_engine_arguments_reconfigure_that_engine(tmp_path):
+    text = Path("stacks/lab/stack.yaml").read_text()
+    (tmp_path / "stack.yaml").write_text(text.replace("threads: 1", "threads: 2"))
+    versions = load_versions()
+    state = applied(make_plan(load_stack("stacks/lab"), versions))
+    changed = [a for a in make_plan(load_stack(tmp_path), versions, state) if a.action != "keep"]
+    assert {(a.component, a.action) for a in changed} == {("engine-llamacpp", "reconfigure")}
+
+
+def test_moved_alias_digest_reconfigures_engines():
+    stack, versions = load_stack("stacks/lab"), load_versions()
+    first = {"tiny-llama:stable": "sha256:" + "a" * 64, "iris:1": "sha256:" + "b" * 64}
+    state = applied(make_plan(stack, versions, digests=first))
+    moved = {**first, "tiny-llama:stable": "sha256:" + "c" * 64}
+    changed = [a for a in make_plan(stack, versions, state, digests=moved) if a.action != "keep"]
+    assert {a.component for a in changed} == {"engine-llamacpp"}
+
+
+def test_components_no_longer_declared_are_removed_last_in_reverse_order():
+    stack, versions = load_stack("stacks/lab"), load_versions()
+    state = applied(make_plan(stack, versions))
+    state["node1"].record("engine-vllm", "0.1", "x")
+    state["ctrl"].record("kubernetes", "v1", "y")
+    actions = make_plan(stack, versions, state)
+    tail = [(a.component, a.host, a.action) for a in actions[-2:]]
+    assert tail == [("engine-vllm", "node1", "remove"), ("kubernetes", "ctrl", "remove")]
+
+
+def test_compare_versions_handles_debian_and_pep440():
+    assert compare_versions("2.8.2+ds1-1", "2.8.3+ds1-1") == -1
+    assert compare_versions("11434.0.0", "11401.0.0") == 1
+    assert compare_versions("1.0.0", "1.0.0") == 0
+
+
+def test_plan_json_cli_and_state_from(tmp_path):
+    stack, versions = load_stack("stacks/lab"), load_versions()
+    state = applied(make_plan(stack, versions))
+    state_file = tmp_path / "state.json"
+    state_file.write_text(json.dumps([json.loads(s.to_json()) for s in state.values()]))
+    assert set(parse_states(state_file.read_text(), "x")) == {"ctrl", "node1", "node2"}
+    out = subprocess.run(
+        [sys.executable, "-m", "podium", "plan", "stacks/lab", "--json", "--state-from", str(state_file)],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    items = json.loads(out)
+    assert {i["action"] for i in items} == {"keep"}
+    assert {"host", "component", "action", "from_version", "to_version"} <= set(items[0])
+
+
+def test_render_is_byte_stable(tmp_path):
+    for run in ("a", "b"):
+        subprocess.run([sys.executable, "-m", "podium", "render", "stacks/lab", "--out", str(tmp_path / run)],
+                       check=True, capture_output=True)
+    files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    files_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
+    assert files_a == files_b and files_a
+    for rel in files_a:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
