@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 import yaml
-from tests.fixtures_engines import EngineServer, _start, stop, wait_ready
 
 from podium.models.tiny_gguf import served_name
 from podium.services.gateway.client import AdminApi
 from podium.services.gateway.keys import KeySpec
+from tests.fixtures_engines import EngineServer, _start, stop, wait_ready
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from tests.fixtures_engines import (
     EngineServer,
     engine_dir,

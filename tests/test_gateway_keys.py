@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+
 from tests.fixtures_engines import (
     EngineServer,
     engine_dir,

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+
 from tests.fixtures_engines import (
     EngineServer,
     engine_dir,

@@ -10,6 +10,10 @@ from pathlib import Path
 
 import openai
 import pytest
+
+from podium.services.gateway.metering import UsageRecord, record_op
+from podium.services.gateway.store import Store, usage_daily_table
+from podium.services.gateway.usage import report_op, rollup_op
 from tests.fixtures_engines import engine_dir, llama_server_bin, tiny_gguf
 from tests.fixtures_gateway import (
     GatewayFactory,
@@ -21,10 +25,6 @@ from tests.fixtures_gateway import (
     podium,
     usage_rows,
 )
-
-from podium.services.gateway.metering import UsageRecord, record_op
-from podium.services.gateway.store import Store, usage_daily_table
-from podium.services.gateway.usage import report_op, rollup_op
 
 __all__ = ["engine_dir", "gateways", "llama_replicas", "llama_server_bin", "tiny_gguf"]
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import openai
 import pytest
+
+from podium.models.tiny_sklearn import sidecar_path
 from tests.fixtures_engines import (
     EngineServer,
     engine_dir,
@@ -20,8 +22,6 @@ from tests.fixtures_engines import (
     tiny_sklearn,
 )
 from tests.fixtures_gateway import GatewayFactory, GatewayProcess, models_for, usage_rows
-
-from podium.models.tiny_sklearn import sidecar_path
 
 __all__ = ["engine_dir", "llama_server", "llama_server_bin", "mlserver", "tiny_gguf",
            "tiny_sklearn"]  # fixtures, imported so pytest finds them

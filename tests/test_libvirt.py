@@ -69,9 +69,7 @@ def _render(kind: str) -> ET.Element:
 
 
 def test_tcg_domain_boots_the_overlay_with_the_seed_beside_it(tmp_path: Path) -> None:
-    xml = domain_xml(
-        NET, GPU_NODE, kind="qemu", pool="podium", image_volume="base.qcow2", host_keys=[]
-    )
+    xml = domain_xml(NET, GPU_NODE, kind="qemu", pool="podium", image_volume="base.qcow2", host_keys=[])
     _validate(xml, "domain", tmp_path)
     root = ET.fromstring(xml)
     assert root.get("type") == "qemu"
@@ -86,6 +84,27 @@ def test_tcg_domain_boots_the_overlay_with_the_seed_beside_it(tmp_path: Path) ->
         ("lab-gpu1-seed.img", "raw"),
     ]
     assert disks[1].find("readonly") is not None, "the seed disk must be read-only"
+
+
+def test_direct_boot_domain_loads_the_image_kernel_with_the_root_label(tmp_path: Path) -> None:
+    xml = domain_xml(
+        NET,
+        GPU_NODE,
+        kind="qemu",
+        pool="podium",
+        image_volume="base.qcow2",
+        host_keys=[],
+        kernel=("/pool/base.vmlinuz", "/pool/base.initrd"),
+    )
+    _validate(xml, "domain", tmp_path)
+    os_element = ET.fromstring(xml).find("os")
+    assert os_element is not None
+    assert os_element.findtext("kernel") == "/pool/base.vmlinuz"
+    assert os_element.findtext("initrd") == "/pool/base.initrd"
+    assert f"root=LABEL={ROOT_LABEL}" in (os_element.findtext("cmdline") or "")
+    assert os_element.find("boot") is None
+    # Without a kernel the disk boots by itself, through GRUB.
+    assert _render("kvm").find("os/boot").get("dev") == "hd"  # type: ignore[union-attr]
 
 
 def test_kvm_domain_passes_the_host_cpu_through(tmp_path: Path) -> None:
@@ -132,9 +151,7 @@ def test_metadata_records_lab_node_address_and_host_keys() -> None:
 
 
 def test_macs_differ_between_nodes_labs_and_nics() -> None:
-    macs = {
-        mac_address(lab, node, i) for lab in ("a", "b") for node in ("n1", "n2") for i in (0, 1)
-    }
+    macs = {mac_address(lab, node, i) for lab in ("a", "b") for node in ("n1", "n2") for i in (0, 1)}
     assert len(macs) == 8
     assert all(mac.startswith("52:54:00:") for mac in macs)
 
@@ -269,9 +286,7 @@ def test_vm_image_is_cached_by_recipe_and_boots_by_label() -> None:
 # -- one real VM -----------------------------------------------------------------
 
 
-def _ssh(
-    key: Path, known_hosts: Path, address: str, command: str
-) -> subprocess.CompletedProcess[str]:
+def _ssh(key: Path, known_hosts: Path, address: str, command: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             "ssh",
@@ -308,14 +323,9 @@ def _leftovers(driver: LibvirtDriver, network: LabNetwork, node: str) -> list[st
         ["virsh", "-c", driver.uri, "vol-list", driver.pool], capture_output=True, text=True
     ).stdout
     found += [
-        f"volume {v}"
-        for v in (f"{network.lab}-{node}.qcow2", f"{network.lab}-{node}-seed.img")
-        if v in vols
+        f"volume {v}" for v in (f"{network.lab}-{node}.qcow2", f"{network.lab}-{node}-seed.img") if v in vols
     ]
-    if (
-        subprocess.run(["ip", "link", "show", f"pdm-{network.lab}"], capture_output=True).returncode
-        == 0
-    ):
+    if subprocess.run(["ip", "link", "show", f"pdm-{network.lab}"], capture_output=True).returncode == 0:
         found.append("bridge")
     return found
 
@@ -333,9 +343,7 @@ def test_a_vm_boots_on_its_lab_bridge_and_answers_ssh_with_its_injected_host_key
         [status] = driver.ensure(vm_network, [spec])
         assert status.running and status.ssh_ready, status
         known_hosts = tmp_path / "known_hosts"
-        known_hosts.write_text(
-            "".join(f"{spec.address} {k}\n" for k in driver.host_keys(vm_network, "vm1"))
-        )
+        known_hosts.write_text("".join(f"{spec.address} {k}\n" for k in driver.host_keys(vm_network, "vm1")))
         hostname = _ssh(key, known_hosts, spec.address, "hostname")
         assert hostname.returncode == 0, hostname.stderr
         assert hostname.stdout.strip() == "vm1"

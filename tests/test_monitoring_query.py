@@ -106,7 +106,7 @@ def test_status_without_prometheus_is_invalid_input() -> None:
     app = typer.Typer()
     status_cli.register(app)
     app.command("noop", hidden=True)(lambda: None)
-    result = CliRunner().invoke(app, ["status", "lab"])
+    result = CliRunner().invoke(app, ["status"])
     assert isinstance(result.exception, InvalidInput)
     assert "pass --prometheus URL" in str(result.exception)
 

@@ -37,8 +37,16 @@ def test_example_stacks_load_and_plan_in_dependency_order(stack):
 def test_lab_order_is_base_network_storage_registry_engines_monitoring_gateway():
     actions = make_plan(load_stack("stacks/lab"), load_versions())
     seen = list(dict.fromkeys(a.component for a in actions))
-    assert seen == ["base", "network", "storage", "registry", "engine-llamacpp",
-                    "engine-predictive", "monitoring", "gateway"]
+    assert seen == [
+        "base",
+        "network",
+        "storage",
+        "registry",
+        "engine-llamacpp",
+        "engine-predictive",
+        "monitoring",
+        "gateway",
+    ]
 
 
 def test_state_equal_to_stack_keeps_everything():
@@ -53,9 +61,13 @@ def test_version_bump_upgrades_that_component_on_its_hosts_only(tmp_path):
     bumped = stack.model_copy(update={"versions": {"engine-llamacpp": "99999.0.0"}})
     changed = [a for a in make_plan(bumped, versions, state) if a.action != "keep"]
     assert {(a.component, a.host, a.action) for a in changed} == {
-        ("engine-llamacpp", "node1", "upgrade"), ("engine-llamacpp", "node2", "upgrade")}
+        ("engine-llamacpp", "node1", "upgrade"),
+        ("engine-llamacpp", "node2", "upgrade"),
+    }
     older = stack.model_copy(update={"versions": {"engine-llamacpp": "100.0.0"}})
-    assert {a.action for a in make_plan(older, versions, state) if a.component == "engine-llamacpp"} == {"downgrade"}
+    assert {a.action for a in make_plan(older, versions, state) if a.component == "engine-llamacpp"} == {
+        "downgrade"
+    }
 
 
 def test_changed_engine_arguments_reconfigure_that_engine(tmp_path):
@@ -100,7 +112,9 @@ def test_plan_json_cli_and_state_from(tmp_path):
     assert set(parse_states(state_file.read_text(), "x")) == {"ctrl", "node1", "node2"}
     out = subprocess.run(
         [sys.executable, "-m", "podium", "plan", "stacks/lab", "--json", "--state-from", str(state_file)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     items = json.loads(out)
     assert {i["action"] for i in items} == {"keep"}
@@ -109,8 +123,11 @@ def test_plan_json_cli_and_state_from(tmp_path):
 
 def test_render_is_byte_stable(tmp_path):
     for run in ("a", "b"):
-        subprocess.run([sys.executable, "-m", "podium", "render", "stacks/lab", "--out", str(tmp_path / run)],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "podium", "render", "stacks/lab", "--out", str(tmp_path / run)],
+            check=True,
+            capture_output=True,
+        )
     files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     files_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
     assert files_a == files_b and files_a

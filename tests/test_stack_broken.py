@@ -1,11 +1,11 @@
 """Every broken stack under tests/broken/ fails with exit 2 and one message naming the file, the
 line, the field path and the value — the first line of each file says which."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-import subprocess
-import sys
 
 from podium.errors import InvalidInput
 from podium.stack import load_stack

@@ -2,6 +2,7 @@
 and the CLI's exit status is always 0 or 2."""
 
 import copy
+from pathlib import Path
 import subprocess
 import sys
 
@@ -12,15 +13,23 @@ from hypothesis import strategies as st
 from podium.errors import InvalidInput
 from podium.stack import load_stack
 
-BASES = [yaml.safe_load(open(f"stacks/{n}/stack.yaml")) for n in ("lab", "single-gpu", "hybrid")]
+BASES = [yaml.safe_load(Path(f"stacks/{n}/stack.yaml").read_text()) for n in ("lab", "single-gpu", "hybrid")]
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-10, 70000), st.floats(allow_nan=True),
-    st.text(max_size=12), st.sampled_from(["node1", "ctrl", "gguf", "llamacpp", "10.77.0.10", "4GiB", "*"]),
+    st.none(),
+    st.booleans(),
+    st.integers(-10, 70000),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.sampled_from(["node1", "ctrl", "gguf", "llamacpp", "10.77.0.10", "4GiB", "*"]),
 )
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                      st.dictionaries(st.text(max_size=8), inner, max_size=3)),
-                      max_leaves=6)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
 
 
 def paths(node, prefix=()):
@@ -71,6 +80,8 @@ def test_cli_exit_codes_on_a_sample_of_mutations(tmp_path):
     for i, doc in enumerate([BASES[0], bad, {"name": 3}, [1, 2]]):
         path = tmp_path / f"{i}.yaml"
         path.write_text(yaml.safe_dump(doc))
-        result = subprocess.run([sys.executable, "-m", "podium", "validate", str(path)], capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, "-m", "podium", "validate", str(path)], capture_output=True, text=True
+        )
         assert result.returncode in (0, 2), result.stderr
         assert "Traceback" not in result.stderr

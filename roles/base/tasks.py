@@ -8,6 +8,7 @@ from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
 
 from podium.files import files_for
+from podium.registry.ca import ca_certificate
 from roles.base.defaults import DEFAULTS
 
 
@@ -30,6 +31,19 @@ def deploy() -> None:
         cache_time=24 * 3600,
     )
 
+    # Every node trusts the stack's own CA (made once on the control machine), so engines reach
+    # the registry, and anything else it signs, over verified TLS.
+    stack = host.data.podium_stack
+    ca = files.put(
+        name="Trust the stack's CA",
+        src=str(ca_certificate(stack)),
+        dest=f"/usr/local/share/ca-certificates/podium-{stack}.crt",
+        mode="644",
+    )
+    server.shell(
+        name="Update the trust store", commands=["update-ca-certificates"], _if=ca.did_change
+    )
+
     chrony = files.put(
         name="Configure chrony (stack's own time servers only)",
         src=StringIO(rendered["chrony.conf"]),
@@ -40,7 +54,10 @@ def deploy() -> None:
         # The host owns the clock of a container: chronyd follows the servers without setting it.
         dropin = files.put(
             name="Let chrony run in a container without setting the clock",
-            src=StringIO("[Unit]\nConditionCapability=\n[Service]\nExecStart=\nExecStart=!/usr/sbin/chronyd $DAEMON_OPTS -x\n"),
+            src=StringIO(
+                "[Unit]\nConditionCapability=\n[Service]\nExecStart=\n"
+                "ExecStart=!/usr/sbin/chronyd $DAEMON_OPTS -x\n"
+            ),
             dest="/etc/systemd/system/chrony.service.d/podium.conf",
             mode="644",
             create_remote_dir=True,
@@ -90,9 +107,7 @@ def deploy() -> None:
         mode="644",
     )
     server.shell(name="Check the sshd configuration", commands=["sshd -t"], _if=sshd.did_change)
-    systemd.service(
-        name="Reload sshd", service="ssh", running=True, reloaded=True, _if=sshd.did_change
-    )
+    systemd.service(name="Reload sshd", service="ssh", running=True, reloaded=True, _if=sshd.did_change)
 
     nft = files.put(
         name="Write the firewall (default drop)",
@@ -127,7 +142,11 @@ def check() -> None:
 @pyinfra_deploy("base: remove", data_defaults=DEFAULTS)
 def remove() -> None:
     files.file(name="Remove the sshd drop-in", path=host.data.base_sshd_dropin, present=False)
-    files.file(name="Remove the chrony drop-in", path="/etc/systemd/system/chrony.service.d/podium.conf", present=False)
+    files.file(
+        name="Remove the chrony drop-in",
+        path="/etc/systemd/system/chrony.service.d/podium.conf",
+        present=False,
+    )
     files.put(
         name="Open the firewall again",
         src=StringIO("#!/usr/sbin/nft -f\nflush ruleset\n"),

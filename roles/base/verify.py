@@ -58,8 +58,18 @@ def test_060_declared_ports_are_open_and_others_closed_from_a_peer(host, setting
             probe = f"timeout 3 bash -c {shlex.quote(f'</dev/tcp/{address}/{port}')}"
             return peer.run(probe).rc
 
-        assert host.run(f"timeout 3 bash -c '</dev/tcp/127.0.0.1/{undeclared}'").rc == 0, "probe did not start"
+        assert host.run(f"timeout 3 bash -c '</dev/tcp/127.0.0.1/{undeclared}'").rc == 0, (
+            "probe did not start"
+        )
         assert reach(settings["ssh_port"]) == 0, "SSH should be reachable from a peer"
         assert reach(undeclared) != 0, f"undeclared port {undeclared} is reachable from {peers[0]}"
     finally:
         host.run(f"systemctl stop {unit}")
+
+
+def test_070_trusts_the_stacks_ca(host, stack):
+    from podium.registry.ca import ca_certificate
+
+    pem = ca_certificate(stack.name).read_text(encoding="utf-8").strip()
+    bundle = host.file("/etc/ssl/certs/ca-certificates.crt").content_string
+    assert pem in bundle, f"the CA of stack {stack.name} is not in the node's trust store"

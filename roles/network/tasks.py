@@ -18,7 +18,9 @@ def deploy() -> None:
     settings = host.data.podium_network
     if settings["vlans"]:
         vlan_support = host.get_fact(
-            Command, command="ip link add podium-vlan-probe type vlan id 1 link lo 2>&1; ip link del podium-vlan-probe 2>/dev/null; true"
+            Command,
+            command="ip link add podium-vlan-probe type vlan id 1 link lo 2>&1; "
+            "ip link del podium-vlan-probe 2>/dev/null; true",
         )
         if vlan_support and "Unknown device type" in vlan_support:
             raise DeployError(
@@ -31,7 +33,9 @@ def deploy() -> None:
     for name, content in sorted(rendered.items()):
         op = files.put(name=f"Write {name}", src=StringIO(content), dest=f"{folder}/{name}", mode="644")
         changed = changed or op.will_change
-    existing = host.get_fact(FindFiles, path=folder, quote_path=True, name=f"{host.data.network_prefix}-*") or []
+    existing = (
+        host.get_fact(FindFiles, path=folder, quote_path=True, name=f"{host.data.network_prefix}-*") or []
+    )
     for path in existing:
         if path.rsplit("/", 1)[-1] not in rendered:
             op = files.file(name=f"Remove {path}", path=path, present=False)
@@ -70,7 +74,8 @@ def remove() -> None:
         name="Remove Podium's network files and VLAN links",
         commands=[
             f"for f in {host.data.network_dir}/{host.data.network_prefix}-*.netdev; do "
-            '[ -e "$f" ] || continue; ip link del "$(basename "$f" .netdev | sed s/^10-podium-//)" 2>/dev/null || true; done',
+            '[ -e "$f" ] || continue; '
+            'ip link del "$(basename "$f" .netdev | sed s/^10-podium-//)" 2>/dev/null || true; done',
             f"rm -f {host.data.network_dir}/{host.data.network_prefix}-*",
             "networkctl reload",
         ],

@@ -33,7 +33,9 @@ def test_040_jumbo_frames_reach_vlan_peers(host, settings, node, stack):
             payload = vlan["mtu"] - 28  # IPv4 and ICMP headers
             address = hosts[index]
             result = host.run(f"ping -c 1 -W 2 -M do -s {payload} {address}")
-            assert result.rc == 0, f"{vlan['mtu']}-byte frames do not reach {peer} ({address}) on {vlan['name']}"
+            assert result.rc == 0, (
+                f"{vlan['mtu']}-byte frames do not reach {peer} ({address}) on {vlan['name']}"
+            )
 
 
 def test_050_bridges_exist_with_mtu(host, settings):

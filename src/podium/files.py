@@ -12,6 +12,11 @@ from podium.render import render_component
 # Components whose files are not plain templates of templates/<role>/ name a builder
 # `module:function` taking (host, settings) and returning relative path → content.
 BUILDERS: dict[str, str] = {
+    # One unit per engine replica (and MLServer's settings per replica).
+    "engine-llamacpp": "podium.engine_files:build_llamacpp",
+    "engine-predictive": "podium.engine_files:build_predictive",
+    "engine-sglang": "podium.engine_files:build_sglang",
+    "engine-vllm": "podium.engine_files:build_vllm",
     "monitoring": "podium.monitoring.role_files:build",
     "network": "podium.network_files:build",
 }

@@ -32,7 +32,5 @@ def build(host: str, settings: Mapping[str, Any]) -> dict[str, str]:
     for bridge in settings["bridges"]:
         out[f"{PREFIX}-{bridge['name']}.netdev"] = render_template("network/bridge.netdev.j2", b=bridge)
         if bridge["interfaces"]:
-            out[f"{PREFIX}-{bridge['name']}.network"] = render_template(
-                "network/bridge.network.j2", b=bridge
-            )
+            out[f"{PREFIX}-{bridge['name']}.network"] = render_template("network/bridge.network.j2", b=bridge)
     return out

@@ -39,9 +39,7 @@ def component_templates(role: str) -> list[str]:
     folder = templates_dir() / role
     if not folder.is_dir():
         return []
-    return sorted(
-        str(p.relative_to(templates_dir())) for p in folder.rglob("*.j2") if p.is_file()
-    )
+    return sorted(str(p.relative_to(templates_dir())) for p in folder.rglob("*.j2") if p.is_file())
 
 
 def render_component(role: str, host: str, settings: Mapping[str, Any]) -> dict[str, str]:

@@ -31,7 +31,18 @@ class StackSecrets:
             self._ensure_folder()
             key.parent.mkdir(mode=0o700, exist_ok=True)
             result = subprocess.run(
-                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"podium@{self.folder.name}", "-f", str(key)],
+                [
+                    "ssh-keygen",
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-C",
+                    f"podium@{self.folder.name}",
+                    "-f",
+                    str(key),
+                ],
                 capture_output=True,
                 text=True,
             )

@@ -42,7 +42,9 @@ def up(
     console = console or Console(stderr=True)
     for name in limit:
         if name not in stack.node_names:
-            raise InvalidInput(f"--limit {name}: not a node of {stack.name}; nodes: {', '.join(stack.node_names)}")
+            raise InvalidInput(
+                f"--limit {name}: not a node of {stack.name}; nodes: {', '.join(stack.node_names)}"
+            )
     for name in only:
         if name not in COMPONENT_NAMES:
             raise InvalidInput(f"--only {name}: not a component; components: {', '.join(COMPONENT_NAMES)}")
@@ -105,7 +107,9 @@ def up(
         _report(console, f"{action.component} (remove)", run.changes, run.failed, dry_run)
         result.changes += run.changes
         if run.failed:
-            raise PodiumError(f"removing {action.component} failed on {action.host}: {run.failed[action.host]}")
+            raise PodiumError(
+                f"removing {action.component} failed on {action.host}: {run.failed[action.host]}"
+            )
     return result
 
 
@@ -126,4 +130,5 @@ def _model_digests(
         return None
     from podium.registry.sync import sync_models
 
-    return sync_models(stack, push=push)
+    digests: dict[str, str] = sync_models(stack, push=push)
+    return digests

@@ -159,7 +159,17 @@ def run_verify(stack: Stack, actions: Sequence[Action], quiet: bool = True) -> l
     targets = targets_for(actions)
     plugin = VerifyPlugin(stack, targets)
     files = sorted({str(REPO / "roles" / t.component.replace("-", "_") / "verify.py") for t in targets})
-    args = [*files, "-p", "no:cacheprovider", "-p", "no:pytest11.testinfra", "-o", "python_files=verify.py", "--rootdir", str(REPO)]
+    args = [
+        *files,
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:pytest11.testinfra",
+        "-o",
+        "python_files=verify.py",
+        "--rootdir",
+        str(REPO),
+    ]
     args += ["-q", "--no-header", "-p", "no:randomly"] if quiet else ["-v"]
     code: int | pytest.ExitCode = 0
     if files:

@@ -21,9 +21,12 @@ def up(
     stack: StackArg,
     limit: Annotated[list[str], typer.Option("--limit", help="Only these hosts (repeatable).")] = [],  # noqa: B006
     only: Annotated[list[str], typer.Option("--only", help="Only these components (repeatable).")] = [],  # noqa: B006
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would change; change nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would change; change nothing.")
+    ] = False,
     reapply: Annotated[
-        bool, typer.Option("--reapply", help="Run roles for components the plan would keep too (repairs drift).")
+        bool,
+        typer.Option("--reapply", help="Run roles for components the plan would keep too (repairs drift)."),
     ] = False,
 ) -> None:
     """Bring the stack's hosts to what the stack declares, component by component."""
@@ -62,7 +65,9 @@ def verify(
             table.add_row(o.component, o.host, result, o.failures[0] if o.failures else "")
         out.print(table)
     if not outcomes:
-        raise PodiumError(f"nothing to verify on {loaded.name}: no component is recorded on its hosts; run podium up")
+        raise PodiumError(
+            f"nothing to verify on {loaded.name}: no component is recorded on its hosts; run podium up"
+        )
     if not all(o.passed for o in outcomes):
         raise typer.Exit(1)
 

@@ -11,7 +11,9 @@ from rich.console import Console
 from podium.errors import InvalidInput
 from podium.stack import load_stack
 
-lab_app = typer.Typer(help="The appliance on this computer: machines, provisioning, verification.", no_args_is_help=True)
+lab_app = typer.Typer(
+    help="The appliance on this computer: machines, provisioning, verification.", no_args_is_help=True
+)
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 

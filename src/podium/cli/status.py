@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
+from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from podium.errors import InvalidInput
+from podium.errors import InvalidInput, PodiumError
 from podium.monitoring.query import ApplianceStatus, PrometheusClient, collect_status
+from podium.render import REPO
+from podium.stack import load_stack
+from podium.stack.model import Stack
 
 Versions = Mapping[str, Mapping[str, str]]
 
@@ -97,11 +102,51 @@ def show_status(
     return status
 
 
+def load_named_stack(stack: str) -> Stack:
+    """STACK as a folder or stack.yaml path, else the name of a folder under stacks/."""
+    path = Path(stack)
+    if not path.exists() and "/" not in stack:
+        path = REPO / "stacks" / stack
+    return load_stack(path if path.exists() else stack)
+
+
+def stack_prometheus_url(stack: Stack) -> str:
+    """http://<monitoring node address>:<port> of the stack's Prometheus."""
+    if stack.monitoring is None:
+        raise InvalidInput(
+            f"stack {stack.name} declares no monitoring: section, so it has no Prometheus; "
+            "add one or pass --prometheus URL"
+        )
+    address = stack.node(stack.monitoring.node).address
+    return f"http://{address}:{stack.monitoring.port}"
+
+
+def recorded_versions(stack: Stack, console: Console) -> dict[str, dict[str, str]]:
+    """host → component → version as recorded on the hosts; empty, with a note, if unreadable."""
+    from pyinfra.api.exceptions import PyinfraError
+
+    from podium.up import recorded_states
+
+    # paramiko logs a traceback for every host that does not answer; the note below says it.
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+    try:
+        states = recorded_states(stack)
+    except (PodiumError, PyinfraError) as exc:
+        # A node that is down is what status is for: show the rest without versions.
+        console.print(f"[yellow]note:[/] recorded versions not shown: {exc}", markup=True)
+        return {}
+    return {
+        host: {name: c.version for name, c in sorted(state.components.items())}
+        for host, state in sorted(states.items())
+    }
+
+
 def status(
     stack: str | None = typer.Argument(
         None,
         metavar="STACK",
-        help="Stack name (stacks/NAME); its Prometheus is used unless --prometheus is given.",
+        help="Stack folder, stack.yaml or name under stacks/; its Prometheus is used unless "
+        "--prometheus is given, and its hosts' recorded versions are shown.",
     ),
     prometheus: str | None = typer.Option(
         None, "--prometheus", help="Prometheus URL, e.g. http://10.77.0.10:9090."
@@ -109,14 +154,21 @@ def status(
     window: str = typer.Option("2m", "--window", help="Rate window for QPS and TTFT p95."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """Show nodes, engine replicas and gateway replicas: up or down, QPS and TTFT p95."""
+    """Show nodes, engine replicas and gateway replicas: up or down, QPS and TTFT p95.
+
+    Example: podium status stacks/lab --json
+    """
+    versions: dict[str, dict[str, str]] = {}
+    if stack is not None:
+        loaded = load_named_stack(stack)
+        prometheus = prometheus or stack_prometheus_url(loaded)
+        versions = recorded_versions(loaded, Console(stderr=True, highlight=False))
     if prometheus is None:
-        where = f"for stack {stack!r} " if stack else ""
         raise InvalidInput(
-            f"no Prometheus address {where}is known; pass --prometheus URL, "
+            "no Prometheus address is known; give a STACK or pass --prometheus URL, "
             "e.g. --prometheus http://10.77.0.10:9090"
         )
-    show_status(prometheus, as_json=as_json, window=window)
+    show_status(prometheus, versions=versions, as_json=as_json, window=window)
 
 
 def register(app: typer.Typer) -> None:

@@ -3,6 +3,7 @@ read or record each host's state."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import sys
@@ -12,12 +13,13 @@ from dataclasses import dataclass, field
 from io import StringIO
 from typing import Any
 
-from pyinfra.api import Config, Inventory, State
+from pyinfra.api.config import Config
 from pyinfra.api.connect import connect_all, disconnect_all
 from pyinfra.api.deploy import add_deploy
 from pyinfra.api.exceptions import PyinfraError
+from pyinfra.api.inventory import Inventory
 from pyinfra.api.operations import run_ops
-from pyinfra.api.state import StateStage
+from pyinfra.api.state import State, StateStage
 from pyinfra.facts.server import Command
 from pyinfra.operations import files
 
@@ -123,10 +125,9 @@ def run_component(
             result.changes = _will_change(state)
             return result
         state.set_stage(StateStage.Execute)
-        try:
+        # When every host failed pyinfra raises; the per-host errors below say why.
+        with contextlib.suppress(PyinfraError):
             run_ops(state)
-        except PyinfraError:
-            pass  # every host failed; the per-host errors below say why
         result.changes += _did_change(state)
         for host in state.inventory:
             if host.name in result.failed:

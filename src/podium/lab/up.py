@@ -34,20 +34,14 @@ class LabParts:
 
 def lab_parts(stack: Stack, machines: str | None = None) -> LabParts:
     if stack.host_network is None:
-        raise InvalidInput(
-            f"stack {stack.name}: host_network is required for a lab (subnet and gateway)"
-        )
+        raise InvalidInput(f"stack {stack.name}: host_network is required for a lab (subnet and gateway)")
     created = [n for n in stack.nodes if n.machine is not None]
     if not created:
-        raise InvalidInput(
-            f"stack {stack.name}: no node has a machine: section; a lab creates its machines"
-        )
+        raise InvalidInput(f"stack {stack.name}: no node has a machine: section; a lab creates its machines")
     kinds = {n.machine.driver for n in created if n.machine}
     driver_name = machines or (kinds.pop() if len(kinds) == 1 else "nspawn")
     driver = get_driver(driver_name)()
-    network = LabNetwork(
-        stack.name, str(stack.host_network.subnet), str(stack.host_network.gateway)
-    )
+    network = LabNetwork(stack.name, str(stack.host_network.subnet), str(stack.host_network.gateway))
     public = StackSecrets(stack.name).ssh_public_key
     # GlusterFS needs FUSE inside the machines that mount it.
     fuse = bool(stack.storage and stack.storage.driver == "glusterfs")

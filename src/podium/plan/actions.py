@@ -62,7 +62,9 @@ def make_plan(
             before = recorded.components.get(component.name) if recorded else None
             kind = _kind(before.version if before else None, version, before, digest)
             out.append(
-                Action(host, component.name, kind, before.version if before else None, version, digest, settings)
+                Action(
+                    host, component.name, kind, before.version if before else None, version, digest, settings
+                )
             )
     removals = []
     order = {c.name: i for i, c in enumerate(COMPONENTS)}

@@ -51,7 +51,12 @@ def _base_settings(stack: Stack, host: str) -> Settings:
         if host in opening.nodes:
             sources = [_source(stack, s) for s in opening.sources] or audiences["stack"]
             openings.append(
-                {"port": opening.port, "protocol": opening.protocol, "sources": sources, "what": "declared opening"}
+                {
+                    "port": opening.port,
+                    "protocol": opening.protocol,
+                    "sources": sources,
+                    "what": "declared opening",
+                }
             )
     ntp = list(stack.network.ntp_servers)
     if not ntp and stack.host_network:
@@ -69,6 +74,7 @@ def _base_settings(stack: Stack, host: str) -> Settings:
 
 def _audiences(stack: Stack) -> dict[str, list[str]]:
     """Addresses allowed in for each kind of client a listener names."""
+
     def addresses(names: list[str]) -> list[str]:
         return sorted(str(stack.node(n).address) for n in names)
 
@@ -91,7 +97,7 @@ def _source(stack: Stack, source: str) -> str:
 
 
 def _network_hosts(stack: Stack) -> list[str]:
-    names = {n for item in [*stack.network.bridges, *stack.network.vlans] for n in item.nodes}
+    names = {n for b in stack.network.bridges for n in b.nodes} | {n for v in stack.network.vlans for n in v.nodes}
     return _ordered(stack, names)
 
 
@@ -139,15 +145,33 @@ def _storage_hosts(stack: Stack) -> list[str]:
 def _storage_settings(stack: Stack, host: str) -> Settings:
     storage = stack.storage
     assert storage is not None
+    clients = storage.clients or stack.node_names
     return {
         "driver": storage.driver,
         "servers": storage.nodes,
+        # Storage traffic goes to these addresses: the storage VLAN's when one is named.
+        "server_addresses": [_storage_address(stack, n) for n in storage.nodes],
+        "client_addresses": [_storage_address(stack, n) for n in _ordered(stack, set(clients))],
         "server": host in storage.nodes,
+        "client": host in clients,
         "replicas": storage.replicas,
         "volume": storage.volume,
         "mount": storage.mount,
         "network": storage.network,
+        # A brick is a folder inside the brick file system, so a brick disk that failed to
+        # mount leaves the brick missing instead of filling the root file system.
+        "brick": f"/srv/bricks/{storage.volume}/brick",
+        "export": f"/srv/exports/{storage.volume}",
     }
+
+
+def _storage_address(stack: Stack, name: str) -> str:
+    storage = stack.storage
+    assert storage is not None
+    for vlan in stack.network.vlans:
+        if vlan.name == storage.network and name in vlan.nodes:
+            return str(list(vlan.subnet.hosts())[vlan.nodes.index(name)])
+    return str(stack.node(name).address)
 
 
 def _gpu_settings(stack: Stack, host: str) -> Settings:
@@ -161,8 +185,18 @@ def _gpu_settings(stack: Stack, host: str) -> Settings:
 
 
 def _registry_settings(stack: Stack, host: str) -> Settings:
-    assert stack.registry is not None
-    return stack.registry.model_dump()
+    reg = stack.registry
+    assert reg is not None
+    node = stack.node(reg.node)
+    return {
+        **reg.model_dump(),
+        "address": str(node.address),
+        # docker-registry's debug listener: /metrics for Prometheus, reached by monitoring only.
+        "debug_port": reg.port + 1,
+        # Names its TLS certificate carries: the node's name and address.
+        "server_names": [reg.node],
+        "server_addresses": [str(node.address)],
+    }
 
 
 def _engine_component(kind: str) -> Component:
@@ -172,6 +206,7 @@ def _engine_component(kind: str) -> Component:
 
     def settings(stack: Stack, host: str) -> Settings:
         out = []
+        gpu_ids = _gpu_ids(stack, host)
         for engine in _host_engines(stack, kind):
             model = stack.model(engine.model)
             for rep in replicas(engine):
@@ -193,11 +228,34 @@ def _engine_component(kind: str) -> Component:
                         "device": engine.device,
                         "gpus": engine.gpus_per_replica,
                         "args": engine.args,
+                        "gpu_ids": gpu_ids.get((engine.name, rep.index), []),
                     }
                 )
-        return {"replicas": out}
+        reg = stack.registry
+        registry = None
+        if reg is not None:
+            scheme = "https" if reg.tls else "http"
+            registry = {"url": f"{scheme}://{stack.node(reg.node).address}:{reg.port}"}
+        # Nodes pull models from the registry by digest, with its CA and the pull account.
+        return {"replicas": out, "registry": registry}
 
     return Component(f"engine-{kind}", ("registry", "gpu", "storage"), hosts, settings)
+
+
+def _gpu_ids(stack: Stack, host: str) -> dict[tuple[str, int], list[int]]:
+    """GPU indices of each GPU replica on `host`, handed out in stack order across every engine
+    kind, so two engines on one node never share a GPU."""
+    out: dict[tuple[str, int], list[int]] = {}
+    taken = 0
+    on_cluster = set(stack.kubernetes.engines) if stack.kubernetes else set()
+    for engine in stack.engines:
+        if engine.name in on_cluster or engine.device == "cpu" or engine.gpus_per_replica == 0:
+            continue
+        for rep in replicas(engine):
+            if rep.node == host:
+                out[(engine.name, rep.index)] = list(range(taken, taken + engine.gpus_per_replica))
+                taken += engine.gpus_per_replica
+    return out
 
 
 def _host_engines(stack: Stack, kind: str) -> list[Any]:
@@ -309,9 +367,10 @@ def _kubernetes_hosts(stack: Stack) -> list[str]:
 
 
 def _kubernetes_settings(stack: Stack, host: str) -> Settings:
-    kube = stack.kubernetes
-    assert kube is not None
-    return {"server": host == kube.server, "server_name": kube.server, "namespace": kube.namespace}
+    from podium.cluster.k3s import k3s_settings
+    from podium.stack.versions import load_versions
+
+    return k3s_settings(stack, load_versions(), host)
 
 
 def _when(attr: str, hosts: Callable[[Stack], list[str]]) -> Callable[[Stack], list[str]]:
@@ -322,9 +381,7 @@ COMPONENTS: tuple[Component, ...] = (
     Component("base", (), _all, _base_settings),
     Component("network", ("base",), _network_hosts, _network_settings),
     Component("storage", ("network",), _storage_hosts, _storage_settings),
-    Component(
-        "gpu", ("base",), lambda s: [n.name for n in s.nodes if n.gpus > 0], _gpu_settings
-    ),
+    Component("gpu", ("base",), lambda s: [n.name for n in s.nodes if n.gpus > 0], _gpu_settings),
     Component(
         "registry",
         ("storage",),

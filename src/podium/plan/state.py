@@ -31,9 +31,7 @@ class HostState(BaseModel):
 
     def record(self, component: str, version: str, config_hash: str) -> None:
         now = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
-        self.components[component] = ComponentState(
-            version=version, config_hash=config_hash, applied_at=now
-        )
+        self.components[component] = ComponentState(version=version, config_hash=config_hash, applied_at=now)
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(), indent=2, sort_keys=True) + "\n"

@@ -27,7 +27,9 @@ def resolve_path(stack: str | Path) -> Path:
     if path.is_dir():
         path = path / "stack.yaml"
     if not path.is_file():
-        raise InvalidInput(f"stack {stack}: no such stack file; give a folder holding stack.yaml or the file itself")
+        raise InvalidInput(
+            f"stack {stack}: no such stack file; give a folder holding stack.yaml or the file itself"
+        )
     return path
 
 
@@ -69,13 +71,14 @@ def _construct(node: yaml.Node | None, path: Path) -> Any:
             key = _construct(key_node, path)
             if key in out:
                 raise StackError(
-                    f"{path}:{key_node.start_mark.line + 1}: key {key!r} appears twice in one mapping; keep one"
+                    f"{path}:{key_node.start_mark.line + 1}: key {key!r} appears twice in one mapping; "
+                    "keep one"
                 )
             out[key] = _construct(value_node, path)
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_construct(item, path) for item in node.value]
-    return yaml.SafeLoader(" ").construct_object(node)  # type: ignore[no-untyped-call]
+    return yaml.SafeLoader(" ").construct_object(node)
 
 
 class _Lines:

@@ -9,9 +9,16 @@ from podium.stack.model import Stack
 from podium.stack.sections import Engine
 
 NODE_EXPORTER_PORT = 9100
+DCGM_EXPORTER_PORT = 9400
 ALERTMANAGER_PORT = 9093
 GRAFANA_PORT = 3000
 POSTGRESQL_PORT = 5432
+# glusterd's management ports, and the range its bricks take ports from (the storage role caps
+# glusterd's max-port at the range's end, so the firewall opens no more than that).
+GLUSTERD_PORTS = (24007, 24008)
+GLUSTER_BRICK_PORTS = range(49152, 49252)
+# NFSv4 needs 2049 only; rpcbind's 111 serves NFSv3 clients and `showmount`.
+NFS_PORTS = (2049, 111)
 
 
 @dataclass(frozen=True)
@@ -54,19 +61,43 @@ def replicas(engine: Engine) -> list[Replica]:
     return out
 
 
+def _storage_listeners(stack: Stack) -> list[Listener]:
+    """Storage servers take connections from every node of the stack (its clients and peers)."""
+    storage = stack.storage
+    if storage is None or storage.driver == "local":
+        return []
+    out = []
+    for i, node in enumerate(storage.nodes):
+        path: tuple[str | int, ...] = ("storage", "nodes", i)
+        if storage.driver == "glusterfs":
+            ports = [(p, "glusterd") for p in GLUSTERD_PORTS]
+            ports += [(p, "glusterfs brick") for p in GLUSTER_BRICK_PORTS]
+        else:
+            ports = [(NFS_PORTS[0], "nfs"), (NFS_PORTS[1], "rpcbind")]
+        out += [Listener(node, port, "storage", path, what, ("stack",)) for port, what in ports]
+    return out
+
+
 def listeners(stack: Stack) -> list[Listener]:
     """Every port a component of the stack opens, in declaration order."""
     out: list[Listener] = []
     for i, node in enumerate(stack.nodes):
-        out.append(Listener(node.name, node.ssh.port, "base", ("nodes", i, "ssh", "port"), "sshd", ("stack", "admin")))
+        out.append(
+            Listener(
+                node.name, node.ssh.port, "base", ("nodes", i, "ssh", "port"), "sshd", ("stack", "admin")
+            )
+        )
     if stack.registry:
         reg = stack.registry
-        out.append(Listener(reg.node, reg.port, "registry", ("registry", "port"), "registry", ("stack", "admin")))
+        out.append(
+            Listener(reg.node, reg.port, "registry", ("registry", "port"), "registry", ("stack", "admin"))
+        )
         out.append(
             Listener(
                 reg.node, reg.port + 1, "registry", ("registry", "port"), "registry metrics", ("monitoring",)
             )
         )
+    out.extend(_storage_listeners(stack))
     for e, engine in enumerate(stack.engines):
         for rep in replicas(engine):
             path: tuple[str | int, ...] = ("engines", e, "port")
@@ -78,24 +109,39 @@ def listeners(stack: Stack) -> list[Listener]:
                     out.append(Listener(rep.node, extra, f"engine-{engine.kind}", path, what, who))
     if stack.monitoring:
         mon = stack.monitoring
-        out.append(Listener(mon.node, mon.port, "monitoring", ("monitoring", "port"), "prometheus", ("admin", "gateway")))
+        out.append(
+            Listener(
+                mon.node, mon.port, "monitoring", ("monitoring", "port"), "prometheus", ("admin", "gateway")
+            )
+        )
         out.append(
             Listener(mon.node, ALERTMANAGER_PORT, "monitoring", ("monitoring",), "alertmanager", ("admin",))
         )
         if mon.grafana_repository:
             out.append(Listener(mon.node, GRAFANA_PORT, "monitoring", ("monitoring",), "grafana", ("any",)))
         for i, node in enumerate(stack.nodes):
+            where: tuple[str | int, ...] = ("nodes", i)
+            only_monitoring: tuple[str, ...] = ("monitoring",)
             out.append(
-                Listener(
-                    node.name, NODE_EXPORTER_PORT, "monitoring", ("nodes", i), "node exporter", ("monitoring",)
-                )
+                Listener(node.name, NODE_EXPORTER_PORT, "monitoring", where, "node exporter", only_monitoring)
             )
+            if node.gpus:
+                out.append(
+                    Listener(node.name, DCGM_EXPORTER_PORT, "monitoring", where, "dcgm exporter", only_monitoring)
+                )
     if stack.gateway:
         gw = stack.gateway
         for node_name in gw.nodes:
             out.append(Listener(node_name, gw.port, "gateway", ("gateway", "port"), "gateway", ("any",)))
         if gw.store == "postgresql" and gw.store_node:
             out.append(
-                Listener(gw.store_node, POSTGRESQL_PORT, "gateway", ("gateway", "store"), "postgresql", ("gateway",))
+                Listener(
+                    gw.store_node,
+                    POSTGRESQL_PORT,
+                    "gateway",
+                    ("gateway", "store"),
+                    "postgresql",
+                    ("gateway",),
+                )
             )
     return out

@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import prometheus_client
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -194,6 +195,8 @@ def create_app(config: GatewayConfig) -> Starlette:
 
     Example: uvicorn.run(create_app(load_config(Path("gateway.yaml"))), port=8080)
     """
+    # The *_created series double what /metrics carries and no dashboard reads them.
+    prometheus_client.disable_created_metrics()
     gw = Gateway(config)
 
     @contextlib.asynccontextmanager

@@ -208,10 +208,13 @@ class Gateway:
         retention = self.config.usage
         while True:
             try:
-                moved = await self.store.run(rollup_op(retention.retention_days))
+                moved = total = await self.store.run(rollup_op(retention.retention_days))
+                while moved:  # in batches, so no transaction holds the store for long
+                    moved = await self.store.run(rollup_op(retention.retention_days))
+                    total += moved
                 await self.store.run(cleanup_op())
-                if moved:
-                    log.info("rolled up %d usage records older than %d days", moved,
+                if total:
+                    log.info("rolled up %d usage records older than %d days", total,
                              retention.retention_days)
             except Exception as exc:
                 log.warning("usage rollup failed, will retry: %s", exc)

@@ -1,0 +1,359 @@
+"""Podium's gateway side by side with direct access, LiteLLM's proxy and nginx, on one engine.
+
+Everything runs on 127.0.0.1 in one go: a llama-server with the tiny GGUF, Podium's
+gateway (SQLite store, one key, metering on), LiteLLM's proxy (its own venv, no database,
+LITELLM_LOCAL_MODEL_COST_MAP=True) and nginx as a plain reverse proxy. Each is measured
+non-streaming at several concurrencies (req/s, p50, p99) and streaming (TTFT, tok/s);
+every figure is printed with its ratio to direct and to LiteLLM. Counts and time are
+bounded per cell.
+
+    .venv/bin/python bench/gateway.py                    # all four
+    .venv/bin/python bench/gateway.py --skip litellm     # without LiteLLM
+    .venv/bin/python bench/gateway.py --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+LLAMACPP_VERSION = "11434.0.0"
+LITELLM_VENV = Path.home() / ".cache/podium/bench/litellm"
+QUIET = {"HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1", "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+         "LITELLM_TELEMETRY": "False", "NO_PROXY": "*", "no_proxy": "*"}
+PROMPT = [{"role": "user", "content": "Say hello."}]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before {url} answered")
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as resp:
+            if resp.status == 200:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+@dataclass
+class Target:
+    name: str
+    base: str  # OpenAI base URL, ending in /v1
+    model: str
+    key: str = "none"
+
+
+class Stack:
+    """The engine and the three proxies, each a process of its own, all stopped at the end."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self, cmd: list[str], name: str, env: dict[str, str] | None = None
+              ) -> subprocess.Popen[bytes]:
+        log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, **QUIET, **(env or {})},
+                                start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+
+    def engine(self, slots: int) -> tuple[str, str]:
+        from podium.artifacts import llamacpp_server
+        from podium.models import make_tiny
+        from podium.models.tiny_gguf import served_name
+
+        gguf = make_tiny("gguf", self.root / "tiny.gguf")
+        port = free_port()
+        proc = self.spawn([str(llamacpp_server(LLAMACPP_VERSION)), "--model", str(gguf),
+                           "--alias", served_name("tiny"), "--host", "127.0.0.1", "--port",
+                           str(port), "--ctx-size", str(256 * slots), "--parallel", str(slots),
+                           "--threads", "1", "--no-webui"], "llama-server")
+        url = f"http://127.0.0.1:{port}"
+        wait_http(url + "/health", proc)
+        return url, served_name("tiny")
+
+    def podium(self, engine: str, model: str) -> Target:
+        from podium.services.gateway.client import StoreAdmin
+        from podium.services.gateway.keys import KeySpec
+
+        store = f"sqlite:///{self.root / 'gateway.db'}"
+        key = StoreAdmin(store).create_key(KeySpec(name="bench"))["key"]
+        port = free_port()
+        config = self.root / "gateway.yaml"
+        config.write_text(yaml.safe_dump({
+            "listen": {"host": "127.0.0.1", "port": port},
+            "store": store,
+            "models": {"tiny": {"served_name": model, "replicas": [engine],
+                                "max_outstanding_per_replica": 256}},
+        }))
+        proc = self.spawn([sys.executable, "-m", "podium.services.gateway", "--config",
+                           str(config), "--log-level", "warning"], "podium")
+        wait_http(f"http://127.0.0.1:{port}/v2/health/live", proc)
+        return Target("podium", f"http://127.0.0.1:{port}/v1", "tiny", key)
+
+    def litellm(self, engine: str, model: str, venv: Path) -> Target:
+        binary = venv / "bin" / "litellm"
+        if not binary.exists():
+            print(f"installing litellm[proxy] into {venv} ...", file=sys.stderr)
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "litellm[proxy]"],
+                           check=True, env={**os.environ, **QUIET})
+        port = free_port()
+        master_key = "sk-" + secrets.token_hex(24)
+        config = self.root / "litellm.yaml"
+        config.write_text(yaml.safe_dump({
+            "model_list": [{"model_name": "tiny", "litellm_params": {
+                "model": f"openai/{model}", "api_base": engine + "/v1", "api_key": "none"}}],
+            "litellm_settings": {"telemetry": False, "drop_params": True},
+            # Both proxies authenticate every request: LiteLLM by its master key (no database).
+            "general_settings": {"master_key": master_key},
+        }))
+        proc = self.spawn([str(binary), "--config", str(config), "--host", "127.0.0.1",
+                           "--port", str(port), "--num_workers", "1", "--telemetry", "False"],
+                          "litellm")
+        wait_http(f"http://127.0.0.1:{port}/health/liveliness", proc, timeout=240)
+        return Target("litellm", f"http://127.0.0.1:{port}/v1", "tiny", master_key)
+
+    def nginx(self, engine: str, model: str) -> Target:
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        port = free_port()
+        upstream = engine.removeprefix("http://")
+        for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (self.root / "nginx" / sub).mkdir(parents=True, exist_ok=True)
+        temp = self.root / "nginx"
+        conf = self.root / "nginx.conf"
+        conf.write_text(f"""
+user root;
+worker_processes 1;
+daemon off;
+pid {temp}/nginx.pid;
+error_log {temp}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {temp}/body; proxy_temp_path {temp}/proxy;
+  fastcgi_temp_path {temp}/fastcgi; uwsgi_temp_path {temp}/uwsgi; scgi_temp_path {temp}/scgi;
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://{upstream};
+      proxy_buffering off;
+      proxy_read_timeout 300s;
+    }}
+  }}
+}}
+""")
+        proc = self.spawn([binary, "-c", str(conf), "-p", str(temp)], "nginx")
+        wait_http(f"http://127.0.0.1:{port}/health", proc)
+        return Target("nginx", f"http://127.0.0.1:{port}/v1", model)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def plain_cell(target: Target, concurrency: int, count: int, max_s: float
+                     ) -> dict[str, float]:
+    """`count` non-streamed chat completions over `concurrency` connections."""
+    body = {"model": target.model, "messages": PROMPT, "max_tokens": 4}
+    headers = {"Authorization": f"Bearer {target.key}"}
+    latencies: list[float] = []
+    errors = 0
+    connector = aiohttp.TCPConnector(limit=concurrency, keepalive_timeout=2)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def one() -> None:
+            nonlocal errors
+            start = time.perf_counter()
+            async with session.post(target.base + "/chat/completions", json=body,
+                                    headers=headers) as resp:
+                await resp.read()
+                if resp.status != 200:
+                    errors += 1
+            latencies.append(time.perf_counter() - start)
+
+        for _ in range(min(2 * concurrency, 40)):  # warm connections and caches
+            await one()
+        latencies.clear()
+        issued = 0
+        deadline = time.perf_counter() + max_s
+
+        async def worker() -> None:
+            nonlocal issued
+            while issued < count and time.perf_counter() < deadline:
+                issued += 1
+                await one()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    return {"rps": len(latencies) / wall, "p50_ms": pct(latencies, 0.5) * 1000,
+            "p99_ms": pct(latencies, 0.99) * 1000, "n": len(latencies), "errors": errors}
+
+
+async def stream_cell(target: Target, count: int, max_tokens: int, max_s: float
+                      ) -> dict[str, float]:
+    """`count` streamed chat completions one after another: TTFT and tokens per second."""
+    body = {"model": target.model, "messages": PROMPT, "max_tokens": max_tokens,
+            "stream": True, "ignore_eos": True}
+    headers = {"Authorization": f"Bearer {target.key}"}
+    ttfts: list[float] = []
+    rates: list[float] = []
+    deadline = time.perf_counter() + max_s
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for i in range(count + 2):
+            if time.perf_counter() > deadline:
+                break
+            start = time.perf_counter()
+            first = last = None
+            tokens = 0
+            async with session.post(target.base + "/chat/completions", json=body,
+                                    headers=headers) as resp:
+                async for line in resp.content:
+                    if not line.startswith(b"data: {") or b'"content":"' not in line:
+                        continue
+                    now = time.perf_counter()
+                    first = first or now
+                    last = now
+                    tokens += 1
+            if i < 2 or first is None or last is None or tokens < 2:
+                continue  # the first two warm up
+            ttfts.append(first - start)
+            rates.append((tokens - 1) / (last - first))
+    return {"ttft_ms": statistics.median(ttfts) * 1000, "tok_s": statistics.median(rates),
+            "n": len(rates)}
+
+
+def ratio(value: float, base: float | None) -> str:
+    return "-" if not base else f"{value / base:.2f}x"
+
+
+def report(results: dict[str, Any], concurrencies: list[int]) -> str:
+    lines = []
+    names = [n for n in ("direct", "podium", "litellm", "nginx") if n in results]
+    for c in concurrencies:
+        lines.append(f"\nnon-streaming, concurrency {c}")
+        lines.append(f"{'target':8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8}"
+                     f" {'rps/direct':>10} {'rps/litellm':>11} {'p50/direct':>10}")
+        direct = results["direct"]["plain"][str(c)]
+        lite = results.get("litellm", {}).get("plain", {}).get(str(c))
+        for name in names:
+            r = results[name]["plain"][str(c)]
+            lines.append(
+                f"{name:8} {r['rps']:8.1f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f}"
+                f" {r['p50_ms'] - direct['p50_ms']:8.2f} {ratio(r['rps'], direct['rps']):>10}"
+                f" {ratio(r['rps'], lite['rps'] if lite else None):>11}"
+                f" {ratio(r['p50_ms'], direct['p50_ms']):>10}"
+                + (f"  ({r['errors']} errors)" if r["errors"] else ""))
+    lines.append("\nstreaming, one at a time")
+    lines.append(f"{'target':8} {'TTFT ms':>8} {'tok/s':>8} {'tok/s/direct':>12}"
+                 f" {'tok/s/litellm':>13} {'TTFT/direct':>11}")
+    direct = results["direct"]["stream"]
+    lite = results.get("litellm", {}).get("stream")
+    for name in names:
+        r = results[name]["stream"]
+        lines.append(f"{name:8} {r['ttft_ms']:8.2f} {r['tok_s']:8.0f}"
+                     f" {ratio(r['tok_s'], direct['tok_s']):>12}"
+                     f" {ratio(r['tok_s'], lite['tok_s'] if lite else None):>13}"
+                     f" {ratio(r['ttft_ms'], direct['ttft_ms']):>11}")
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def stack(keep: bool) -> Iterator[Stack]:
+    root = Path(tempfile.mkdtemp(prefix="podium-bench-"))
+    s = Stack(root)
+    try:
+        yield s
+    finally:
+        s.stop()
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            print(f"logs kept in {root}", file=sys.stderr)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument("--requests", type=int, default=1500, help="per cell, at most")
+    parser.add_argument("--max-seconds", type=float, default=15.0, help="per cell, at most")
+    parser.add_argument("--streams", type=int, default=12)
+    parser.add_argument("--stream-tokens", type=int, default=200)
+    parser.add_argument("--skip", default="", help="comma-separated: podium,litellm,nginx")
+    parser.add_argument("--litellm-venv", type=Path, default=LITELLM_VENV)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--keep", action="store_true", help="keep logs and configs")
+    args = parser.parse_args()
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    skip = set(filter(None, args.skip.split(",")))
+    with stack(args.keep) as s:
+        engine, model = s.engine(slots=max(4, min(16, max(concurrencies))))
+        targets = [Target("direct", engine + "/v1", model)]
+        if "podium" not in skip:
+            targets.append(s.podium(engine, model))
+        if "litellm" not in skip:
+            targets.append(s.litellm(engine, model, args.litellm_venv))
+        if "nginx" not in skip:
+            targets.append(s.nginx(engine, model))
+        results: dict[str, Any] = {t.name: {"plain": {}} for t in targets}
+        for c in concurrencies:
+            for t in targets:
+                cell = asyncio.run(plain_cell(t, c, args.requests, args.max_seconds))
+                results[t.name]["plain"][str(c)] = cell
+                print(f"{t.name:8} c={c:<3} {cell['rps']:8.1f} req/s  p50 {cell['p50_ms']:.2f} ms"
+                      f"  p99 {cell['p99_ms']:.2f} ms  n={cell['n']}", file=sys.stderr)
+        for t in targets:
+            cell = asyncio.run(stream_cell(t, args.streams, args.stream_tokens, args.max_seconds))
+            results[t.name]["stream"] = cell
+            print(f"{t.name:8} stream TTFT {cell['ttft_ms']:.2f} ms  {cell['tok_s']:.0f} tok/s",
+                  file=sys.stderr)
+    print(report(results, concurrencies))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Steps the engine roles share (not a component of its own)."""

@@ -1,0 +1,1 @@
+"""Role engine-llamacpp: llama-server replicas serving GGUF models pulled from the registry."""

@@ -1,0 +1,50 @@
+"""Role engine-predictive, its verbs: deploy, check, remove."""
+
+from pyinfra import host
+from pyinfra.api import deploy as pyinfra_deploy
+from pyinfra.operations import server
+
+from podium import engine_files
+from podium.artifacts import mlserver_requirements, wheelhouse
+from roles.engine_common import steps
+from roles.engine_predictive.defaults import DEFAULTS
+
+KIND = "predictive"
+
+
+@pyinfra_deploy("engine-predictive: deploy", data_defaults=DEFAULTS)
+def deploy() -> None:
+    version = host.data.podium_engine_predictive_version
+    settings = steps.checked_settings(KIND, host.data.podium_engine_predictive)
+    # The same pins as the MLServer venv Podium's own tests run (skops matches the writer).
+    requirements = mlserver_requirements(version)
+    # Downloaded once on the control machine; nodes install from it with no index.
+    folder = wheelhouse(f"mlserver-{version}", requirements)
+    steps.base_packages(host.data.engine_predictive_packages)
+    remote = steps.ship_wheelhouse(folder)
+    venv = f"/opt/podium/mlserver-{version}"
+    steps.venv_from_wheelhouse(venv, remote, requirements, what=f"MLServer {version}")
+    binaries = steps.point_venv(engine_files.venv_name(KIND), venv)
+    runtime = steps.runtime_files()
+    steps.registry_access(settings)
+    steps.pull_models(settings, link_weights=True)
+    steps.replica_units(
+        KIND, settings, restart_all=[binaries, *runtime],
+        ready_timeout_s=host.data.engine_predictive_ready_timeout_s,
+    )
+
+
+@pyinfra_deploy("engine-predictive: check", data_defaults=DEFAULTS)
+def check() -> None:
+    settings = host.data.podium_engine_predictive
+    server.shell(
+        name="Every MLServer replica is ready",
+        commands=[f"curl -fsS -o /dev/null --max-time 5 http://127.0.0.1:{r['port']}/v2/health/ready"
+                  for r in settings["replicas"]] or ["true"],
+    )
+
+
+@pyinfra_deploy("engine-predictive: remove", data_defaults=DEFAULTS)
+def remove() -> None:
+    steps.remove_all(KIND, [engine_files.venv_name(KIND)])
+    server.shell(name="Remove Podium's MLServer runtime", commands=[f"rm -rf {engine_files.RUNTIME_PATH}"])

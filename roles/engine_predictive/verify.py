@@ -1,0 +1,72 @@
+"""Role engine-predictive, proved on each host: every replica's unit runs, MLServer is ready with
+the model loaded, a v2 infer call on the model's own example returns its known prediction, and
+the metrics port answers, all asked on the node itself."""
+
+import json
+import shlex
+
+from podium import engine_files
+
+
+def _get(host, url):
+    result = host.run(f"curl -fsS --max-time 20 {shlex.quote(url)}")
+    assert result.rc == 0, f"GET {url} failed: {result.stderr.strip()}"
+    return result.stdout
+
+
+def _sidecar(host, replica):
+    """The JSON beside the weights (pushed with the model): example input and expected output."""
+    unit = engine_files.unit_name("predictive", replica)
+    folder = f"/{engine_files.predictive_folder(replica)}"
+    uri = json.loads(host.file(f"{folder}/{replica['model']}/model-settings.json").content_string)[
+        "parameters"]["uri"]
+    weights = host.check_output(f"readlink -f {shlex.quote(uri)}")
+    sidecar = weights.rsplit(".", 1)[0] + ".json"
+    assert host.file(sidecar).exists, f"{unit}: the model has no example sidecar {sidecar}"
+    return json.loads(host.file(sidecar).content_string)
+
+
+def test_010_units_run(host, settings):
+    for replica in settings["replicas"]:
+        unit = engine_files.unit_name("predictive", replica)
+        assert host.service(unit).is_running, f"{unit} is not running"
+        assert host.service(unit).is_enabled, f"{unit} is not enabled"
+
+
+def test_020_server_and_model_ready(host, settings):
+    for replica in settings["replicas"]:
+        base = f"http://127.0.0.1:{replica['port']}"
+        _get(host, f"{base}/v2/health/ready")
+        _get(host, f"{base}/v2/models/{replica['model']}/ready")
+
+
+def test_030_parallel_workers_off(host, settings):
+    for replica in settings["replicas"]:
+        path = f"/{engine_files.predictive_folder(replica)}/settings.json"
+        config = json.loads(host.file(path).content_string)
+        assert config["parallel_workers"] == 0, f"{path}: parallel workers crash MLServer 1.7.1 with uvloop"
+
+
+def test_040_infer_returns_the_known_prediction(host, settings):
+    for replica in settings["replicas"]:
+        example = _sidecar(host, replica)
+        rows = example["example_input"]
+        payload = json.dumps({"inputs": [{
+            "name": example["input"]["name"], "datatype": example["input"]["datatype"],
+            "shape": [len(rows), len(rows[0])], "data": [v for row in rows for v in row]}]})
+        url = f"http://127.0.0.1:{replica['port']}/v2/models/{replica['model']}/infer"
+        result = host.run(f"curl -fsS --max-time 30 -H 'Content-Type: application/json' "
+                          f"-d {shlex.quote(payload)} {url}")
+        assert result.rc == 0, f"infer on {replica['engine']} replica {replica['replica']}: {result.stderr}"
+        outputs = json.loads(result.stdout)["outputs"]
+        assert outputs[0]["data"] == example["expected_prediction"], (
+            f"{replica['model']} predicted {outputs[0]['data']}, expected {example['expected_prediction']}"
+        )
+
+
+def test_050_metrics_port(host, settings):
+    for replica in settings["replicas"]:
+        text = _get(host, f"http://127.0.0.1:{replica['metrics_port']}/metrics")
+        assert "model_infer_request" in text or "rest_server_requests" in text, (
+            f"metrics port {replica['metrics_port']} of {replica['engine']} shows no MLServer metrics"
+        )

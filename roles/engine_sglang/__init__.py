@@ -1,0 +1,1 @@
+"""Role engine-sglang: SGLang servers on GPU nodes serving models pulled from the registry."""

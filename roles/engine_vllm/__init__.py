@@ -1,0 +1,1 @@
+"""Role engine-vllm: vLLM OpenAI servers (GPU, or the CPU build) serving models pulled from the registry."""

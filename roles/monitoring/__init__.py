@@ -1,0 +1,1 @@
+"""Role monitoring: node/DCGM exporters, Prometheus, alert rules, Alertmanager, Grafana."""

@@ -1,0 +1,242 @@
+"""Role monitoring, its verbs: deploy, check, remove."""
+
+from io import StringIO
+from typing import Any
+
+from pyinfra import host
+from pyinfra.api import deploy as pyinfra_deploy
+from pyinfra.api.operation import OperationMeta
+from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations.util import any_changed
+
+from podium.files import files_for
+from podium.monitoring import role_files as rf
+from podium.stack.versions import load_versions
+from roles.monitoring.defaults import DEFAULTS
+
+
+def _pinned(names: list[str]) -> list[str]:
+    """`name=version` for each package, from the monitoring entry of stacks/versions.yaml."""
+    pins = load_versions().components["monitoring"].packages
+    return [f"{n}={pins[n]}" if n in pins else n for n in names]
+
+
+def _put(rendered: dict[str, str], path: str, mode: str = "644") -> OperationMeta:
+    return files.put(
+        name=f"Write /{path}",
+        src=StringIO(rendered[path]),
+        dest=f"/{path}",
+        mode=mode,
+        create_remote_dir=True,
+    )
+
+
+@pyinfra_deploy("monitoring: deploy", data_defaults=DEFAULTS)
+def deploy() -> None:
+    settings = host.data.podium_monitoring
+    rendered = files_for("monitoring", host.name, settings)
+
+    apt.packages(
+        name="Install the node exporter",
+        packages=_pinned(host.data.monitoring_node_packages),
+        update=True,
+        cache_time=24 * 3600,
+        # Its recommended collectors pull in smartmontools and timers an appliance does not need.
+        no_recommends=True,
+    )
+    exporter = _put(rendered, rf.NODE_EXPORTER_DEFAULTS)
+    systemd.service(
+        name="Restart the node exporter after its flags changed",
+        service="prometheus-node-exporter",
+        running=True,
+        restarted=True,
+        _if=exporter.did_change,
+    )
+    systemd.service(
+        name="Keep the node exporter running",
+        service="prometheus-node-exporter",
+        running=True,
+        enabled=True,
+    )
+
+    if settings["gpu"]:
+        _dcgm_exporter(settings, rendered)
+    if settings["server"]:
+        _prometheus(rendered)
+        _alertmanager(rendered)
+        if settings["grafana_repository"]:
+            _grafana(settings, rendered)
+        else:
+            host.noop(
+                f"monitoring: stack {settings['stack']} names no monitoring.grafana_repository, "
+                "so Grafana is skipped; Prometheus and Alertmanager run without it"
+            )
+
+
+def _prometheus(rendered: dict[str, str]) -> None:
+    apt.packages(
+        name="Install Prometheus and Alertmanager",
+        packages=_pinned(host.data.monitoring_server_packages),
+        no_recommends=True,
+    )
+    flags = _put(rendered, rf.PROMETHEUS_DEFAULTS)
+    config = _put(rendered, rf.PROMETHEUS_CONFIG)
+    rules = _put(rendered, rf.ALERT_RULES)
+    changed = any_changed(flags, config, rules)
+    # promtool also checks the rule files the configuration names.
+    server.shell(
+        name="Check the Prometheus configuration and rules",
+        commands=[f"promtool check config /{rf.PROMETHEUS_CONFIG}"],
+        _if=changed,
+    )
+    systemd.service(
+        name="Restart Prometheus after its flags changed",
+        service="prometheus",
+        running=True,
+        restarted=True,
+        _if=flags.did_change,
+    )
+    systemd.service(
+        name="Reload Prometheus after its configuration or rules changed",
+        service="prometheus",
+        running=True,
+        reloaded=True,
+        _if=lambda: (config.did_change() or rules.did_change()) and not flags.did_change(),
+    )
+    systemd.service(name="Keep Prometheus running", service="prometheus", running=True, enabled=True)
+
+
+def _alertmanager(rendered: dict[str, str]) -> None:
+    flags = _put(rendered, rf.ALERTMANAGER_DEFAULTS)
+    config = _put(rendered, rf.ALERTMANAGER_CONFIG)
+    server.shell(
+        name="Check the Alertmanager configuration",
+        commands=[f"amtool check-config /{rf.ALERTMANAGER_CONFIG}"],
+        _if=any_changed(flags, config),
+    )
+    systemd.service(
+        name="Restart Alertmanager after its flags changed",
+        service="prometheus-alertmanager",
+        running=True,
+        restarted=True,
+        _if=flags.did_change,
+    )
+    systemd.service(
+        name="Reload Alertmanager after its configuration changed",
+        service="prometheus-alertmanager",
+        running=True,
+        reloaded=True,
+        _if=lambda: config.did_change() and not flags.did_change(),
+    )
+    systemd.service(
+        name="Keep Alertmanager running",
+        service="prometheus-alertmanager",
+        running=True,
+        enabled=True,
+    )
+
+
+def _dcgm_exporter(settings: dict[str, Any], rendered: dict[str, str]) -> None:
+    mirror = settings["artifact_mirror"]
+    if not mirror:
+        host.noop(
+            f"monitoring: {host.name} has GPUs but stack {settings['stack']} names no "
+            "artifact_mirror to fetch dcgm-exporter from; its dcgm scrape target will show down "
+            "until one is set"
+        )
+        return
+    version = load_versions().extra("monitoring")["dcgm_exporter"]
+    apt.packages(
+        name="Install NVIDIA DCGM",
+        packages=host.data.monitoring_dcgm_packages,
+        no_recommends=True,
+    )
+    systemd.service(name="Run the DCGM host engine", service="nvidia-dcgm", running=True, enabled=True)
+    artifact = host.data.monitoring_dcgm_artifact.format(version=version)
+    binary = files.download(
+        name=f"Fetch dcgm-exporter {version} from the artifact mirror",
+        src=f"{mirror.rstrip('/')}/{artifact}",
+        dest=rf.DCGM_BINARY,
+        mode="755",
+    )
+    counters = _put(rendered, rf.DCGM_COUNTERS)
+    unit = _put(rendered, rf.DCGM_UNIT)
+    systemd.daemon_reload(name="Reload systemd for the DCGM exporter unit", _if=unit.did_change)
+    systemd.service(
+        name="Restart the DCGM exporter after it changed",
+        service="podium-dcgm-exporter",
+        running=True,
+        restarted=True,
+        _if=any_changed(binary, counters, unit),
+    )
+    systemd.service(
+        name="Keep the DCGM exporter running",
+        service="podium-dcgm-exporter",
+        running=True,
+        enabled=True,
+    )
+
+
+def _grafana(settings: dict[str, Any], rendered: dict[str, str]) -> None:
+    url, _ = rf.grafana_source(settings["grafana_repository"])
+    files.directory(name="Folder for apt keyrings", path="/etc/apt/keyrings", mode="755")
+    key = files.download(
+        name="Fetch the Grafana repository's signing key",
+        src=f"{url}/{host.data.monitoring_grafana_key}",
+        dest=rf.GRAFANA_KEYRING,
+        mode="644",
+    )
+    source = _put(rendered, rf.GRAFANA_SOURCE)
+    apt.update(name="Read the Grafana repository", _if=any_changed(key, source))
+    apt.packages(name="Install Grafana", packages=["grafana"], no_recommends=True)
+    provisioned = [
+        _put(rendered, path)
+        for path in sorted(rendered)
+        if path.startswith((rf.GRAFANA_PROVISIONING, rf.GRAFANA_DASHBOARDS))
+    ]
+    dropin = _put(rendered, rf.GRAFANA_DROPIN)
+    systemd.daemon_reload(name="Reload systemd for the Grafana drop-in", _if=dropin.did_change)
+    systemd.service(
+        name="Restart Grafana after its provisioning changed",
+        service="grafana-server",
+        running=True,
+        restarted=True,
+        _if=any_changed(dropin, *provisioned),
+    )
+    systemd.service(name="Keep Grafana running", service="grafana-server", running=True, enabled=True)
+
+
+@pyinfra_deploy("monitoring: check", data_defaults=DEFAULTS)
+def check() -> None:
+    settings = host.data.podium_monitoring
+    units = ["prometheus-node-exporter"]
+    if settings["server"]:
+        units += ["prometheus", "prometheus-alertmanager"]
+    server.shell(name="Monitoring services are running", commands=[f"systemctl is-active {' '.join(units)}"])
+
+
+@pyinfra_deploy("monitoring: remove", data_defaults=DEFAULTS)
+def remove() -> None:
+    server.shell(
+        name="Stop the DCGM exporter and Grafana if present",
+        commands=[
+            "systemctl disable --now podium-dcgm-exporter grafana-server 2>/dev/null || true",
+        ],
+    )
+    for path in (
+        rf.DCGM_UNIT,
+        rf.DCGM_COUNTERS,
+        rf.GRAFANA_SOURCE,
+        rf.GRAFANA_DROPIN,
+        rf.PROMETHEUS_DEFAULTS,
+        rf.ALERTMANAGER_DEFAULTS,
+        rf.NODE_EXPORTER_DEFAULTS,
+    ):
+        files.file(name=f"Remove /{path}", path=f"/{path}", present=False)
+    files.file(name="Remove dcgm-exporter", path=rf.DCGM_BINARY, present=False)
+    systemd.daemon_reload(name="Reload systemd after removing units")
+    apt.packages(
+        name="Remove Prometheus, Alertmanager and the node exporter",
+        packages=[*host.data.monitoring_server_packages, *host.data.monitoring_node_packages],
+        present=False,
+    )

@@ -1,0 +1,1 @@
+"""Role registry: docker-registry holding the models, behind nginx for TLS and per-account rights."""

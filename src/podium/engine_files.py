@@ -1,0 +1,173 @@
+"""Files the engine roles write on a host: one systemd unit per replica (and MLServer's settings),
+keyed by their absolute path without the leading '/', built from the engine's settings alone."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from podium.render import render_template
+
+MODELS = "/var/lib/podium/models"
+UNIT_DIR = "etc/systemd/system"
+PREDICTIVE_CONFIG = "etc/podium/engines"
+# Where each kind's venv is reached: a link to the versioned venv (/opt/podium/<kind>-<version>)
+# that the role points at the version it installed, so units name no version.
+VENV_LINK = "/opt/podium/{name}"
+RUNTIME_PATH = "/opt/podium/runtime"
+ENGINE_USER = "podium-engine"
+# Telemetry stays off and nothing is fetched from a model hub: models come from the registry only.
+QUIET_ENV = {"DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+# The args Podium sets itself; a stack giving them would start the engine twice on one port.
+OWNED_ARGS = {
+    "llamacpp": {"model", "alias", "host", "port", "metrics"},
+    "vllm": {"served-model-name", "host", "port"},
+    "sglang": {"model-path", "served-model-name", "host", "port"},
+}
+# Spellings of tensor parallelism in vLLM and SGLang: one given in the stack wins over the default.
+TP_ARGS = {"tensor-parallel-size", "tp-size", "tp"}
+# How the role and verify learn a replica answers, per kind.
+HEALTH_PATH = {"llamacpp": "/health", "vllm": "/health", "sglang": "/health",
+               "predictive": "/v2/health/ready"}
+
+
+def unit_name(kind: str, replica: Mapping[str, Any]) -> str:
+    """podium-<kind>-<engine>-<replica>.service: one unit per replica, restarted on its own."""
+    return f"podium-{kind}-{replica['engine']}-{replica['replica']}.service"
+
+
+def model_dir(replica: Mapping[str, Any]) -> str:
+    """The node-local folder a replica's model is pulled into, named by its manifest digest."""
+    return f"{MODELS}/{replica.get('model_digest') or 'unresolved'}"
+
+
+def weights_link(replica: Mapping[str, Any]) -> str:
+    """A link beside the model's folder to its one weights file (e.g. <digest>.gguf)."""
+    return f"{model_dir(replica)}.{replica['model_format']}"
+
+
+def device(replica: Mapping[str, Any]) -> str:
+    """cpu or gpu: `auto` means gpu when the engine asks for GPUs per replica."""
+    if replica["device"] == "auto":
+        return "gpu" if replica["gpus"] > 0 else "cpu"
+    return str(replica["device"])
+
+
+def venv_name(kind: str, replica: Mapping[str, Any] | None = None) -> str:
+    """The venv link a kind's units run from; vLLM keeps CPU and GPU builds apart."""
+    names = {"llamacpp": "llamacpp", "predictive": "mlserver", "sglang": "sglang", "vllm": "vllm"}
+    name = names[kind]
+    if kind == "vllm" and replica is not None and device(replica) == "cpu":
+        name += "-cpu"
+    return name
+
+
+def systemd_quote(word: str) -> str:
+    """One ExecStart word: systemd expands % and $ and splits on blanks, so escape or quote them."""
+    word = word.replace("%", "%%").replace("$", "$$")
+    if word and not any(c in word for c in " \t\"'\\;"):
+        return word
+    escaped = word.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def arg_words(args: Mapping[str, Any]) -> list[str]:
+    """A stack's engine args as flags: `key: value` → --key value; `key: true` → --key; false drops it."""
+    words: list[str] = []
+    for key in sorted(args):
+        value = args[key]
+        if value is False:
+            continue
+        words.append(f"--{key}")
+        if value is not True:
+            words.append(str(value))
+    return words
+
+
+def owned_args_given(kind: str, replica: Mapping[str, Any]) -> list[str]:
+    """Args of the stack that Podium sets itself (the role refuses them)."""
+    return sorted(set(replica["args"]) & OWNED_ARGS.get(kind, set()))
+
+
+def _command(kind: str, replica: Mapping[str, Any]) -> list[str]:
+    venv = VENV_LINK.format(name=venv_name(kind, replica))
+    name, port = str(replica["model"]), str(replica["port"])
+    if kind == "llamacpp":
+        return [f"{venv}/bin/llama-server", "--model", weights_link(replica), "--alias", name,
+                "--host", "0.0.0.0", "--port", port, "--metrics", "--no-webui",
+                *arg_words(replica["args"])]
+    if kind == "vllm":
+        args = dict(replica["args"])
+        if device(replica) == "gpu" and replica["gpus"] > 1 and not set(args) & TP_ARGS:
+            args["tensor-parallel-size"] = replica["gpus"]
+        return [f"{venv}/bin/vllm", "serve", model_dir(replica), "--served-model-name", name,
+                "--host", "0.0.0.0", "--port", port, *arg_words(args)]
+    if kind == "sglang":
+        args = dict(replica["args"])
+        if replica["gpus"] > 1 and not set(args) & TP_ARGS:
+            args["tp-size"] = replica["gpus"]
+        args.setdefault("enable-metrics", True)
+        return [f"{venv}/bin/python", "-m", "sglang.launch_server", "--model-path", model_dir(replica),
+                "--served-model-name", name, "--host", "0.0.0.0", "--port", port, *arg_words(args)]
+    if kind == "predictive":
+        return [f"{venv}/bin/mlserver", "start", f"/{predictive_folder(replica)}"]
+    raise KeyError(kind)
+
+
+def _environment(kind: str, replica: Mapping[str, Any]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    if kind in ("vllm", "sglang"):
+        env.update(QUIET_ENV)
+        env["VLLM_NO_USAGE_STATS"] = "1"
+    if kind == "predictive":
+        # Podium's skops runtime (podium.services.mlserver_skops) lives outside MLServer's venv.
+        env["PYTHONPATH"] = RUNTIME_PATH
+    if device(replica) == "gpu":
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in replica["gpu_ids"])
+    elif kind in ("vllm", "sglang"):
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return dict(sorted(env.items()))
+
+
+def predictive_folder(replica: Mapping[str, Any]) -> str:
+    """MLServer's model repository for one replica: settings.json and one model folder."""
+    return f"{PREDICTIVE_CONFIG}/{replica['engine']}-{replica['replica']}"
+
+
+def _predictive_files(replica: Mapping[str, Any]) -> dict[str, str]:
+    folder = predictive_folder(replica)
+    return {
+        f"{folder}/settings.json": render_template("engine_predictive/settings.json.j2", r=replica),
+        f"{folder}/{replica['model']}/model-settings.json": render_template(
+            "engine_predictive/model-settings.json.j2", r=replica, uri=weights_link(replica)
+        ),
+    }
+
+
+def _builder(kind: str) -> Callable[[str, Mapping[str, Any]], dict[str, str]]:
+    def build(host: str, settings: Mapping[str, Any]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for replica in settings["replicas"]:
+            unit = unit_name(kind, replica)
+            out[f"{UNIT_DIR}/{unit}"] = render_template(
+                f"engine_{kind}/replica.service.j2",
+                host=host,
+                r=replica,
+                exec_start=" ".join(systemd_quote(w) for w in _command(kind, replica)),
+                environment=_environment(kind, replica),
+                user=ENGINE_USER,
+                model_dir=model_dir(replica),
+            )
+            if kind == "predictive":
+                out.update(_predictive_files(replica))
+        return out
+
+    build.__name__ = f"build_{kind}"
+    build.__doc__ = f"Files of role engine-{kind} on one host."
+    return build
+
+
+build_llamacpp = _builder("llamacpp")
+build_predictive = _builder("predictive")
+build_vllm = _builder("vllm")
+build_sglang = _builder("sglang")
