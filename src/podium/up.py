@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from rich.console import Console
 
@@ -26,8 +27,29 @@ class UpResult:
 
 
 def recorded_states(stack: Stack) -> dict[str, HostState]:
+    require_machines(stack)
     entries = [(n, connection(stack, n)) for n in stack.node_names]
     return read_states(entries)
+
+
+def require_machines(stack: Stack) -> None:
+    """Machines Podium creates sit on the lab's host-only bridge: without it their addresses would
+    be sent to the default route, so refuse before any packet leaves."""
+    local = [
+        n
+        for n in stack.nodes
+        if n.machine and (n.machine.driver == "nspawn" or (n.machine.hypervisor or "").startswith("qemu:///"))
+    ]
+    if not local:
+        return
+    from podium.lab.network import bridge_name
+
+    bridge = bridge_name(stack.name)
+    if not Path(f"/sys/class/net/{bridge}").exists():
+        raise PodiumError(
+            f"the machines of stack {stack.name} are not up (no bridge {bridge}); "
+            f"run podium lab up {stack.name}"
+        )
 
 
 def up(

@@ -1,15 +1,32 @@
-"""The lines `podium lab up` ends with: gateway URL, a fresh API key, the CA to trust."""
+"""The lines `podium lab up` ends with: gateway URL, a freshly created API key, the CA to trust,
+and a curl line that works as printed."""
 
 from __future__ import annotations
 
+import time
+
 from rich.console import Console
 
+from podium.gateway_access import admin_request, gateway_url
+from podium.registry.ca import ca_certificate
 from podium.stack.model import Stack
 
 
 def print_gateway_access(stack: Stack, out: Console) -> None:
-    gw = stack.gateway
-    assert gw is not None
-    node = stack.node(gw.nodes[0])
-    scheme = "https" if gw.tls else "http"
-    out.print(f"gateway: {scheme}://{node.address}:{gw.port}/v1")
+    url = gateway_url(stack)
+    name = f"lab-{time.strftime('%Y%m%d-%H%M%S')}"
+    created = admin_request(stack.name, url, "POST", "/admin/v1/keys", {"name": name, "models": ["*"]})
+    key = created["key"]
+    ca = ca_certificate(stack.name)
+    llms = [m.name for m in stack.models if m.format in ("gguf", "safetensors")]
+    out.print(f"gateway: {url}/v1", soft_wrap=True)
+    out.print(f"key: {key}", soft_wrap=True)
+    out.print(f"ca: {ca}", soft_wrap=True)
+    if llms:
+        body = f'{{"model": "{llms[0]}", "messages": [{{"role": "user", "content": "Hello"}}], "max_tokens": 16}}'
+        out.print(
+            f"try: curl --cacert {ca} -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
+            f"-d '{body}' {url}/v1/chat/completions",
+            soft_wrap=True,
+            markup=False,
+        )

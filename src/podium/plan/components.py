@@ -353,6 +353,7 @@ def _gateway_settings(stack: Stack, host: str) -> Settings:
         "tls": gw.tls,
         "store": gw.store,
         "store_node": gw.store_node,
+        "store_address": str(stack.node(gw.store_node).address) if gw.store_node else None,
         "models": models,
         "keys": [k.model_dump(mode="json") for k in gw.keys],
         "prices": {k: v.model_dump() for k, v in gw.prices.items()},

@@ -127,7 +127,9 @@ def listeners(stack: Stack) -> list[Listener]:
             )
             if node.gpus:
                 out.append(
-                    Listener(node.name, DCGM_EXPORTER_PORT, "monitoring", where, "dcgm exporter", only_monitoring)
+                    Listener(
+                        node.name, DCGM_EXPORTER_PORT, "monitoring", where, "dcgm exporter", only_monitoring
+                    )
                 )
     if stack.gateway:
         gw = stack.gateway

@@ -1,0 +1,1 @@
+"""Role gateway: Podium's Model-as-a-Service gateway on the gateway nodes."""

@@ -1,0 +1,151 @@
+"""Role gateway, its verbs: deploy, check, remove."""
+
+from io import StringIO
+
+from pyinfra import host
+from pyinfra.api import deploy as pyinfra_deploy
+from pyinfra.operations import apt, files, python, server, systemd
+
+from podium.artifacts import podium_wheel, wheelhouse
+from podium.files import files_for
+from podium.gateway_access import ADMIN_TOKEN, ensure_declared_keys
+from podium.registry.ca import ca_certificate, server_certificate
+from podium.secrets import StackSecrets
+from podium.stack.versions import load_versions
+from roles.gateway.defaults import DEFAULTS
+
+
+@pyinfra_deploy("gateway: deploy", data_defaults=DEFAULTS)
+def deploy() -> None:
+    settings = host.data.podium_gateway
+    stack = host.data.podium_stack
+    prefix, etc, data, user = (
+        host.data.gateway_prefix,
+        host.data.gateway_etc,
+        host.data.gateway_data,
+        host.data.gateway_user,
+    )
+    rendered = files_for("gateway", host.name, settings)
+    address = host.data.ssh_hostname
+
+    apt.packages(name="Python venv for the gateway", packages=["python3-venv", "curl"])
+    server.group(name="Gateway group", group=user, system=True)
+    server.user(name="Gateway user", user=user, group=user, system=True, home=data, shell="/usr/sbin/nologin")
+    for path, owner, mode in ((prefix, "root", "755"), (etc, user, "750"), (data, user, "750")):
+        files.directory(name=f"Folder {path}", path=path, user=owner, group=user, mode=mode)
+
+    # Podium's own wheel and its pinned requirements come from the control machine: the
+    # gateway node needs no package index.
+    requirements = load_versions().components["gateway"].requirements
+    house = wheelhouse("gateway", requirements)
+    wheel = podium_wheel()
+    shipped_house = files.sync(
+        name="Ship the gateway's wheels", src=str(house), dest=f"{prefix}/wheels", delete=True
+    )
+    shipped_wheel = files.put(name="Ship Podium's wheel", src=str(wheel), dest=f"{prefix}/{wheel.name}")
+    server.shell(
+        name="Install the gateway into its venv",
+        commands=[
+            f"test -x {prefix}/venv/bin/python || python3 -m venv {prefix}/venv",
+            f"{prefix}/venv/bin/pip install -q --no-index --find-links {prefix}/wheels -r {prefix}/wheels/requirements.txt",
+            f"{prefix}/venv/bin/pip install -q --no-index --no-deps --force-reinstall {prefix}/{wheel.name}",
+        ],
+        _if=lambda: shipped_house.did_change() or shipped_wheel.did_change(),
+    )
+    server.shell(
+        name="Gateway venv is complete",
+        commands=[f"test -x {prefix}/venv/bin/python || (rm -f {prefix}/{wheel.name}; exit 1)"],
+    )
+
+    changed = []
+    changed.append(
+        files.put(
+            name="Gateway config",
+            src=StringIO(rendered["gateway.yaml"]),
+            dest=f"{etc}/gateway.yaml",
+            user="root",
+            group=user,
+            mode="640",
+        )
+    )
+    token = StackSecrets(stack).token(ADMIN_TOKEN)
+    changed.append(
+        files.put(
+            name="Gateway admin token",
+            src=StringIO(token + "\n"),
+            dest=f"{etc}/admin-token",
+            user="root",
+            group=user,
+            mode="640",
+        )
+    )
+    if settings["tls"]:
+        cert, key = server_certificate(stack, f"gateway-{host.name}", [address], [host.name])
+        changed.append(
+            files.put(name="Gateway certificate", src=str(cert), dest=f"{etc}/tls.crt", mode="644")
+        )
+        changed.append(
+            files.put(
+                name="Gateway key", src=str(key), dest=f"{etc}/tls.key", user="root", group=user, mode="640"
+            )
+        )
+        files.put(
+            name="Stack CA for gateway checks",
+            src=str(ca_certificate(stack)),
+            dest=f"{etc}/ca.crt",
+            mode="644",
+        )
+    unit = files.put(
+        name="Gateway unit",
+        src=StringIO(rendered["podium-gateway.service"]),
+        dest="/etc/systemd/system/podium-gateway.service",
+        mode="644",
+    )
+    systemd.service(
+        name="Run the gateway",
+        service="podium-gateway",
+        running=True,
+        enabled=True,
+        daemon_reload=unit.will_change,
+        restarted=any(op.will_change for op in changed)
+        or unit.will_change
+        or shipped_wheel.will_change
+        or shipped_house.will_change,
+    )
+    scheme = "https" if settings["tls"] else "http"
+    ca = f"--cacert {etc}/ca.crt" if settings["tls"] else ""
+    server.shell(
+        name="Wait for the gateway to answer",
+        commands=[
+            f"for i in $(seq 120); do curl -fsS {ca} {scheme}://{address}:{settings['port']}/v2/health/live "
+            ">/dev/null && exit 0; sleep 0.5; done; exit 1"
+        ],
+        _if=lambda: any(op.did_change() for op in changed) or unit.did_change() or shipped_wheel.did_change(),
+    )
+    if settings["keys"]:
+        python.call(
+            name="Create the stack's declared API keys",
+            function=ensure_declared_keys,
+            stack=stack,
+            url=gateway_url_for(address, settings),
+            keys=settings["keys"],
+        )
+
+
+def gateway_url_for(address: str, settings: dict) -> str:
+    return f"{'https' if settings['tls'] else 'http'}://{address}:{settings['port']}"
+
+
+@pyinfra_deploy("gateway: check", data_defaults=DEFAULTS)
+def check() -> None:
+    server.shell(name="Gateway runs", commands=["systemctl is-active podium-gateway"])
+
+
+@pyinfra_deploy("gateway: remove", data_defaults=DEFAULTS)
+def remove() -> None:
+    systemd.service(name="Stop the gateway", service="podium-gateway", running=False, enabled=False)
+    files.file(
+        name="Remove the gateway unit", path="/etc/systemd/system/podium-gateway.service", present=False
+    )
+    files.directory(name="Remove the gateway program", path=host.data.gateway_prefix, present=False)
+    # The usage records in gateway_data stay: metering is kept even when a gateway moves.
