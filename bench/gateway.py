@@ -98,7 +98,7 @@ class Stack:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
 
-    def engine(self, slots: int) -> tuple[str, str]:
+    def engine(self, slots: int, http_threads: int) -> tuple[str, str]:
         from podium.artifacts import llamacpp_server
         from podium.models import make_tiny
         from podium.models.tiny_gguf import served_name
@@ -108,7 +108,10 @@ class Stack:
         proc = self.spawn([str(llamacpp_server(LLAMACPP_VERSION)), "--model", str(gguf),
                            "--alias", served_name("tiny"), "--host", "127.0.0.1", "--port",
                            str(port), "--ctx-size", str(256 * slots), "--parallel", str(slots),
-                           "--threads", "1", "--no-webui"], "llama-server")
+                           # One HTTP thread per client connection: idle keep-alive
+                           # connections must not starve new ones at high concurrency.
+                           "--threads", "1", "--threads-http", str(http_threads), "--no-webui"],
+                          "llama-server")
         url = f"http://127.0.0.1:{port}"
         wait_http(url + "/health", proc)
         return url, served_name("tiny")
@@ -330,7 +333,8 @@ def main() -> None:
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     skip = set(filter(None, args.skip.split(",")))
     with stack(args.keep) as s:
-        engine, model = s.engine(slots=max(4, min(16, max(concurrencies))))
+        engine, model = s.engine(slots=max(4, min(16, max(concurrencies))),
+                                 http_threads=4 * max(concurrencies) + 8)
         targets = [Target("direct", engine + "/v1", model)]
         if "podium" not in skip:
             targets.append(s.podium(engine, model))
@@ -339,17 +343,18 @@ def main() -> None:
         if "nginx" not in skip:
             targets.append(s.nginx(engine, model))
         results: dict[str, Any] = {t.name: {"plain": {}} for t in targets}
+        # Streams first, on an engine no load has touched yet.
+        for t in targets:
+            cell = asyncio.run(stream_cell(t, args.streams, args.stream_tokens, args.max_seconds))
+            results[t.name]["stream"] = cell
+            print(f"{t.name:8} stream TTFT {cell['ttft_ms']:.2f} ms  {cell['tok_s']:.0f} tok/s",
+                  file=sys.stderr)
         for c in concurrencies:
             for t in targets:
                 cell = asyncio.run(plain_cell(t, c, args.requests, args.max_seconds))
                 results[t.name]["plain"][str(c)] = cell
                 print(f"{t.name:8} c={c:<3} {cell['rps']:8.1f} req/s  p50 {cell['p50_ms']:.2f} ms"
                       f"  p99 {cell['p99_ms']:.2f} ms  n={cell['n']}", file=sys.stderr)
-        for t in targets:
-            cell = asyncio.run(stream_cell(t, args.streams, args.stream_tokens, args.max_seconds))
-            results[t.name]["stream"] = cell
-            print(f"{t.name:8} stream TTFT {cell['ttft_ms']:.2f} ms  {cell['tok_s']:.0f} tok/s",
-                  file=sys.stderr)
     print(report(results, concurrencies))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

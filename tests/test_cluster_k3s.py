@@ -32,14 +32,18 @@ def test_settings_take_urls_and_sha256_from_the_version_table(cluster_stack: Sta
     assert s["device_plugin_image"].startswith("10.70.0.1:8081/nvidia/k8s-device-plugin:")
 
 
-def test_settings_refuse_a_stack_without_a_mirror(small_stack: Stack,
-                                                  versions: VersionTable) -> None:
+def test_up_refuses_a_k3s_stack_without_a_mirror(small_stack: Stack,
+                                                 versions: VersionTable) -> None:
+    from podium.plan import make_plan
+    from podium.up import preflight
+
+    assert k3s_settings(small_stack, versions, "solo")["binary"]["url"] is None
     try:
-        k3s_settings(small_stack, versions, "solo")
+        preflight(small_stack, make_plan(small_stack, versions))
     except InvalidInput as exc:
         assert "artifact_mirror" in str(exc)
     else:
-        raise AssertionError("a k3s stack without a mirror must be refused")
+        raise AssertionError("a k3s stack without a mirror must be refused before any host is touched")
 
 
 def test_server_and_agent_configs(cluster_stack: Stack, versions: VersionTable) -> None:

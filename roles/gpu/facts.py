@@ -63,6 +63,10 @@ def driver_branch(version: str) -> str:
 class NvidiaPci(FactBase):  # type: ignore[misc]
     """NVIDIA GPUs and NVSwitches on the PCI bus; read from sysfs where lspci is missing."""
 
+    @staticmethod
+    def default() -> dict[str, Any]:
+        return {"gpus": [], "nvswitches": []}
+
     def command(self) -> str:
         sysfs = (
             "for d in /sys/bus/pci/devices/*; do [ \"$(cat $d/vendor)\" = 0x10de ] && "
@@ -79,6 +83,7 @@ class NvidiaSmi(FactBase):  # type: ignore[misc]
     """Each GPU the driver sees: index, name, driver_version, pci.bus_id, persistence_mode."""
 
     QUERY = "index,name,driver_version,pci.bus_id,persistence_mode"
+    default = list
 
     def command(self) -> str:
         return f"nvidia-smi --query-gpu={self.QUERY} --format=csv 2>/dev/null || true"

@@ -97,6 +97,7 @@ def keys(settings: Mapping[str, Any], node: Node, defaults: Mapping[str, Any]) -
 def packages(settings: Mapping[str, Any], node: Node, pins: Mapping[str, str]) -> list[str]:
     """The packages that give the stack's driver branch, its tools and services on this node."""
     branch = settings["driver_branch"]
+    node.cuda_distro  # noqa: B018  # refuses a distribution the role does not know
     out = [f"linux-headers-{node.kernel}"]
     if settings["source"] == "distribution" and node.distro == "debian":
         packaged = pins["nvidia-driver"].split(".", 1)[0]

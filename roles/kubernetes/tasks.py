@@ -4,6 +4,7 @@ before the next, so the server is started and ready before any agent starts to j
 from io import StringIO
 
 from pyinfra import host
+from pyinfra.api.exceptions import DeployError
 from pyinfra.api import deploy as pyinfra_deploy
 from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
@@ -36,6 +37,11 @@ def kubeconfig_command(settings: dict, remote: str) -> str:
 @pyinfra_deploy("kubernetes: deploy", data_defaults=DEFAULTS)
 def deploy() -> None:
     s = host.data.podium_kubernetes
+    if not s["mirror"]:
+        raise DeployError(
+            f"{host.name}: k3s is installed from the artifact mirror, but the stack sets no "
+            "artifact_mirror; name the mirror that holds k3s and its air-gap images"
+        )
     rendered = files_for("kubernetes", host.name, s)
     conf, binary = host.data.kubernetes_config_dir, host.data.kubernetes_binary
     files.directory(name="k3s config folder", path=conf, mode="755")

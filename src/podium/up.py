@@ -32,6 +32,17 @@ def recorded_states(stack: Stack) -> dict[str, HostState]:
     return read_states(entries)
 
 
+def preflight(stack: Stack, actions: Sequence[Action]) -> None:
+    """Refuse, before touching a host, what a role would only find out halfway."""
+    kube = stack.kubernetes
+    installs_k3s = any(a.component == "kubernetes" and a.action != "remove" for a in actions)
+    if installs_k3s and kube and kube.distribution == "k3s" and not stack.artifact_mirror:
+        raise InvalidInput(
+            f"stack {stack.name}: kubernetes.distribution k3s is installed from the artifact mirror, "
+            "but artifact_mirror is not set; name the mirror that holds k3s and its air-gap images"
+        )
+
+
 def require_machines(stack: Stack) -> None:
     """Machines Podium creates sit on the lab's host-only bridge: without it their addresses would
     be sent to the default route, so refuse before any packet leaves."""
@@ -71,9 +82,11 @@ def up(
         if name not in COMPONENT_NAMES:
             raise InvalidInput(f"--only {name}: not a component; components: {', '.join(COMPONENT_NAMES)}")
     versions = load_versions()
+    preflight(stack, make_plan(stack, versions))
     with console.status("reading recorded state from the hosts"):
         states = recorded_states(stack)
-    digests = _model_digests(stack, states, push=False, dry_run=dry_run)
+    # Push models added since the registry was laid down; a dry run only resolves nothing.
+    digests = _model_digests(stack, states, push=True, dry_run=dry_run)
     actions = make_plan(stack, versions, states, digests)
     entries = dict(host_entries(stack, actions))
     result = UpResult(actions)

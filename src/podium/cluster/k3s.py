@@ -19,19 +19,17 @@ IMAGES_ARTIFACT = "k3s-airgap-images-amd64.tar.zst"
 DEVICE_PLUGIN_VERSION = "v0.17.0"
 
 
-def artifact_url(mirror: str, version: str, file: str) -> str:
-    """`<mirror>/k3s/<version>/<file>`: the mirror keeps one folder per pinned release."""
+def artifact_url(mirror: str | None, version: str, file: str) -> str | None:
+    """`<mirror>/k3s/<version>/<file>`: the mirror keeps one folder per pinned release. None
+    without a mirror: the k3s role then stops and says to set `artifact_mirror`."""
+    if not mirror:
+        return None
     return f"{mirror.rstrip('/')}/k3s/{version}/{file}"
 
 
 def k3s_settings(stack: Stack, versions: VersionTable, host: str) -> dict[str, Any]:
     kube = stack.kubernetes
     assert kube is not None and kube.server is not None
-    if not stack.artifact_mirror:
-        raise InvalidInput(
-            "kubernetes: k3s is installed from the artifact mirror, but `artifact_mirror` is "
-            "not set; name the mirror that holds k3s and its air-gap images"
-        )
     version = versions.version("kubernetes", stack)
     table = versions.components["kubernetes"].artifacts
     images = table[IMAGES_ARTIFACT]

@@ -196,7 +196,7 @@ def create_app(config: GatewayConfig) -> Starlette:
     Example: uvicorn.run(create_app(load_config(Path("gateway.yaml"))), port=8080)
     """
     # The *_created series double what /metrics carries and no dashboard reads them.
-    prometheus_client.disable_created_metrics()
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     gw = Gateway(config)
 
     @contextlib.asynccontextmanager

@@ -85,7 +85,10 @@ class Limits(_Strict):
     @classmethod
     def _quota(cls, value: str | None) -> str | None:
         if value is not None:
-            parse_quota(value)
+            try:
+                parse_quota(value)
+            except InvalidInput as exc:  # pydantic names file and field only for ValueError
+                raise ValueError(str(exc)) from None
         return value
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -11,7 +10,7 @@ from sqlalchemy import Connection
 
 from podium.services.gateway.config import Price
 from podium.services.gateway.limits import EffectiveLimits, charge
-from podium.services.gateway.store import usage_table
+from podium.services.gateway.store import RowInsert, usage_table
 
 
 @dataclass
@@ -59,15 +58,14 @@ def usage_in_body(body: bytes) -> tuple[int, int] | None:
     return tokens_of(data.get("usage")) if isinstance(data, dict) else None
 
 
-def record_op(
-    record: UsageRecord, key_limits: EffectiveLimits | None
-) -> Callable[[Connection], None]:
+def record_op(record: UsageRecord, key_limits: EffectiveLimits | None) -> RowInsert:
     """Insert the record and charge its tokens to the key's limits, in one transaction."""
+    then = None
+    if key_limits is not None and key_limits.counts_tokens():
+        limits = key_limits
 
-    def op(conn: Connection) -> None:
-        conn.execute(usage_table.insert().values(**asdict(record)))
-        if key_limits is not None and key_limits.counts_tokens():
+        def then(conn: Connection) -> None:
             tokens = record.prompt_tokens + record.completion_tokens
-            charge(conn, record.key_id, key_limits, tokens, record.ts)
+            charge(conn, record.key_id, limits, tokens, record.ts)
 
-    return op
+    return RowInsert(usage_table, asdict(record), then)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -14,6 +16,7 @@ class GatewayMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.requests = Counter(
             "podium_gateway_requests",
@@ -94,6 +97,15 @@ class GatewayMetrics:
             "Usage records the store refused (those responses were answered 503).",
             registry=r,
         )
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """metric.labels(*labels), remembered: the lookup is a hot path on every request."""
+        found = self._children.get((id(metric), labels))
+        if found is None:
+            if len(self._children) > 100_000:  # keys come and go; bound the memo
+                self._children.clear()
+            found = self._children[(id(metric), labels)] = metric.labels(*labels)
+        return found
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

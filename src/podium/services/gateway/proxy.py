@@ -349,10 +349,10 @@ class StreamRelay:
                     now = time.perf_counter()
                     if self.first_token is None:
                         self.first_token = now
-                        m.ttft.labels(model).observe(now - self.call.started)
+                        m.child(m.ttft, model).observe(now - self.call.started)
                     else:
                         assert self.last_token is not None
-                        m.itl.labels(model).observe(now - self.last_token)
+                        m.child(m.itl, model).observe(now - self.last_token)
                     self.last_token = now
                     self.token_chunks += 1
                 if out is not None:

@@ -186,12 +186,13 @@ class Gateway:
     def _count(self, call: Call, record: UsageRecord) -> None:
         call.counted = True
         m = self.metrics
-        m.requests.labels(call.model, call.key.name, str(record.status)).inc()
-        m.latency.labels(call.model).observe(record.latency_ms / 1000.0)
+        model, key = call.model, call.key.name
+        m.child(m.requests, model, key, str(record.status)).inc()
+        m.child(m.latency, model).observe(record.latency_ms / 1000.0)
         if record.prompt_tokens:
-            m.tokens.labels(call.model, call.key.name, "prompt").inc(record.prompt_tokens)
+            m.child(m.tokens, model, key, "prompt").inc(record.prompt_tokens)
         if record.completion_tokens:
-            m.tokens.labels(call.model, call.key.name, "completion").inc(record.completion_tokens)
+            m.child(m.tokens, model, key, "completion").inc(record.completion_tokens)
 
     async def _store_call(self, op: Callable[[Connection], T]) -> T:
         try:

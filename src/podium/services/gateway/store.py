@@ -104,6 +104,24 @@ counters_table = Table(
 )
 
 
+class RowInsert:
+    """An operation inserting one row; the rows of one batch go in as a single executemany.
+
+    Example: store.run(RowInsert(usage_table, {...}, then=lambda conn: ...))
+    """
+
+    def __init__(self, table: Table, row: dict[str, Any],
+                 then: Callable[[Connection], None] | None = None) -> None:
+        self.table = table
+        self.row = row
+        self.then = then
+
+    def __call__(self, conn: Connection) -> None:
+        conn.execute(self.table.insert(), [self.row])
+        if self.then is not None:
+            self.then(conn)
+
+
 def upsert(conn: Connection, table: Table, values: Mapping[str, Any]) -> Any:
     """An INSERT ... ON CONFLICT statement for this connection's dialect (SQLite or PostgreSQL)."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
@@ -238,7 +256,7 @@ class Store:
         live = [(op, fut) for op, fut in batch if fut.set_running_or_notify_cancel()]
         try:
             with self.engine.begin() as conn:
-                results = [op(conn) for op, _ in live]
+                results = self._run_batch(conn, [op for op, _ in live])
         except Exception:
             if len(live) == 1:
                 op, fut = live[0]
@@ -250,6 +268,26 @@ class Store:
             return
         for (_, fut), result in zip(live, results, strict=True):
             fut.set_result(result)
+
+    @staticmethod
+    def _run_batch(conn: Connection, ops: list[Op]) -> list[Any]:
+        # Row inserts (usage records) of the batch go in per table as one executemany:
+        # compiled once, one round trip, whatever the batch size.
+        by_table: dict[Table, list[dict[str, Any]]] = {}
+        for op in ops:
+            if isinstance(op, RowInsert):
+                by_table.setdefault(op.table, []).append(op.row)
+        for table, rows in by_table.items():
+            conn.execute(table.insert(), rows)
+        results: list[Any] = []
+        for op in ops:
+            if isinstance(op, RowInsert):
+                if op.then is not None:
+                    op.then(conn)
+                results.append(None)
+            else:
+                results.append(op(conn))
+        return results
 
     def _alone(self, op: Op, fut: concurrent.futures.Future[Any]) -> None:
         for attempt in range(2):
