@@ -5,4 +5,6 @@ pytest_plugins = [
     "tests.fixtures_engines",
     "tests.fixtures_registry",
     "tests.fixtures_monitoring",
+    "tests.fixtures_gateway",
+    "tests.fixtures_cluster",
 ]

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from packaging.utils import parse_wheel_filename
 from packaging.version import Version
-from tests.fixtures_engines import LLAMACPP_VERSION, llama_server_bin
 
 from podium.artifacts import X86_64_LABEL, cpu_label, llamacpp_wheel, relabel_wheel, wheelhouse
 from podium.errors import InvalidInput
+from tests.fixtures_engines import LLAMACPP_VERSION, llama_server_bin
 
 __all__ = ["llama_server_bin"]
 

@@ -17,6 +17,9 @@ from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
+
+from podium.artifacts import X86_64_FEATURES, cpu_label
+from podium.models.tiny_sklearn import sidecar_path
 from tests.fixtures_engines import (
     EngineServer,
     add_mlserver_model,
@@ -30,9 +33,6 @@ from tests.fixtures_engines import (
     tiny_gguf,
     tiny_sklearn,
 )
-
-from podium.artifacts import X86_64_FEATURES, cpu_label
-from podium.models.tiny_sklearn import sidecar_path
 
 __all__ = ["engine_dir", "llama_server", "llama_server_bin", "mlserver", "tiny_gguf",
            "tiny_sklearn"]

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.fixtures_lab import lab_image
 
 from podium.lab.image import ImageRecipe, build_rootfs, debootstrap_command, image_path
+from tests.fixtures_lab import lab_image
 
 __all__ = ["lab_image"]
 

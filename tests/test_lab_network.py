@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.fixtures_lab import lab_network
 
 from podium.drivers.base import LabNetwork
 from podium.lab import network as labnet
+from tests.fixtures_lab import lab_network
 
 __all__ = ["lab_network"]
 

@@ -8,7 +8,6 @@ import urllib.request
 
 import pytest
 import yaml
-from tests.fixtures_monitoring import FakeAppliance, fake_appliance  # noqa: F401
 
 from podium.errors import InvalidInput, PodiumError
 from podium.monitoring.dashboards import (
@@ -21,6 +20,7 @@ from podium.monitoring.dashboards import (
     substitute_variables,
 )
 from podium.monitoring.query import PrometheusClient
+from tests.fixtures_monitoring import FakeAppliance, fake_appliance  # noqa: F401
 
 SAMPLE_VALUES = {"model": "tiny-llama", "key": "k1", "node": "n1"}
 

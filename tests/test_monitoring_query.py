@@ -8,12 +8,12 @@ import time
 import pytest
 import typer
 from rich.console import Console
-from tests.fixtures_monitoring import FakeAppliance, fake_appliance, free_port  # noqa: F401
 from typer.testing import CliRunner
 
 from podium.cli import status as status_cli
 from podium.errors import InvalidInput, PodiumError
 from podium.monitoring.query import ApplianceStatus, PrometheusClient, collect_status
+from tests.fixtures_monitoring import FakeAppliance, fake_appliance, free_port  # noqa: F401
 
 
 def settled_status(url: str) -> ApplianceStatus:

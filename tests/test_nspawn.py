@@ -7,7 +7,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tests.fixtures_lab import lab_image, lab_network
 
 from podium.drivers import DRIVERS, get_driver
 from podium.drivers.base import LabNetwork, MachineSpec, check_layout
@@ -15,6 +14,7 @@ from podium.drivers.nspawn import NspawnDriver, nspawn_command
 from podium.errors import InvalidInput
 from podium.lab import cgroups
 from podium.lab import network as labnet
+from tests.fixtures_lab import lab_image, lab_network
 
 __all__ = ["lab_image", "lab_network"]
 

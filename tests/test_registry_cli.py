@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import typer
-from tests.fixtures_registry import RunningRegistry, registry, registry_auth, registry_tls
 from typer.testing import CliRunner
 
 from podium.cli import model as model_cli
 from podium.errors import PodiumError
+from tests.fixtures_registry import RunningRegistry, registry, registry_auth, registry_tls
 
 __all__ = ["registry", "registry_auth", "registry_tls"]  # fixtures, imported so pytest finds them
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import requests
-from tests.fixtures_registry import RunningRegistry, registry
 
 from podium.errors import InvalidInput
 from podium.registry import ModelRef, Registry
 from podium.registry.artifact import canonical_json
 from podium.registry.pull import partial_path
+from tests.fixtures_registry import RunningRegistry, registry
 
 __all__ = ["registry"]  # fixture, imported so pytest finds it
 

@@ -2,9 +2,9 @@
 and the CLI's exit status is always 0 or 2."""
 
 import copy
-from pathlib import Path
 import subprocess
 import sys
+from pathlib import Path
 
 import yaml
 from hypothesis import HealthCheck, given, settings

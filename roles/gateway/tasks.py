@@ -47,7 +47,8 @@ def deploy() -> None:
         name="Install the gateway into its venv",
         commands=[
             f"test -x {prefix}/venv/bin/python || python3 -m venv {prefix}/venv",
-            f"{prefix}/venv/bin/pip install -q --no-index --find-links {prefix}/wheels -r {prefix}/wheels/requirements.txt",
+            f"{prefix}/venv/bin/pip install -q --no-index --find-links {prefix}/wheels "
+            f"-r {prefix}/wheels/requirements.txt",
             f"{prefix}/venv/bin/pip install -q --no-index --no-deps --force-reinstall {prefix}/{wheel.name}",
         ],
         _if=lambda: shipped_house.did_change() or shipped_wheel.did_change(),

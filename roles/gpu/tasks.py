@@ -18,8 +18,11 @@ from roles.gpu.facts import NvidiaPci
 def _node() -> repos.Node:
     probe = '. /etc/os-release; echo "$ID $VERSION_ID $(dpkg --print-architecture) $(uname -r)"'
     info = host.get_fact(Command, command=probe)
-    distro, version, arch, kernel = (info or "unknown ? ? ?").split()
-    return repos.Node(distro, version, arch, kernel)
+    words = (info or "").split()
+    if len(words) != 4:
+        # e.g. no VERSION_ID (Debian testing): the role cannot tell which repository fits.
+        return repos.Node("unknown", (info or "").strip() or "?", "?", "?")
+    return repos.Node(*words)
 
 
 @pyinfra_deploy("gpu: deploy", data_defaults=DEFAULTS)

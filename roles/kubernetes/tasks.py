@@ -4,8 +4,8 @@ before the next, so the server is started and ready before any agent starts to j
 from io import StringIO
 
 from pyinfra import host
-from pyinfra.api.exceptions import DeployError
 from pyinfra.api import deploy as pyinfra_deploy
+from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 

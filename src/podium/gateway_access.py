@@ -3,15 +3,12 @@ and the stack's declared API keys (created once, kept 0600 here, shown only on r
 
 from __future__ import annotations
 
-import json
-import ssl
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from podium.errors import PodiumError
 from podium.secrets import StackSecrets
+from podium.services.gateway.client import AdminApi
 from podium.stack.model import Stack
 
 ADMIN_TOKEN = "gateway-admin"
@@ -25,27 +22,23 @@ def gateway_url(stack: Stack, node: str | None = None) -> str:
     return f"{'https' if gw.tls else 'http'}://{address}:{gw.port}"
 
 
+def stack_admin(stack: str | Stack) -> AdminApi:
+    """The admin API of a stack's (first) gateway, with its admin token and CA."""
+    from podium.registry.ca import ca_certificate
+    from podium.stack import load_stack
+
+    loaded = load_stack(stack) if isinstance(stack, str) else stack
+    url = gateway_url(loaded)
+    ca = ca_certificate(loaded.name) if url.startswith("https") else None
+    return AdminApi(url, StackSecrets(loaded.name).token(ADMIN_TOKEN), ca_file=ca)
+
+
 def admin_request(stack: str, url: str, method: str, path: str, body: Any = None) -> Any:
     """One admin API call over TLS verified against the stack CA."""
     from podium.registry.ca import ca_certificate
 
-    token = StackSecrets(stack).token(ADMIN_TOKEN)
-    context = ssl.create_default_context(cafile=str(ca_certificate(stack)))
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(
-        f"{url}{path}",
-        data=data,
-        method=method,
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10, context=context) as response:
-            return json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace")[:300]
-        raise PodiumError(f"gateway admin API {method} {path} answered {exc.code}: {detail}") from None
-    except OSError as exc:
-        raise PodiumError(f"gateway admin API at {url} is not reachable: {exc}") from None
+    ca = ca_certificate(stack) if url.startswith("https") else None
+    return AdminApi(url, StackSecrets(stack).token(ADMIN_TOKEN), ca_file=ca)._call(method, path, body)
 
 
 def ensure_declared_keys(stack: str, url: str, keys: list[dict[str, Any]]) -> list[str]:

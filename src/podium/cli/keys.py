@@ -25,8 +25,20 @@ _STORE = typer.Option(None, "--store", help="Work on the store directly: sqlite:
 _JSON = typer.Option(False, "--json", help="Print JSON.")
 
 
-def key_admin(gateway: str | None, admin_token_file: Path | None, store: str | None) -> KeyAdmin:
-    """The backend the flags name: the admin API (--gateway + token) or the store (--store)."""
+_STACK = typer.Argument(None, help="A stack folder: its gateway, admin token and CA are used.")
+
+
+def key_admin(
+    gateway: str | None, admin_token_file: Path | None, store: str | None, stack: str | None = None
+) -> KeyAdmin:
+    """The backend the arguments name: a stack's gateway, the admin API (--gateway + token) or
+    the store (--store)."""
+    if stack:
+        if gateway or store:
+            raise InvalidInput("give either STACK or --gateway/--store, not both")
+        from podium.gateway_access import stack_admin
+
+        return stack_admin(stack)
     if store and gateway:
         raise InvalidInput("give either --gateway (with --admin-token-file) or --store, not both")
     if store:
@@ -57,6 +69,7 @@ def _limits(key: dict[str, Any]) -> str:
 
 @keys_app.command("create")
 def create(
+    stack: str | None = _STACK,
     name: str = typer.Option(..., "--name", help="Name of the key (letters, digits, . _ -)."),
     models: str = typer.Option("*", "--models", help="Models it may use: m1,m2 or '*'."),
     rpm: int | None = typer.Option(None, "--rpm", help="Requests per minute."),
@@ -83,7 +96,7 @@ def create(
         expires_at=parse_expiry(expires) if expires else None,
     )
     spec.validate()
-    created = key_admin(gateway, admin_token_file, store).create_key(spec)
+    created = key_admin(gateway, admin_token_file, store, stack).create_key(spec)
     if as_json:
         typer.echo(json.dumps(created))
         return
@@ -95,13 +108,14 @@ def create(
 
 @keys_app.command("ls")
 def ls(
+    stack: str | None = _STACK,
     gateway: str | None = _GATEWAY,
     admin_token_file: Path | None = _TOKEN_FILE,
     store: str | None = _STORE,
     as_json: bool = _JSON,
 ) -> None:
     """List keys (never their secrets: only the first characters, to recognise them)."""
-    keys = key_admin(gateway, admin_token_file, store).list_keys()
+    keys = key_admin(gateway, admin_token_file, store, stack).list_keys()
     if as_json:
         typer.echo(json.dumps(keys))
         return
@@ -114,14 +128,17 @@ def ls(
 
 @keys_app.command("revoke")
 def revoke(
-    name: str = typer.Argument(..., help="Name of the key to revoke."),
+    stack_or_name: str = typer.Argument(..., metavar="[STACK] NAME", help="The stack (optional), then the key."),
+    name: str | None = typer.Argument(None, hidden=True),
     gateway: str | None = _GATEWAY,
     admin_token_file: Path | None = _TOKEN_FILE,
     store: str | None = _STORE,
     as_json: bool = _JSON,
 ) -> None:
     """Revoke a key; gateways refuse it within a second (their key cache's lifetime)."""
-    key = key_admin(gateway, admin_token_file, store).revoke_key(name)
+    stack = stack_or_name if name is not None else None
+    name = name if name is not None else stack_or_name
+    key = key_admin(gateway, admin_token_file, store, stack).revoke_key(name)
     if as_json:
         typer.echo(json.dumps(key))
         return

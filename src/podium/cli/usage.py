@@ -33,6 +33,7 @@ def _moment(text: str | None, flag: str) -> float | None:
 
 
 def usage(
+    stack: str | None = typer.Argument(None, help="A stack folder: its gateway's admin API is used."),
     store: str | None = typer.Option(
         None, "--store", help="sqlite:///PATH or postgresql+psycopg://..."
     ),
@@ -55,7 +56,11 @@ def usage(
     start, end = _moment(since, "--since"), _moment(until, "--until")
     if store and gateway:
         raise InvalidInput("give either --store or --gateway, not both")
-    if store:
+    if stack:
+        from podium.gateway_access import stack_admin
+
+        lines = stack_admin(stack).usage(start, end, groups)
+    elif store:
         lines = StoreAdmin(store).usage(start, end, groups)
     elif gateway:
         if admin_token_file is None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 from podium.cluster.meta import mirror_host
-from podium.errors import InvalidInput
 from podium.stack.model import Stack
 from podium.stack.versions import VersionTable
 

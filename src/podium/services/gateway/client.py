@@ -7,6 +7,7 @@ Both backends answer the same three calls with the same JSON-ready dicts, so the
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -43,10 +44,14 @@ class AdminApi:
     Example: AdminApi("http://127.0.0.1:8080", token).create_key(KeySpec(name="ci"))["key"]
     """
 
-    def __init__(self, gateway_url: str, admin_token: str, timeout: float = 30.0) -> None:
+    def __init__(
+        self, gateway_url: str, admin_token: str, timeout: float = 30.0, ca_file: Path | None = None
+    ) -> None:
         self.base = gateway_url.rstrip("/")
         self.token = admin_token
         self.timeout = timeout
+        # A gateway with the stack's own CA is checked against that CA, never left unverified.
+        self.context = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
@@ -57,7 +62,7 @@ class AdminApi:
             headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as resp:
+            with urllib.request.urlopen(request, timeout=self.timeout, context=self.context) as resp:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             try:
