@@ -86,32 +86,13 @@ def test_tcg_domain_boots_the_overlay_with_the_seed_beside_it(tmp_path: Path) ->
     assert disks[1].find("readonly") is not None, "the seed disk must be read-only"
 
 
-def test_direct_boot_domain_loads_the_image_kernel_with_the_root_label(tmp_path: Path) -> None:
-    xml = domain_xml(
-        NET,
-        GPU_NODE,
-        kind="qemu",
-        pool="podium",
-        image_volume="base.qcow2",
-        host_keys=[],
-        kernel=("/pool/base.vmlinuz", "/pool/base.initrd"),
-    )
-    _validate(xml, "domain", tmp_path)
-    os_element = ET.fromstring(xml).find("os")
-    assert os_element is not None
-    assert os_element.findtext("kernel") == "/pool/base.vmlinuz"
-    assert os_element.findtext("initrd") == "/pool/base.initrd"
-    assert f"root=LABEL={ROOT_LABEL}" in (os_element.findtext("cmdline") or "")
-    assert os_element.find("boot") is None
-    # Without a kernel the disk boots by itself, through GRUB.
-    assert _render("kvm").find("os/boot").get("dev") == "hd"  # type: ignore[union-attr]
-
-
 def test_kvm_domain_passes_the_host_cpu_through(tmp_path: Path) -> None:
     root = _render("kvm")
     _validate(ET.tostring(root, encoding="unicode"), "domain", tmp_path)
     assert root.get("type") == "kvm"
     assert root.find("cpu").get("mode") == "host-passthrough"  # type: ignore[union-attr]
+    # The disk boots by itself, through GRUB, under KVM and TCG alike.
+    assert root.find("os/boot").get("dev") == "hd"  # type: ignore[union-attr]
 
 
 def test_nics_join_the_lab_bridge_and_the_storage_bridge_with_stable_macs() -> None:
@@ -236,9 +217,7 @@ def test_network_units_give_the_lab_nic_its_address_and_gateway() -> None:
 
 
 def _debugfs(image: Path, request: str) -> str:
-    result = subprocess.run(
-        ["debugfs", "-R", request, str(image)], capture_output=True, text=True, check=True
-    )
+    result = subprocess.run(["debugfs", "-R", request, str(image)], capture_output=True, text=True, check=True)
     return result.stdout
 
 
@@ -319,12 +298,8 @@ def _leftovers(driver: LibvirtDriver, network: LabNetwork, node: str) -> list[st
         == 0
     ):
         found.append("domain")
-    vols = subprocess.run(
-        ["virsh", "-c", driver.uri, "vol-list", driver.pool], capture_output=True, text=True
-    ).stdout
-    found += [
-        f"volume {v}" for v in (f"{network.lab}-{node}.qcow2", f"{network.lab}-{node}-seed.img") if v in vols
-    ]
+    vols = subprocess.run(["virsh", "-c", driver.uri, "vol-list", driver.pool], capture_output=True, text=True).stdout
+    found += [f"volume {v}" for v in (f"{network.lab}-{node}.qcow2", f"{network.lab}-{node}-seed.img") if v in vols]
     if subprocess.run(["ip", "link", "show", f"pdm-{network.lab}"], capture_output=True).returncode == 0:
         found.append("bridge")
     return found

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
+
+from podium.errors import InvalidInput
+from podium.lab.box import box_metadata, pack_box
+from podium.lab.vmimage import PARTITION_START
+from tests.fixtures_vm import vm_image
+
+__all__ = ["vm_image"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,9 +47,7 @@ def _vagrant(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProc
         "VAGRANT_CHECKPOINT_DISABLE": "1",
         **env,
     }
-    return subprocess.run(
-        ["vagrant", *args], capture_output=True, text=True, env=environment, cwd=tmp_path
-    )
+    return subprocess.run(["vagrant", *args], capture_output=True, text=True, env=environment, cwd=tmp_path)
 
 
 def test_vagrantfile_validates_with_the_lab_stack(tmp_path: Path) -> None:
@@ -79,3 +86,41 @@ def test_vagrantfile_names_what_is_wrong(
     result = _vagrant(tmp_path, "validate", PODIUM_STACK=str(stack), **env)
     assert result.returncode != 0
     assert message in result.stdout + result.stderr
+
+
+def test_a_box_file_must_be_named_dot_box(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match=r"must end in \.box"):
+        pack_box(tmp_path / "podium.tar", image=tmp_path / "unused.qcow2", authorized_key="k")
+    assert box_metadata(4) == {"provider": "libvirt", "format": "qcow2", "virtual_size": 4}
+
+
+@pytest.mark.vm
+def test_packed_box_holds_the_image_with_the_login_key_in_it(vm_image: Path, tmp_path: Path) -> None:
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBoxKeyForTheTest box-test"
+    box = pack_box(tmp_path / "podium.box", image=vm_image, authorized_key=key)
+    with tarfile.open(box) as tar:
+        assert sorted(tar.getnames()) == ["Vagrantfile", "box.img", "metadata.json"]
+        tar.extractall(tmp_path / "box", filter="data")
+    metadata = json.loads((tmp_path / "box" / "metadata.json").read_text())
+    assert metadata == {"provider": "libvirt", "format": "qcow2", "virtual_size": 4}
+    assert 'config.ssh.username = "root"' in (tmp_path / "box" / "Vagrantfile").read_text()
+    raw = tmp_path / "box.raw"
+    subprocess.run(
+        ["qemu-img", "convert", "-O", "raw", str(tmp_path / "box" / "box.img"), str(raw)],
+        check=True,
+    )
+    partition = f"{raw}?offset={PARTITION_START * 512}"
+    found = subprocess.run(
+        ["debugfs", "-R", "cat /root/.ssh/authorized_keys", partition],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert found.stdout.strip() == key
+    mode = subprocess.run(
+        ["debugfs", "-R", "stat /root/.ssh/authorized_keys", partition],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "Mode:  0600" in mode.stdout and "User:     0" in mode.stdout

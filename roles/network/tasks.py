@@ -34,7 +34,7 @@ def deploy() -> None:
         op = files.put(name=f"Write {name}", src=StringIO(content), dest=f"{folder}/{name}", mode="644")
         changed = changed or op.will_change
     existing = (
-        host.get_fact(FindFiles, path=folder, quote_path=True, name=f"{host.data.network_prefix}-*") or []
+        host.get_fact(FindFiles, path=folder, quote_path=True, fname=f"{host.data.network_prefix}-*") or []
     )
     for path in existing:
         if path.rsplit("/", 1)[-1] not in rendered:

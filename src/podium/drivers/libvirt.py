@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
@@ -30,7 +31,7 @@ from podium.drivers.base import (
 from podium.drivers.nspawn import hosts_file
 from podium.errors import InvalidInput, PodiumError
 from podium.lab import network as labnet
-from podium.lab.vmimage import KERNEL_CMDLINE, SEED_LABEL, boot_files
+from podium.lab.vmimage import SEED_LABEL
 from podium.render import render_template
 
 log = logging.getLogger(__name__)
@@ -79,11 +80,25 @@ def domain_type(uri: str = DEFAULT_URI, override: str | None = None) -> str:
     return "kvm"
 
 
+# libvirtd's parent where Podium starts it: a child subreaper that reaps every
+# orphan below it. Where PID 1 reaps nothing (some container and microVM
+# inits), each QEMU that libvirtd probes and kills stays a zombie, libvirtd
+# waits out its kill timeout on it, and defining one domain takes 80 s.
+SUBREAPER = """\
+import ctypes, os, subprocess, sys
+ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+child = subprocess.Popen(sys.argv[1:])
+while os.wait()[0] != child.pid:
+    pass
+"""
+
+
 def ensure_libvirtd(uri: str = DEFAULT_URI, timeout: float = 30.0) -> None:
     """Start virtlogd and libvirtd here when `uri` is local and nothing answers on it.
 
     Hosts whose PID 1 is not systemd (containers, microVMs) have no socket
-    activation, so the daemons are started directly, as daemons.
+    activation, so the daemons are started directly: virtlogd as a daemon,
+    libvirtd in the foreground under SUBREAPER, detached from this process.
     """
     if not is_local(uri) or _answers(uri):
         return
@@ -95,8 +110,16 @@ def ensure_libvirtd(uri: str = DEFAULT_URI, timeout: float = 30.0) -> None:
                 f"{daemon} is not installed; install it with "
                 "`apt-get install -y libvirt-daemon-system qemu-system-x86`."
             )
-        if not _daemon_running(daemon):
-            subprocess.run([daemon, "--daemon"], capture_output=True)
+    if not _daemon_running("virtlogd"):
+        subprocess.run(["virtlogd", "--daemon"], capture_output=True)
+    if not _daemon_running("libvirtd"):
+        # setsid --fork: the supervisor outlives this process and belongs to no terminal.
+        subprocess.run(
+            ["setsid", "--fork", sys.executable, "-c", SUBREAPER, "libvirtd"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     deadline = time.monotonic() + timeout
     while not _answers(uri):
         if time.monotonic() > deadline:
@@ -188,13 +211,8 @@ def domain_xml(
     pool: str,
     image_volume: str,
     host_keys: Sequence[str],
-    kernel: tuple[str, str] | None = None,
 ) -> str:
-    """The libvirt domain of `spec`, booting its overlay volume with the seed disk beside it.
-
-    kernel: paths of a kernel and initrd on the hypervisor to boot directly
-    (root=LABEL=podium-root on the overlay); None boots the disk through GRUB.
-    """
+    """The libvirt domain of `spec`, booting its overlay volume with the seed disk beside it."""
     hostdevs = []
     for address in spec.pci_passthrough:
         domain, bus, rest = address.split(":")
@@ -220,9 +238,6 @@ def domain_xml(
         interfaces=interfaces(network, spec),
         hostdevs=hostdevs,
         console_log=str(CONSOLE_LOG_DIR / f"{name}-console.log"),
-        kernel=kernel[0] if kernel else None,
-        initrd=kernel[1] if kernel else None,
-        cmdline=KERNEL_CMDLINE,
     )
 
 
@@ -251,8 +266,7 @@ def network_units(network: LabNetwork, spec: MachineSpec) -> dict[str, str]:
         name = LAB_INTERFACE if index == 0 else f"lab{index}"
         match = ["[Match]", f"MACAddress={nic.mac}", "Driver=virtio_net", ""]
         units[f"etc/systemd/network/20-lab-{name}.link"] = (
-            "\n".join([*match, "[Link]", f"Name={name}", *([f"MTUBytes={nic.mtu}"] if nic.mtu else [])])
-            + "\n"
+            "\n".join([*match, "[Link]", f"Name={name}", *([f"MTUBytes={nic.mtu}"] if nic.mtu else [])]) + "\n"
         )
         lines = [*match]
         if nic.mtu:
@@ -266,9 +280,7 @@ def network_units(network: LabNetwork, spec: MachineSpec) -> dict[str, str]:
     return units
 
 
-def seed_files(
-    network: LabNetwork, spec: MachineSpec, host_keys: dict[str, str]
-) -> dict[str, tuple[str, int]]:
+def seed_files(network: LabNetwork, spec: MachineSpec, host_keys: dict[str, str]) -> dict[str, tuple[str, int]]:
     """Path (relative to /) → (content, mode) of everything the seed disk writes into the VM.
 
     host_keys: file name under /etc/ssh (ssh_host_ed25519_key, …_key.pub) → content.
@@ -291,9 +303,7 @@ def seed_files(
 
 def build_seed(files: dict[str, tuple[str, int]], out: Path) -> str:
     """Write the ext4 seed image `out` holding `files`; returns its id (a hash of the files)."""
-    seed_id = hashlib.sha256(
-        json.dumps(sorted((k, v[0], v[1]) for k, v in files.items())).encode()
-    ).hexdigest()
+    seed_id = hashlib.sha256(json.dumps(sorted((k, v[0], v[1]) for k, v in files.items())).encode()).hexdigest()
     with tempfile.TemporaryDirectory(prefix="podium-seed-") as staging:
         top = Path(staging)
         # cp -a of files/. onto / copies the directories' modes too, so they must be right.
@@ -335,8 +345,6 @@ class LibvirtDriver(MachineDriver):
     image: the bootable qcow2 to back overlays; None builds or reuses the cached one.
     pool, pool_dir: the libvirt storage pool holding base disks, overlays and seeds.
     kind: "kvm" or "qemu"; None picks what boots guests on the hypervisor (see domain_type).
-    direct_boot: boot the image's kernel directly instead of through GRUB; None does so
-        under TCG only, where BIOS disk reads take a minute and a half per boot.
     boot_timeout: seconds to wait for every machine's SSH port.
 
     Remote hypervisors must already have the bridges the machines join; on a
@@ -356,7 +364,6 @@ class LibvirtDriver(MachineDriver):
         pool_dir: Path = POOL_DIR,
         state_root: Path = STATE_ROOT,
         kind: str | None = None,
-        direct_boot: bool | None = None,
         boot_timeout: float = 300.0,
     ) -> None:
         self.uri = uri
@@ -365,7 +372,6 @@ class LibvirtDriver(MachineDriver):
         self.pool_dir = pool_dir
         self.state_root = state_root
         self.kind = domain_type(uri, kind)
-        self.direct_boot = self.kind == "qemu" if direct_boot is None else direct_boot
         self.boot_timeout = boot_timeout
 
     # -- the driver's verbs ---------------------------------------------------
@@ -394,15 +400,8 @@ class LibvirtDriver(MachineDriver):
                 pool = self._ensure_pool(conn)
                 image = self.image or _default_image()
                 base = self._ensure_volume(pool, image, "qcow2")
-                kernel = None
-                if self.direct_boot:
-                    files = boot_files(image)
-                    kernel = (
-                        self._ensure_volume(pool, files[0], "raw").path(),
-                        self._ensure_volume(pool, files[1], "raw").path(),
-                    )
                 for spec in to_create:
-                    self._create(conn, pool, base, kernel, network, spec)
+                    self._create(conn, pool, base, network, spec)
             for dom in to_start:
                 dom.create()
             self._wait_for_ssh(conn, network, machines)
@@ -457,7 +456,6 @@ class LibvirtDriver(MachineDriver):
         conn: Any,
         pool: Any,
         base: Any,
-        kernel: tuple[str, str] | None,
         network: LabNetwork,
         spec: MachineSpec,
     ) -> None:
@@ -482,7 +480,6 @@ class LibvirtDriver(MachineDriver):
             pool=self.pool,
             image_volume=base.name(),
             host_keys=public,
-            kernel=kernel,
         )
         dom = conn.defineXML(xml)
         dom.create()
@@ -609,9 +606,7 @@ class LibvirtDriver(MachineDriver):
         try:
             conn = libvirt.open(self.uri)
         except libvirt.libvirtError as exc:
-            raise PodiumError(
-                f"Could not connect to the hypervisor {self.uri}: {exc.get_error_message()}"
-            ) from None
+            raise PodiumError(f"Could not connect to the hypervisor {self.uri}: {exc.get_error_message()}") from None
         try:
             yield conn
         finally:

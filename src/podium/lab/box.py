@@ -69,10 +69,7 @@ def pack_box(out: Path, image: Path | None = None, authorized_key: str | None = 
         raise InvalidInput(f"box file {out} must end in .box, like build/podium-debian12.box.")
     for tool in ("qemu-img", "debugfs"):
         if shutil.which(tool) is None:
-            raise PodiumError(
-                f"Packing a box needs {tool}; install it with "
-                "`apt-get install -y qemu-utils e2fsprogs`."
-            )
+            raise PodiumError(f"Packing a box needs {tool}; install it with `apt-get install -y qemu-utils e2fsprogs`.")
     if image is None:
         from podium.lab.vmimage import build_vm_image
 
@@ -86,9 +83,7 @@ def pack_box(out: Path, image: Path | None = None, authorized_key: str | None = 
         raw = scratch / "disk.raw"
         _run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(image), str(raw)])
         _personalise(raw, scratch, key)
-        _run(
-            ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(scratch / "box.img")]
-        )
+        _run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(scratch / "box.img")])
         raw.unlink()
         info = json.loads(_run(["qemu-img", "info", "--output=json", str(scratch / "box.img")]))
         size_gib = -(-int(info["virtual-size"]) // 2**30)
@@ -139,7 +134,5 @@ def _personalise(raw: Path, scratch: Path, key: str) -> None:
 def _run(command: list[str]) -> str:
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
-        raise PodiumError(
-            f"`{' '.join(command)}` failed (exit {result.returncode}): {result.stderr.strip()}"
-        )
+        raise PodiumError(f"`{' '.join(command)}` failed (exit {result.returncode}): {result.stderr.strip()}")
     return result.stdout

@@ -159,15 +159,6 @@ def vm_image_path(cache_dir: Path = DEFAULT_CACHE_DIR, recipe: VmImageRecipe | N
     return cache_dir / (recipe or VmImageRecipe()).file_name()
 
 
-def boot_files(image: Path) -> tuple[Path, Path]:
-    """The kernel and initrd kept beside `image`, for direct kernel boot where BIOS is slow.
-
-    Under TCG emulation, GRUB's BIOS disk reads take a minute and a half to
-    load the kernel; QEMU loads the same files from the host in a blink.
-    """
-    return image.with_suffix(".vmlinuz"), image.with_suffix(".initrd")
-
-
 def build_vm_image(
     cache_dir: Path = DEFAULT_CACHE_DIR,
     force: bool = False,
@@ -185,7 +176,7 @@ def build_vm_image(
     """
     recipe = recipe or VmImageRecipe()
     final = vm_image_path(cache_dir, recipe)
-    if _cached(final) and not force:
+    if final.is_file() and not force:
         return final
     if os.geteuid() != 0:
         raise PodiumError(f"Building the VM image {final} needs root (chroot); run it as root.")
@@ -198,7 +189,7 @@ def build_vm_image(
     console = console or Console(stderr=True)
     rootfs = build_rootfs(cache_dir, recipe=recipe.base, console=console)
     with build_lock(cache_dir):
-        if _cached(final) and not force:
+        if final.is_file() and not force:
             return final
         started = time.monotonic()
         scratch = cache_dir / f".build-{final.stem}-{os.getpid()}"
@@ -210,16 +201,12 @@ def build_vm_image(
                 _make_disk(raw, rootfs, recipe, scratch)
                 partial = scratch / "disk.qcow2"
                 _run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(partial)])
-            for name, target in zip(("vmlinuz", "initrd"), boot_files(final), strict=True):
-                (scratch / name).rename(target)
             # The rename is the commit point: a half-built disk is never seen as cached.
             partial.rename(final)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         size_mb = final.stat().st_size // 2**20
-        console.print(
-            f"VM image {final.name} built in {time.monotonic() - started:.0f} s ({size_mb} MB)"
-        )
+        console.print(f"VM image {final.name} built in {time.monotonic() - started:.0f} s ({size_mb} MB)")
     return final
 
 
@@ -240,24 +227,16 @@ def _make_disk(raw: Path, rootfs: Path, recipe: VmImageRecipe, scratch: Path) ->
         )
         _chroot(root, recipe.setup)
         _chroot(root, recipe.grub)
-    shutil.copyfile((root / "vmlinuz").resolve(), scratch / "vmlinuz")
-    shutil.copyfile((root / "initrd.img").resolve(), scratch / "initrd")
     core = root / "boot" / "grub" / "core.img"
     core_bytes = core.read_bytes()
     boot_sector = (root / "usr" / "lib" / "grub" / "i386-pc" / "boot.img").read_bytes()
     core.unlink()
     if len(core_bytes) > (PARTITION_START - 1) * 512:
-        raise PodiumError(
-            f"GRUB's core.img ({len(core_bytes)} bytes) does not fit before the partition."
-        )
-    (root / "etc" / "podium-image.json").write_text(
-        json.dumps(asdict(recipe), indent=2, sort_keys=True) + "\n"
-    )
+        raise PodiumError(f"GRUB's core.img ({len(core_bytes)} bytes) does not fit before the partition.")
+    (root / "etc" / "podium-image.json").write_text(json.dumps(asdict(recipe), indent=2, sort_keys=True) + "\n")
     part = scratch / "root.ext4"
     part_bytes = recipe.disk_gib * 2**30 - PARTITION_START * 512
-    _run(
-        ["mkfs.ext4", "-q", "-L", ROOT_LABEL, "-d", str(root), str(part), f"{part_bytes // 1024}k"]
-    )
+    _run(["mkfs.ext4", "-q", "-L", ROOT_LABEL, "-d", str(root), str(part), f"{part_bytes // 1024}k"])
     with open(raw, "wb") as disk:
         disk.truncate(recipe.disk_gib * 2**30)
     _run(
@@ -271,10 +250,6 @@ def _make_disk(raw: Path, rootfs: Path, recipe: VmImageRecipe, scratch: Path) ->
         disk.write(boot_sector[:440])
         disk.seek(512)
         disk.write(core_bytes)
-
-
-def _cached(image: Path) -> bool:
-    return image.is_file() and all(path.is_file() for path in boot_files(image))
 
 
 @contextlib.contextmanager
@@ -315,7 +290,5 @@ def _chroot(root: Path, script: str) -> None:
 def _run(command: list[str], input_text: str | None = None) -> str:
     result = subprocess.run(command, capture_output=True, text=True, input=input_text)
     if result.returncode != 0:
-        raise PodiumError(
-            f"`{' '.join(command)}` failed (exit {result.returncode}): {result.stderr.strip()}"
-        )
+        raise PodiumError(f"`{' '.join(command)}` failed (exit {result.returncode}): {result.stderr.strip()}")
     return result.stdout

@@ -44,6 +44,10 @@ def _base_settings(stack: Stack, host: str) -> Settings:
     for item in listeners(stack):
         if item.node == host:
             sources = sorted({s for who in item.audience for s in audiences[who]})
+            if not sources and "any" not in item.audience:
+                # Nobody of that kind in the stack (no gateway, say): fall back to the control machine,
+                # never to "anyone".
+                sources = audiences["admin"]
             if "any" in item.audience or "0.0.0.0/0" in sources:
                 sources = []
             openings.append({"port": item.port, "protocol": "tcp", "sources": sources, "what": item.what})

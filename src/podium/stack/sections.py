@@ -69,7 +69,8 @@ class Storage(Strict):
 
 
 class Gpu(Strict):
-    driver_branch: Annotated[str, Field(pattern=r"^\d{3}$")] = "550"
+    # Debian 12 packages branch 535; NVIDIA's repository or a mirror of it carries newer ones.
+    driver_branch: Annotated[str, Field(pattern=r"^\d{3}$")] = "535"
     source: Literal["distribution", "nvidia", "mirror"] = "distribution"
     container_toolkit: bool = True
     persistence: bool = True

@@ -1,0 +1,167 @@
+"""The whole lab appliance (stacks/lab) end to end on real machines: `podium lab up` provisions
+every component and verifies it, then the official `openai` client gets answers through the
+gateway over TLS, a predictive model answers Open Inference Protocol v2, every request is
+metered, Prometheus has the gateway's TTFT histogram, a stopped engine replica fires its alert,
+a second `podium up` changes nothing, and `lab down` leaves nothing behind."""
+
+import json
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import openai
+import pytest
+
+from podium.monitoring.query import PrometheusClient
+from podium.registry.sync import tiny_cache
+from tests.fixtures_lab import require_lab_host
+
+pytestmark = pytest.mark.lab
+STACK = "stacks/lab"
+PODIUM = [sys.executable, "-m", "podium"]
+PROMETHEUS = "http://10.77.0.10:9090"
+
+
+def podium(*args: str, timeout: int = 1800) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*PODIUM, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def line(output: str, prefix: str) -> str:
+    found = [x.removeprefix(prefix).strip() for x in output.splitlines() if x.startswith(prefix)]
+    assert found, f"no line starting {prefix!r} in:\n{output}"
+    return found[-1]
+
+
+@pytest.fixture(scope="module")
+def lab():
+    require_lab_host()
+    try:
+        result = podium("lab", "up", STACK)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+        yield {
+            "url": line(result.stdout, "gateway: "),
+            "key": line(result.stdout, "key: "),
+            "ca": line(result.stdout, "ca: "),
+            "output": result.stdout,
+        }
+    finally:
+        down = podium("lab", "down", STACK)
+        assert down.returncode == 0, down.stderr
+        netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert "pdm-lab-" not in netns
+        assert subprocess.run(["ip", "link", "show", "pdm-lab"], capture_output=True).returncode != 0
+
+
+@pytest.fixture(scope="module")
+def client(lab):
+    import httpx
+
+    return openai.OpenAI(base_url=lab["url"], api_key=lab["key"], http_client=httpx.Client(verify=ssl.create_default_context(cafile=lab["ca"])))
+
+
+def test_lab_up_prints_a_curl_line_that_works(lab):
+    curl = line(lab["output"], "try: ")
+    result = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["choices"][0]["message"]["content"]
+
+
+def test_openai_client_lists_models_and_chats(client):
+    assert {m.id for m in client.models.list()} == {"tiny-llama", "iris"}
+    reply = client.chat.completions.create(
+        model="tiny-llama", messages=[{"role": "user", "content": "Hello"}], max_tokens=8
+    )
+    assert reply.choices[0].message.content
+    assert reply.usage.completion_tokens == 8
+
+
+def test_openai_client_streams_and_completes(client):
+    stream = client.chat.completions.create(
+        model="tiny-llama", messages=[{"role": "user", "content": "Hi"}], max_tokens=8, stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text and chunks[-1].usage.completion_tokens == 8
+    completion = client.completions.create(model="tiny-llama", prompt="Once upon", max_tokens=4)
+    assert completion.choices[0].text
+
+
+def test_openai_client_sees_openai_errors(lab):
+    import httpx
+
+    bad = openai.OpenAI(base_url=lab["url"], api_key="pdm-wrong", http_client=httpx.Client(verify=ssl.create_default_context(cafile=lab["ca"])))
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+
+
+def test_predictive_model_answers_v2_infer(lab):
+    sidecar = json.loads((tiny_cache("lab") / "iris-1" / "iris.json").read_text())
+    body = {"inputs": [{**sidecar["input"], "shape": [1, 4], "data": sidecar["example_input"][0]}]}
+    request = urllib.request.Request(
+        lab["url"].removesuffix("/v1") + "/v2/models/iris/infer",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {lab['key']}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30, context=ssl.create_default_context(cafile=lab["ca"])) as r:
+        answer = json.loads(r.read())
+    assert answer["outputs"][0]["data"] == sidecar["expected_prediction"]
+
+
+def test_usage_is_metered_per_key(client, lab):
+    client.completions.create(model="tiny-llama", prompt="count me", max_tokens=3)
+    result = podium("usage", STACK, "--by", "model", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = {r["model"]: r for r in json.loads(result.stdout)}
+    assert rows["tiny-llama"]["requests"] >= 1
+    assert rows["tiny-llama"]["completion_tokens"] >= 3
+
+
+def test_prometheus_has_the_gateways_ttft_histogram(client):
+    for _ in range(3):
+        client.completions.create(model="tiny-llama", prompt="measure", max_tokens=2)
+    prometheus = PrometheusClient(PROMETHEUS)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        samples = prometheus.query('sum(podium_gateway_ttft_seconds_count{model="tiny-llama"})')
+        if samples and samples[0].value > 0:
+            return
+        time.sleep(2)
+    raise AssertionError("Prometheus has no TTFT observations for tiny-llama from the gateway")
+
+
+def test_stopped_engine_replica_fires_its_alert(lab):
+    unit = "podium-llamacpp-tiny-llama-cpp-1"
+    assert podium("lab", "ssh", "node2", "--", "systemctl", "stop", unit).returncode == 0
+    try:
+        prometheus = PrometheusClient(PROMETHEUS)
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline:
+            firing = [s for s in prometheus.query('ALERTS{alertname="EngineReplicaDown",alertstate="firing"}')
+                      if s.labels.get("node") == "node2"]
+            if firing:
+                break
+            time.sleep(3)
+        else:
+            raise AssertionError("EngineReplicaDown did not fire for node2 within 150 s")
+    finally:
+        podium("lab", "ssh", "node2", "--", "systemctl", "start", unit)
+
+
+def test_second_up_changes_nothing(lab):
+    result = podium("up", STACK)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("changes: 0")
+
+
+def test_inventory_runs_with_plain_pyinfra(lab):
+    """The roles are plain pyinfra deploys: the generated inventory runs without Podium's CLI."""
+    pyinfra = Path(sys.executable).with_name("pyinfra")
+    result = subprocess.run(
+        [str(pyinfra), "-y", "--limit", "node1", "inventory/lab.py", "roles/base/deploy.py"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
