@@ -57,9 +57,15 @@ def lab():
 
 @pytest.fixture(scope="module")
 def client(lab):
+    return openai_client(lab, lab["key"])
+
+
+def openai_client(lab, key: str) -> openai.OpenAI:
+    """The official client, unmodified, trusting the stack's CA."""
     import httpx
 
-    return openai.OpenAI(base_url=lab["url"], api_key=lab["key"], http_client=httpx.Client(verify=ssl.create_default_context(cafile=lab["ca"])))
+    trust = ssl.create_default_context(cafile=lab["ca"])
+    return openai.OpenAI(base_url=lab["url"], api_key=key, http_client=httpx.Client(verify=trust))
 
 
 def test_lab_up_prints_a_curl_line_that_works(lab):
@@ -91,9 +97,7 @@ def test_openai_client_streams_and_completes(client):
 
 
 def test_openai_client_sees_openai_errors(lab):
-    import httpx
-
-    bad = openai.OpenAI(base_url=lab["url"], api_key="pdm-wrong", http_client=httpx.Client(verify=ssl.create_default_context(cafile=lab["ca"])))
+    bad = openai_client(lab, "pdm-wrong")
     with pytest.raises(openai.AuthenticationError):
         bad.models.list()
 
