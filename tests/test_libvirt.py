@@ -1,4 +1,4 @@
-"""Tests of the libvirt machines driver: domain and volume XML, seed disk, and one real VM."""
+"""Tests of the libvirt machines driver and its machines: XML, seed disk, and one real VM."""
 
 from __future__ import annotations
 
@@ -11,16 +11,17 @@ import pytest
 
 from podium.drivers import get_driver
 from podium.drivers.base import LabNetwork, MachineSpec
-from podium.drivers.libvirt import (
-    LibvirtDriver,
+from podium.drivers.libvirt import LibvirtDriver, domain_type, ensure_libvirtd
+from podium.drivers.libvirt_machine import (
     build_seed,
     domain_name,
-    domain_type,
     domain_xml,
     interfaces,
     mac_address,
     network_units,
+    overlay_volume,
     seed_files,
+    seed_volume,
     volume_xml,
 )
 from podium.drivers.nspawn import NspawnDriver
@@ -80,8 +81,8 @@ def test_tcg_domain_boots_the_overlay_with_the_seed_beside_it(tmp_path: Path) ->
     assert root.findtext("vcpu") == "4"
     disks = root.findall("devices/disk")
     assert [(d.find("source").get("volume"), d.find("driver").get("type")) for d in disks] == [  # type: ignore[union-attr]
-        ("lab-gpu1.qcow2", "qcow2"),
-        ("lab-gpu1-seed.img", "raw"),
+        ("pdm-lab-gpu1.qcow2", "qcow2"),
+        ("pdm-lab-gpu1-seed.img", "raw"),
     ]
     assert disks[1].find("readonly") is not None, "the seed disk must be read-only"
 
@@ -299,10 +300,36 @@ def _leftovers(driver: LibvirtDriver, network: LabNetwork, node: str) -> list[st
     ):
         found.append("domain")
     vols = subprocess.run(["virsh", "-c", driver.uri, "vol-list", driver.pool], capture_output=True, text=True).stdout
-    found += [f"volume {v}" for v in (f"{network.lab}-{node}.qcow2", f"{network.lab}-{node}-seed.img") if v in vols]
+    found += [f"volume {v}" for v in (overlay_volume(network.lab, node), seed_volume(network.lab, node)) if v in vols]
     if subprocess.run(["ip", "link", "show", f"pdm-{network.lab}"], capture_output=True).returncode == 0:
         found.append("bridge")
     return found
+
+
+def test_destroy_finds_volumes_that_a_failed_creation_left_behind(vm_network: LabNetwork) -> None:
+    import libvirt
+
+    driver = LibvirtDriver()
+    ensure_libvirtd(driver.uri)
+    conn = libvirt.open(driver.uri)
+    try:
+        pool = driver._ensure_pool(conn)
+        ghost = overlay_volume(vm_network.lab, "ghost")
+        pool.createXML(volume_xml(ghost, 2**20, "raw"), 0)
+        other = overlay_volume(vm_network.lab + "x", "ghost")
+        pool.createXML(volume_xml(other, 2**20, "raw"), 0)
+        try:
+            driver.destroy(vm_network, None)
+            names = pool.listVolumes()
+            assert ghost not in names
+            # Another lab's volumes, and the base images, are not this lab's to remove.
+            assert other in names
+        finally:
+            for name in (ghost, other):
+                if name in pool.listVolumes():
+                    pool.storageVolLookupByName(name).delete(0)
+    finally:
+        conn.close()
 
 
 @pytest.mark.vm

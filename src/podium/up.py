@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from rich.console import Console
 
@@ -44,21 +44,21 @@ def preflight(stack: Stack, actions: Sequence[Action]) -> None:
 
 
 def require_machines(stack: Stack) -> None:
-    """Machines Podium creates sit on the lab's host-only bridge: without it their addresses would
-    be sent to the default route, so refuse before any packet leaves."""
+    """Machines Podium creates sit on a host-only network this computer holds the gateway of
+    (the lab's bridge, or Vagrant's network). Without it their addresses would be sent to the
+    default route, so refuse before any packet leaves."""
+    net = stack.host_network
     local = [
         n
         for n in stack.nodes
         if n.machine and (n.machine.driver == "nspawn" or (n.machine.hypervisor or "").startswith("qemu:///"))
     ]
-    if not local:
+    if not local or net is None:
         return
-    from podium.lab.network import bridge_name
-
-    bridge = bridge_name(stack.name)
-    if not Path(f"/sys/class/net/{bridge}").exists():
+    addresses = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True).stdout
+    if f"inet {net.gateway}/" not in addresses:
         raise PodiumError(
-            f"the machines of stack {stack.name} are not up (no bridge {bridge}); "
+            f"the machines of stack {stack.name} are not up (no interface holds {net.gateway}); "
             f"run podium lab up {stack.name}"
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -86,6 +87,47 @@ def lab_image(force: Annotated[bool, typer.Option("--force", help="Build again."
     from podium.lab.image import build_rootfs
 
     out.print(str(build_rootfs(force=force, console=err)))
+
+
+@lab_app.command("box")
+def lab_box(
+    out_file: Annotated[Path, typer.Option("--out", help="The .box file to write.")] = Path(
+        "build/podium-debian12.box"
+    ),
+    stack: Annotated[str, typer.Option("--stack", help="Whose SSH key root accepts.")] = "stacks/lab",
+) -> None:
+    """Pack a vagrant-libvirt box from the lab's VM image; root accepts the stack's SSH key."""
+    from podium.lab.box import pack_box
+    from podium.secrets import StackSecrets
+
+    loaded = load_stack(stack)
+    out.print(str(pack_box(out_file, authorized_key=StackSecrets(loaded.name).ssh_public_key)))
+
+
+@lab_app.command("trust")
+def lab_trust(stack: StackArg = "stacks/lab") -> None:
+    """Record the host keys of machines something else booted (Vagrant) in the stack's known_hosts.
+
+    Trust on first use, as Vagrant itself does; machines `podium lab up` boots need no such step:
+    their keys are made on this computer before they boot."""
+    import subprocess
+
+    from podium.secrets import StackSecrets
+    from podium.up import require_machines
+
+    loaded = load_stack(stack)
+    require_machines(loaded)
+    entries: dict[str, list[str]] = {}
+    for node in loaded.nodes:
+        scan = subprocess.run(
+            ["ssh-keyscan", "-T", "10", "-t", "ed25519,ecdsa,rsa", str(node.address)], capture_output=True, text=True
+        )
+        keys = [" ".join(line.split()[1:]) for line in scan.stdout.splitlines() if line and not line.startswith("#")]
+        if not keys:
+            raise InvalidInput(f"node {node.name} ({node.address}) offered no SSH host key; is it up?")
+        entries[str(node.address)] = keys
+    StackSecrets(loaded.name).write_known_hosts(entries)
+    out.print(f"trusted {len(entries)} machines of {loaded.name}")
 
 
 def register(app: typer.Typer) -> None:

@@ -128,8 +128,9 @@ def _network_settings(stack: Stack, host: str) -> Settings:
     ]
     node = stack.node(host)
     parent_address = None
-    if node.machine and node.machine.driver == "nspawn" and stack.host_network:
-        # A lab machine's only interface is host0; its networkd file must keep its address.
+    if node.machine and stack.host_network:
+        # A created machine's lab interface is host0 (nspawn's veth, or the VM NIC the seed
+        # renames); its networkd file must keep its address.
         net = stack.host_network
         parent_address = {
             "interface": "host0",
