@@ -60,7 +60,8 @@ def pack_box(out: Path, image: Path | None = None, authorized_key: str | None = 
 
     out: the .box file to write (a tar of box.img, metadata.json and Vagrantfile).
     image: the bootable qcow2; None builds or reuses the cached lab VM image.
-    authorized_key: public key root accepts at first boot; Vagrant's insecure key by default.
+    authorized_key: a public key root accepts besides Vagrant's insecure key (which Vagrant swaps
+    for a key of its own at first login), e.g. the stack's key so `podium up` can log in.
 
     Example: `pack_box(Path("build/podium-debian12.box"))`, then
     `vagrant box add --name podium/debian12 build/podium-debian12.box`.
@@ -74,7 +75,7 @@ def pack_box(out: Path, image: Path | None = None, authorized_key: str | None = 
         from podium.lab.vmimage import build_vm_image
 
         image = build_vm_image()
-    key = authorized_key or vagrant_public_key()
+    key = "\n".join(k for k in (vagrant_public_key(), authorized_key) if k)
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = out.parent / f".{out.name}.{os.getpid()}"
     shutil.rmtree(scratch, ignore_errors=True)
