@@ -140,3 +140,25 @@ def test_rollout_state_follows_kubectl_rollout_status() -> None:
     assert rollout_state({**dep, "status": done}) == (True, "rolled out")
     old = {**done, "replicas": 2}
     assert rollout_state({**dep, "status": old}) == (False, "1 old replicas terminating")
+
+
+def test_podium_up_cluster_step_against_fake_api_server_reads_the_stacks_kubeconfig(
+    fake_api: tuple[FakeCluster, ApiClient], cluster_stack: Stack, versions: VersionTable,
+    tmp_path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`podium up`'s cluster step: the kubeconfig the k3s role fetched, then apply with prune."""
+    from podium.cluster.up import apply_cluster, kubeconfig_path
+
+    cluster, client = fake_api
+    monkeypatch.setenv("PODIUM_STATE_DIR", str(tmp_path))
+    with pytest.raises(PodiumError, match="no kubeconfig"):
+        apply_cluster(cluster_stack, versions, QUIET)
+    kubeconfig_path(cluster_stack.name).write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: fake\n"
+        f"clusters: [{{name: fake, cluster: {{server: '{client.configuration.host}'}}}}]\n"
+        "contexts: [{name: fake, context: {cluster: fake, user: fake}}]\n"
+        "users: [{name: fake, user: {token: t}}]\n"
+    )
+    changed = apply_cluster(cluster_stack, versions, QUIET)
+    assert changed == len(build_objects(cluster_stack, versions))
+    assert any(r[0] == "PATCH" for r in cluster.requests)

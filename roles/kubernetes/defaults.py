@@ -1,5 +1,6 @@
-"""Defaults of role kubernetes; the plan's settings arrive as host data `podium_kubernetes`,
-the cluster's join token as `podium_kubernetes_token` (kept 0600 on the control machine)."""
+"""Defaults of role kubernetes; the plan's settings arrive as host data `podium_kubernetes`. The
+cluster's join token is read at deploy time from the stack's secrets (0600 on the control
+machine), never passed through host data."""
 
 DEFAULTS = {
     "kubernetes_binary": "/usr/local/bin/k3s",
@@ -8,7 +9,7 @@ DEFAULTS = {
     "kubernetes_manifests_dir": "/var/lib/rancher/k3s/server/manifests",
     "kubernetes_data_dir": "/var/lib/rancher/k3s",
     # The server's kubeconfig with its address instead of 127.0.0.1, fetched to the control
-    # machine as `kubernetes_kubeconfig_local` when that is set.
+    # machine (to `kubernetes_kubeconfig_local`, else the stack's secrets folder).
     "kubernetes_kubeconfig_remote": "/etc/rancher/k3s/podium-kubeconfig.yaml",
     "kubernetes_kubeconfig_local": None,
     # How long the server may take to answer /readyz before agents join.

@@ -9,7 +9,9 @@ from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
+from podium.cluster.up import kubeconfig_path
 from podium.files import files_for
+from podium.secrets import StackSecrets
 from roles.kubernetes.defaults import DEFAULTS
 
 
@@ -57,7 +59,7 @@ def deploy() -> None:
         sha256sum=s["images"]["sha256"],
     )
     token = files.put(
-        name="Cluster join token", src=StringIO(host.data.podium_kubernetes_token + "\n"),
+        name="Cluster join token", src=StringIO(StackSecrets(host.data.podium_stack).token("k3s") + "\n"),
         dest=s["token_file"], mode="600",
     )
     config = files.put(name="k3s config", src=StringIO(rendered["config.yaml"]),
@@ -81,9 +83,8 @@ def deploy() -> None:
         remote = host.data.kubernetes_kubeconfig_remote
         server.shell(name="Kubeconfig with the server's address",
                      commands=[kubeconfig_command(s, remote)])
-        if host.data.kubernetes_kubeconfig_local:
-            files.get(name="Fetch the kubeconfig to the control machine", src=remote,
-                      dest=host.data.kubernetes_kubeconfig_local)
+        local = host.data.kubernetes_kubeconfig_local or str(kubeconfig_path(host.data.podium_stack))
+        files.get(name="Fetch the kubeconfig to the control machine", src=remote, dest=local)
     else:
         # pyinfra runs this after the server's readiness check: agents join a ready server.
         _start(s, changed)

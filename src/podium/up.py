@@ -129,6 +129,11 @@ def up(
             entries = dict(host_entries(stack, actions))
             result.actions = actions
 
+    if stack.kubernetes and (not only or "kubernetes" in only) and not limit:
+        from podium.cluster.up import apply_cluster
+
+        result.changes += apply_cluster(stack, versions, console, dry_run)
+
     removals = [a for a in actions if a.action == "remove" and selected(a)]
     for action in removals:
         entry = (action.host, {**entries.get(action.host, connection(stack, action.host))})

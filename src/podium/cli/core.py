@@ -93,6 +93,14 @@ def render(
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(content, encoding="utf-8")
             count += 1
+    if loaded.kubernetes:
+        from podium.cluster import render_manifests
+
+        for name, text in render_manifests(loaded, load_versions()).items():
+            target = out_dir / "cluster" / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+            count += 1
     out.print(f"rendered {count} files into {out_dir}")
 
 
