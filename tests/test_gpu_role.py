@@ -194,7 +194,7 @@ def _local_has_nvidia() -> bool:
 def test_the_role_is_a_noop_on_a_machine_without_gpus(tmp_path: Path) -> None:
     """A real run of the gpu role on this machine through pyinfra's local connector."""
     if _local_has_nvidia():
-        pytest.skip("this machine has an NVIDIA device; the role would install a driver")
+        pytest.skip("this machine has an NVIDIA device: the no-GPU path cannot be shown on it")
     stack = _gpu_stack(tmp_path)
     settings = next(a.settings for a in make_plan(stack, load_versions()) if a.component == "gpu")
     run = run_component([("@local", {"podium_gpu": settings, "podium_stack": stack.name})], "gpu", "deploy")

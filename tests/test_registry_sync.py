@@ -105,7 +105,7 @@ def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
         if not Path(tool).exists():
             pytest.skip(f"{tool} is not installed (apt-get install docker-registry nginx)")
     if os.geteuid() != 0:
-        pytest.skip("nginx's test instance runs its workers as root to reach the socket")
+        pytest.skip("needs root: nginx's test instance runs its workers as root to reach the socket")
     tmp = tmp_path_factory.mktemp("front")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PODIUM_STATE_DIR", str(tmp / "state"))
