@@ -46,3 +46,4 @@ test: deps lint
 
 bench:
 	$(PY) bench/provision.py
+	$(PY) bench/gateway.py

@@ -7,9 +7,22 @@ non-streaming at several concurrencies (req/s, p50, p99) and streaming (TTFT, to
 every figure is printed with its ratio to direct and to LiteLLM. Counts and time are
 bounded per cell.
 
+In the appliance the client, the gateway and the engines are on different machines. On
+a small host they share CPUs, and what is measured would be contention instead: each
+millisecond of CPU a proxy spends is taken from the engine, and at 16 concurrent requests
+it comes back as queueing on every one of them. So by default (with 2 CPUs or more) the
+proxy under test runs on CPU 0 and the engine on the others, the same for every proxy,
+and the load generator sits where it disturbs the figure being taken least: with the
+engine for the non-streamed cells (so the proxy's own CPU is all that is added), with the
+proxy for the streamed ones (so reading 5,000 events a second does not slow the engine
+that produces them). --shared lets all of them share every CPU. Targets are measured in
+interleaved rounds (direct, podium, litellm, nginx, then again) so a slow spell of the
+host touches all of them alike; p50 and p99 are over all rounds' requests.
+
     .venv/bin/python bench/gateway.py                    # all four
     .venv/bin/python bench/gateway.py --skip litellm     # without LiteLLM
     .venv/bin/python bench/gateway.py --json out.json
+    .venv/bin/python bench/gateway.py --shared          # no CPU pinning
 """
 
 from __future__ import annotations
@@ -73,16 +86,20 @@ class Target:
 class Stack:
     """The engine and the three proxies, each a process of its own, all stopped at the end."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, proxy_cpus: set[int] | None, engine_cpus: set[int] | None
+                 ) -> None:
         self.root = root
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.proxy_cpus = proxy_cpus
+        self.engine_cpus = engine_cpus
 
-    def spawn(self, cmd: list[str], name: str, env: dict[str, str] | None = None
-              ) -> subprocess.Popen[bytes]:
+    def spawn(self, cmd: list[str], name: str, env: dict[str, str] | None = None,
+              cpus: set[int] | None = None) -> subprocess.Popen[bytes]:
         log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
+        pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 env={**os.environ, **QUIET, **(env or {})},
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=pin)
         self.procs.append(proc)
         return proc
 
@@ -111,7 +128,7 @@ class Stack:
                            # One HTTP thread per client connection: idle keep-alive
                            # connections must not starve new ones at high concurrency.
                            "--threads", "1", "--threads-http", str(http_threads), "--no-webui"],
-                          "llama-server")
+                          "llama-server", cpus=self.engine_cpus)
         url = f"http://127.0.0.1:{port}"
         wait_http(url + "/health", proc)
         return url, served_name("tiny")
@@ -131,7 +148,7 @@ class Stack:
                                 "max_outstanding_per_replica": 256}},
         }))
         proc = self.spawn([sys.executable, "-m", "podium.services.gateway", "--config",
-                           str(config), "--log-level", "warning"], "podium")
+                           str(config), "--log-level", "warning"], "podium", cpus=self.proxy_cpus)
         wait_http(f"http://127.0.0.1:{port}/v2/health/live", proc)
         return Target("podium", f"http://127.0.0.1:{port}/v1", "tiny", key)
 
@@ -154,7 +171,7 @@ class Stack:
         }))
         proc = self.spawn([str(binary), "--config", str(config), "--host", "127.0.0.1",
                            "--port", str(port), "--num_workers", "1", "--telemetry", "False"],
-                          "litellm")
+                          "litellm", cpus=self.proxy_cpus)
         wait_http(f"http://127.0.0.1:{port}/health/liveliness", proc, timeout=240)
         return Target("litellm", f"http://127.0.0.1:{port}/v1", "tiny", master_key)
 
@@ -187,7 +204,7 @@ http {{
   }}
 }}
 """)
-        proc = self.spawn([binary, "-c", str(conf), "-p", str(temp)], "nginx")
+        proc = self.spawn([binary, "-c", str(conf), "-p", str(temp)], "nginx", cpus=self.proxy_cpus)
         wait_http(f"http://127.0.0.1:{port}/health", proc)
         return Target("nginx", f"http://127.0.0.1:{port}/v1", model)
 
@@ -198,8 +215,8 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def plain_cell(target: Target, concurrency: int, count: int, max_s: float
-                     ) -> dict[str, float]:
-    """`count` non-streamed chat completions over `concurrency` connections."""
+                     ) -> dict[str, Any]:
+    """`count` non-streamed chat completions over `concurrency` connections: raw figures."""
     body = {"model": target.model, "messages": PROMPT, "max_tokens": 4}
     headers = {"Authorization": f"Bearer {target.key}"}
     latencies: list[float] = []
@@ -219,6 +236,7 @@ async def plain_cell(target: Target, concurrency: int, count: int, max_s: float
         for _ in range(min(2 * concurrency, 40)):  # warm connections and caches
             await one()
         latencies.clear()
+        errors = 0
         issued = 0
         deadline = time.perf_counter() + max_s
 
@@ -231,12 +249,19 @@ async def plain_cell(target: Target, concurrency: int, count: int, max_s: float
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - started
+    return {"latencies": latencies, "wall": wall, "errors": errors}
+
+
+def plain_summary(rounds: list[dict[str, Any]]) -> dict[str, float]:
+    latencies = [x for r in rounds for x in r["latencies"]]
+    wall = sum(r["wall"] for r in rounds)
     return {"rps": len(latencies) / wall, "p50_ms": pct(latencies, 0.5) * 1000,
-            "p99_ms": pct(latencies, 0.99) * 1000, "n": len(latencies), "errors": errors}
+            "p99_ms": pct(latencies, 0.99) * 1000, "n": len(latencies),
+            "errors": sum(r["errors"] for r in rounds), "rounds": len(rounds)}
 
 
 async def stream_cell(target: Target, count: int, max_tokens: int, max_s: float
-                      ) -> dict[str, float]:
+                      ) -> dict[str, list[float]]:
     """`count` streamed chat completions one after another: TTFT and tokens per second."""
     body = {"model": target.model, "messages": PROMPT, "max_tokens": max_tokens,
             "stream": True, "ignore_eos": True}
@@ -246,7 +271,7 @@ async def stream_cell(target: Target, count: int, max_tokens: int, max_s: float
     deadline = time.perf_counter() + max_s
     connector = aiohttp.TCPConnector(force_close=True)
     async with aiohttp.ClientSession(connector=connector) as session:
-        for i in range(count + 2):
+        for i in range(count + 1):
             if time.perf_counter() > deadline:
                 break
             start = time.perf_counter()
@@ -261,10 +286,16 @@ async def stream_cell(target: Target, count: int, max_tokens: int, max_s: float
                     first = first or now
                     last = now
                     tokens += 1
-            if i < 2 or first is None or last is None or tokens < 2:
-                continue  # the first two warm up
+            if i < 1 or first is None or last is None or tokens < 2:
+                continue  # the first warms up
             ttfts.append(first - start)
             rates.append((tokens - 1) / (last - first))
+    return {"ttfts": ttfts, "rates": rates}
+
+
+def stream_summary(rounds: list[dict[str, list[float]]]) -> dict[str, float]:
+    ttfts = [x for r in rounds for x in r["ttfts"]]
+    rates = [x for r in rounds for x in r["rates"]]
     return {"ttft_ms": statistics.median(ttfts) * 1000, "tok_s": statistics.median(rates),
             "n": len(rates)}
 
@@ -301,13 +332,37 @@ def report(results: dict[str, Any], concurrencies: list[int]) -> str:
                      f" {ratio(r['tok_s'], direct['tok_s']):>12}"
                      f" {ratio(r['tok_s'], lite['tok_s'] if lite else None):>13}"
                      f" {ratio(r['ttft_ms'], direct['ttft_ms']):>11}")
+    if "podium" in results:
+        lines.append("\ngateway targets")
+        lines.extend(targets(results, concurrencies))
     return "\n".join(lines)
 
 
+def targets(results: dict[str, Any], concurrencies: list[int]) -> list[str]:
+    """Each of the gateway's speed targets with the figure measured for it and met or not."""
+    out = []
+
+    def line(what: str, figure: str, met: bool) -> None:
+        out.append(f"  {'met    ' if met else 'NOT MET'}  {what}: {figure}")
+
+    podium, direct = results["podium"], results["direct"]
+    if "16" in podium["plain"]:
+        added = podium["plain"]["16"]["p50_ms"] - direct["plain"]["16"]["p50_ms"]
+        line("p50 added at 16 concurrent <= 1 ms", f"{added:+.2f} ms", added <= 1.0)
+    if "litellm" in results:
+        for c in concurrencies:
+            r = podium["plain"][str(c)]["rps"] / results["litellm"]["plain"][str(c)]["rps"]
+            line(f"req/s >= 3x LiteLLM's at {c} concurrent", f"{r:.1f}x", r >= 3.0)
+    r = podium["stream"]["tok_s"] / direct["stream"]["tok_s"]
+    line("streamed tok/s >= 0.97 of direct", f"{r:.2f}x", r >= 0.97)
+    return out
+
+
 @contextlib.contextmanager
-def stack(keep: bool) -> Iterator[Stack]:
+def stack(keep: bool, proxy_cpus: set[int] | None, engine_cpus: set[int] | None
+          ) -> Iterator[Stack]:
     root = Path(tempfile.mkdtemp(prefix="podium-bench-"))
-    s = Stack(root)
+    s = Stack(root, proxy_cpus, engine_cpus)
     try:
         yield s
     finally:
@@ -318,21 +373,37 @@ def stack(keep: bool) -> Iterator[Stack]:
             print(f"logs kept in {root}", file=sys.stderr)
 
 
+def placement(shared: bool) -> tuple[set[int] | None, set[int] | None, str]:
+    """CPUs for the proxy under test and for the engine with the load generator."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if shared or len(cpus) < 2:
+        return None, None, f"all {len(cpus)} CPUs shared by engine, proxy and load generator"
+    proxy, rest = {cpus[0]}, set(cpus[1:])
+    return proxy, rest, (f"proxy under test on CPU {cpus[0]}, engine on CPU"
+                         f" {','.join(map(str, sorted(rest)))}; load generator with the engine"
+                         " (non-streamed), with the proxy (streamed)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--requests", type=int, default=1500, help="per cell, at most")
     parser.add_argument("--max-seconds", type=float, default=15.0, help="per cell, at most")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per cell")
     parser.add_argument("--streams", type=int, default=12)
     parser.add_argument("--stream-tokens", type=int, default=200)
     parser.add_argument("--skip", default="", help="comma-separated: podium,litellm,nginx")
+    parser.add_argument("--shared", action="store_true",
+                        help="no CPU pinning: engine, proxy and load generator share every CPU")
     parser.add_argument("--litellm-venv", type=Path, default=LITELLM_VENV)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep logs and configs")
     args = parser.parse_args()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     skip = set(filter(None, args.skip.split(",")))
-    with stack(args.keep) as s:
+    rounds = max(1, args.rounds)
+    proxy_cpus, engine_cpus, where = placement(args.shared)
+    with stack(args.keep, proxy_cpus, engine_cpus) as s:
         engine, model = s.engine(slots=max(4, min(16, max(concurrencies))),
                                  http_threads=4 * max(concurrencies) + 8)
         targets = [Target("direct", engine + "/v1", model)]
@@ -342,19 +413,35 @@ def main() -> None:
             targets.append(s.litellm(engine, model, args.litellm_venv))
         if "nginx" not in skip:
             targets.append(s.nginx(engine, model))
+        print(f"placement: {where}", file=sys.stderr)
         results: dict[str, Any] = {t.name: {"plain": {}} for t in targets}
+        if proxy_cpus is not None:
+            os.sched_setaffinity(0, proxy_cpus)  # the load generator, off the engine's CPUs
         # Streams first, on an engine no load has touched yet.
+        streams: dict[str, list[dict[str, list[float]]]] = {t.name: [] for t in targets}
+        for _ in range(rounds):
+            for t in targets:
+                streams[t.name].append(asyncio.run(stream_cell(
+                    t, max(1, args.streams // rounds), args.stream_tokens,
+                    args.max_seconds / rounds)))
         for t in targets:
-            cell = asyncio.run(stream_cell(t, args.streams, args.stream_tokens, args.max_seconds))
-            results[t.name]["stream"] = cell
+            cell = results[t.name]["stream"] = stream_summary(streams[t.name])
             print(f"{t.name:8} stream TTFT {cell['ttft_ms']:.2f} ms  {cell['tok_s']:.0f} tok/s",
                   file=sys.stderr)
+        if engine_cpus is not None:
+            os.sched_setaffinity(0, engine_cpus)  # the load generator, off the proxy's CPU
         for c in concurrencies:
+            raw: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
+            for _ in range(rounds):
+                for t in targets:
+                    raw[t.name].append(asyncio.run(plain_cell(
+                        t, c, max(c, args.requests // rounds), args.max_seconds / rounds)))
             for t in targets:
-                cell = asyncio.run(plain_cell(t, c, args.requests, args.max_seconds))
-                results[t.name]["plain"][str(c)] = cell
+                cell = results[t.name]["plain"][str(c)] = plain_summary(raw[t.name])
                 print(f"{t.name:8} c={c:<3} {cell['rps']:8.1f} req/s  p50 {cell['p50_ms']:.2f} ms"
                       f"  p99 {cell['p99_ms']:.2f} ms  n={cell['n']}", file=sys.stderr)
+    results["placement"] = where
+    print(f"placement: {where}")
     print(report(results, concurrencies))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

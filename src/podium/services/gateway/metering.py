@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection
@@ -68,4 +68,6 @@ def record_op(record: UsageRecord, key_limits: EffectiveLimits | None) -> RowIns
             tokens = record.prompt_tokens + record.completion_tokens
             charge(conn, record.key_id, limits, tokens, record.ts)
 
-    return RowInsert(usage_table, asdict(record), then)
+    # vars(), not asdict(): every field is a scalar, and asdict's deep copy is a tenth of
+    # a request's cost in the gateway.
+    return RowInsert(usage_table, dict(vars(record)), then)

@@ -30,6 +30,7 @@ _TOKEN_MARKS = (
     b'"content":"', b'"content": "', b'"text":"', b'"text": "',
     b'"reasoning_content":"', b'"reasoning_content": "',
 )
+MAX_EVENT = 16 * 1024 * 1024
 _UPSTREAM_ERRORS = (aiohttp.ClientError, OSError, asyncio.IncompleteReadError)
 
 
@@ -169,19 +170,35 @@ async def _exchange(
                     headers={"x-request-id": call.request_id})
 
 
-async def _next_event(content: aiohttp.StreamReader) -> bytes | None:
-    """The next server-sent event (its lines and the blank line after), None at the end."""
-    lines: list[bytes] = []
-    while True:
-        line = await content.readline()
-        if not line:
-            return b"".join(lines) + b"\n" if lines else None
-        if line == b"\n" or line == b"\r\n":
-            if lines:
-                lines.append(line)
-                return b"".join(lines)
-            continue
-        lines.append(line)
+class SseReader:
+    """Complete server-sent events from an upstream body, as many as have arrived per read.
+
+    One read takes whatever the socket holds, so events that arrive together (an engine
+    faster than its reader, a busy host) are relayed together in one send instead of one
+    await and one write each.
+    """
+
+    def __init__(self, content: aiohttp.StreamReader) -> None:
+        self.content = content
+        self.buffer = b""
+
+    async def batch(self) -> list[bytes] | None:
+        """The next events (each with its blank line), None once the body has ended."""
+        while True:
+            if b"\n\n" in self.buffer:
+                *events, self.buffer = self.buffer.split(b"\n\n")
+                complete = [event + b"\n\n" for event in events if event.strip()]
+                if complete:
+                    return complete
+            chunk = await self.content.readany()
+            if not chunk:
+                rest, self.buffer = self.buffer.strip(), b""
+                return [rest + b"\n\n"] if rest else None
+            self.buffer += chunk
+            if b"\r" in self.buffer:  # the SSE spec allows CRLF line ends; split on one form
+                self.buffer = self.buffer.replace(b"\r\n", b"\n")
+            if len(self.buffer) > MAX_EVENT:
+                raise _Failed(f"the engine sent an event over {MAX_EVENT} bytes")
 
 
 async def _open_stream(
@@ -203,7 +220,8 @@ async def _open_stream(
                     status, payload = 400, _unsupported(call, payload)
                 await gw.record(call, _record(call, replica.url, status, None))
                 return Response(payload, status, media_type="application/json")
-            first = await _next_event(resp.content)
+            reader = SseReader(resp.content)
+            first = await reader.batch()
     except _Failed:
         raise
     except _UPSTREAM_ERRORS + (TimeoutError,) as exc:
@@ -217,7 +235,7 @@ async def _open_stream(
     if first is None:
         resp.close()
         raise _Failed("the engine closed the stream before its first event")
-    return StreamRelay(gw, call, replica, resp, first, strip_usage)
+    return StreamRelay(gw, call, replica, resp, reader, first, strip_usage)
 
 
 def _data(event: bytes) -> bytes:
@@ -273,8 +291,10 @@ class StreamRelay:
     """
 
     def __init__(self, gw: Gateway, call: Call, replica: EngineReplica,
-                 resp: aiohttp.ClientResponse, first: bytes, strip_usage: bool) -> None:
+                 resp: aiohttp.ClientResponse, reader: SseReader, first: list[bytes],
+                 strip_usage: bool) -> None:
         self.gw, self.call, self.replica, self.resp = gw, call, replica, resp
+        self.reader = reader
         self.first = first
         self.strip_usage = strip_usage
         self.client_gone = False
@@ -330,36 +350,50 @@ class StreamRelay:
         ttft = None if self.first_token is None else self.first_token - self.call.started
         return _record(self.call, self.replica.url, status, tokens, ttft)
 
+    def _relay(self, event: bytes, now: float) -> bytes | None:
+        """One upstream event as the client gets it (None: not at all), metered on the way."""
+        data = _data(event)
+        out: bytes | None = event
+        found = _chunk_usage(data)
+        if found is not None:
+            self.tokens = found[0]
+            if self.strip_usage:
+                out = _without_usage(found[1])
+        if _has_token(data):
+            m, model = self.gw.metrics, self.call.model
+            if self.first_token is None:
+                self.first_token = now
+                m.child(m.ttft, model).observe(now - self.call.started)
+            else:
+                assert self.last_token is not None
+                m.child(m.itl, model).observe(now - self.last_token)
+            self.last_token = now
+            self.token_chunks += 1
+        return out
+
     async def _events(self) -> Any:
         m, model, gw = self.gw.metrics, self.call.model, self.gw
         read_s = gw.config.timeouts.read_s
-        event: bytes | None = self.first
+        batch: list[bytes] | None = self.first
+        done = False
         try:
-            while event is not None:
-                data = _data(event)
-                if data == b"[DONE]":
+            while batch is not None:
+                now = time.perf_counter()
+                out: list[bytes] = []
+                for event in batch:
+                    if _data(event) == b"[DONE]":
+                        done = True
+                        break
+                    relayed = self._relay(event, now)
+                    if relayed is not None:
+                        out.append(relayed)
+                if out:
+                    yield b"".join(out)
+                if done:
                     break
-                out: bytes | None = event
-                found = _chunk_usage(data)
-                if found is not None:
-                    self.tokens = found[0]
-                    if self.strip_usage:
-                        out = _without_usage(found[1])
-                if _has_token(data):
-                    now = time.perf_counter()
-                    if self.first_token is None:
-                        self.first_token = now
-                        m.child(m.ttft, model).observe(now - self.call.started)
-                    else:
-                        assert self.last_token is not None
-                        m.child(m.itl, model).observe(now - self.last_token)
-                    self.last_token = now
-                    self.token_chunks += 1
-                if out is not None:
-                    yield out
                 async with asyncio.timeout(read_s):
-                    event = await _next_event(self.resp.content)
-            if event is None:
+                    batch = await self.reader.batch()
+            if not done:
                 raise _Failed("the engine ended the stream without [DONE]")
         except (_Failed, TimeoutError, *_UPSTREAM_ERRORS) as exc:
             if self.client_gone:
