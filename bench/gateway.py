@@ -144,13 +144,13 @@ class Stack:
         config.write_text(yaml.safe_dump({
             "listen": {"host": "127.0.0.1", "port": port},
             "store": store,
-            "models": {"tiny": {"served_name": model, "replicas": [engine],
-                                "max_outstanding_per_replica": 256}},
+            # The engine's own name, as the gateway role configures it in the appliance.
+            "models": {model: {"replicas": [engine], "max_outstanding_per_replica": 256}},
         }))
         proc = self.spawn([sys.executable, "-m", "podium.services.gateway", "--config",
                            str(config), "--log-level", "warning"], "podium", cpus=self.proxy_cpus)
         wait_http(f"http://127.0.0.1:{port}/v2/health/live", proc)
-        return Target("podium", f"http://127.0.0.1:{port}/v1", "tiny", key)
+        return Target("podium", f"http://127.0.0.1:{port}/v1", model, key)
 
     def litellm(self, engine: str, model: str, venv: Path) -> Target:
         binary = venv / "bin" / "litellm"

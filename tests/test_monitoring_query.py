@@ -92,12 +92,14 @@ def test_status_command_prints_table_and_json(fake_appliance: FakeAppliance) -> 
     console = Console(record=True, width=200)
     shown = status_cli.show_status(
         fake_appliance.url,
-        versions={"n1": {"engine-llamacpp": "b4000", "gateway": "0.1.0"}},
+        versions={"n1": {"engine-llamacpp": "b4000", "gateway": "0.1.0", "monitoring": "2.42.0"}},
         console=console,
         window="10s",
     )
     text = console.export_text()
     assert "b4000" in text and "0.1.0" in text
+    # The prometheus row carries the version of the monitoring component that installed it.
+    assert any("prometheus" in line and "2.42.0" in line for line in text.splitlines())
     assert "(model)" in text  # llama.cpp figures are marked as the model's
     assert len(shown.engines) == 3
 

@@ -2,6 +2,7 @@
 component on its hosts only, reconfigure on changed settings, removals last."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -133,3 +134,20 @@ def test_render_is_byte_stable(tmp_path):
     assert files_a == files_b and files_a
     for rel in files_a:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+
+
+def test_plan_says_when_engines_differ_only_for_want_of_digests(tmp_path):
+    stack, versions = load_stack("stacks/lab"), load_versions()
+    refs = {r["model_ref"] for a in make_plan(stack, versions) if a.component.startswith("engine-")
+            for r in a.settings["replicas"]}
+    # As `podium up` records it: engine configs hashed with the digests the registry gave.
+    state = applied(make_plan(stack, versions, digests={ref: "sha256:" + "ab" * 32 for ref in refs}))
+    state_file = tmp_path / "state.json"
+    state_file.write_text(json.dumps([json.loads(s.to_json()) for s in state.values()]))
+    out = subprocess.run(
+        [sys.executable, "-m", "podium", "plan", "stacks/lab", "--state-from", str(state_file)],
+        capture_output=True, text=True, check=True, env={**os.environ, "COLUMNS": "200"},
+    ).stdout
+    assert "reconfigure" in out
+    assert "note: engines are planned without model digests" in out
+    assert "podium up --dry-run stacks/lab" in out

@@ -4,6 +4,8 @@ names are stable. Assertion messages name the resource and the rule it broke."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +21,23 @@ from podium.stack.loader import load_stack
 from podium.stack.model import Stack
 from podium.stack.versions import VersionTable
 from tests.fixtures_cluster import cluster_stack, example_stacks, small_stack, versions
+
+
+@pytest.fixture(autouse=True)
+def current_event_loop() -> Iterator[None]:
+    """A current event loop for the main thread, as `pulumi up` has one.
+
+    Pulumi's mocks make their futures on the thread's current loop; an asyncio.run() earlier
+    in the same test process leaves the main thread with none.
+    """
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
 
 __all__ = ["cluster_stack", "small_stack", "versions"]
 

@@ -76,6 +76,14 @@ def plan(
     for action in actions:
         counts[action.action] = counts.get(action.action, 0) + 1
     out.print(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+    if states and any(a.component.startswith("engine-") and a.action == "reconfigure"
+                      for a in actions):
+        # Recorded engine configs include the model digests the registry gave at apply time;
+        # this command reads no registry, so those engines cannot compare equal here.
+        out.print(
+            "note: engines are planned without model digests (podium plan reads no registry);"
+            f" `podium up --dry-run {stack}` resolves them and shows what would really change"
+        )
 
 
 def render(

@@ -32,6 +32,10 @@ def _ms(value: float | None) -> str:
     return "–" if value is None else f"{value * 1000:.0f} ms"
 
 
+# Scrape jobs named after what they scrape, not after the component that installs it.
+JOB_COMPONENT = {"prometheus": "monitoring", "dcgm": "gpu"}
+
+
 def status_table(status: ApplianceStatus, versions: Versions | None = None) -> Table:
     """The rich table `podium status` prints.
 
@@ -78,7 +82,7 @@ def status_table(status: ApplianceStatus, versions: Versions | None = None) -> T
             _state(o.up),
             "",
             "",
-            versions.get(o.node, {}).get(o.job, ""),
+            versions.get(o.node, {}).get(JOB_COMPONENT.get(o.job, o.job), ""),
         )
     return table
 
