@@ -46,4 +46,5 @@ test: deps lint
 
 bench:
 	$(PY) bench/provision.py
+	$(PY) bench/usage_store.py
 	$(PY) bench/gateway.py
