@@ -68,6 +68,6 @@ def record_op(record: UsageRecord, key_limits: EffectiveLimits | None) -> RowIns
             tokens = record.prompt_tokens + record.completion_tokens
             charge(conn, record.key_id, limits, tokens, record.ts)
 
-    # vars(), not asdict(): every field is a scalar, and asdict's deep copy is a tenth of
-    # a request's cost in the gateway.
+    # vars(), not asdict(): every field is a scalar, and asdict's deep copy took about a
+    # fifth of the CPU of committing the record.
     return RowInsert(usage_table, dict(vars(record)), then)
