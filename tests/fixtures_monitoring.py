@@ -103,7 +103,8 @@ def fake_appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeApp
     """Prometheus scraping a real node exporter, a gateway-like and engine-like endpoint,
     itself, and two addresses where nothing listens (a dead node and a dead replica)."""
     if not Path(PROMETHEUS).exists() or not Path(NODE_EXPORTER).exists():
-        pytest.skip("needs Debian's prometheus and prometheus-node-exporter packages")
+        pytest.skip("prometheus is not installed"
+                    " (apt-get install prometheus prometheus-node-exporter)")
     workdir = tmp_path_factory.mktemp("prometheus")
     ports = {name: free_port() for name in ("prometheus", "node", "gateway", "llama", "vllm")}
     dead_port = free_port()

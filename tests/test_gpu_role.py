@@ -204,7 +204,7 @@ def test_the_role_is_a_noop_on_a_machine_without_gpus(tmp_path: Path) -> None:
 def test_verify_fails_with_both_counts_when_gpus_are_missing() -> None:
     """roles/gpu/verify.py against this GPU-less machine, as `podium verify` runs it."""
     if _local_has_nvidia():
-        pytest.skip("this machine has an NVIDIA device")
+        pytest.skip("this machine has an NVIDIA device: a missing-GPU count cannot be shown on it")
     host = testinfra.get_host("local://")
     with pytest.raises(AssertionError, match="the stack says 2 GPUs, nvidia-smi shows 0"):
         gpu_verify.test_010_gpu_count_matches_the_stack(host, _settings(expected_gpus=2))

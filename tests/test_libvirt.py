@@ -226,7 +226,7 @@ def test_seed_disk_is_an_ext4_labelled_podium_seed_holding_the_machine_identity(
     tmp_path: Path,
 ) -> None:
     if shutil.which("debugfs") is None:
-        pytest.skip("debugfs (e2fsprogs) is needed to read the seed image")
+        pytest.skip("debugfs is not installed; it reads the seed image (apt-get install e2fsprogs)")
     host_keys = {
         "ssh_host_ed25519_key": "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n",
         "ssh_host_ed25519_key.pub": "ssh-ed25519 AAAAhost root@gpu1\n",

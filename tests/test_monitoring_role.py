@@ -65,7 +65,7 @@ def stack_with(tmp_path: Path, name: str, **monitoring: Any) -> Stack:
     return load_stack(path)
 
 
-@pytest.mark.skipif(PROMTOOL is None, reason="needs promtool (package prometheus)")
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed (apt-get install prometheus)")
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_promtool_accepts_the_rendered_config_of_every_example_stack(
     rendered: Callable[[str], Path], name: str
@@ -80,7 +80,7 @@ def test_promtool_accepts_the_rendered_config_of_every_example_stack(
     assert "SUCCESS: 10 rules found" in done.stdout, done.stdout
 
 
-@pytest.mark.skipif(AMTOOL is None, reason="needs amtool (package prometheus-alertmanager)")
+@pytest.mark.skipif(AMTOOL is None, reason="amtool is not installed (apt-get install prometheus-alertmanager)")
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_amtool_accepts_the_rendered_alertmanager_config(
     rendered: Callable[[str], Path], name: str

@@ -20,7 +20,7 @@ from podium.monitoring.rules import (
 PROMTOOL = shutil.which("promtool")
 AMTOOL = shutil.which("amtool")
 RULE_TESTS = Path(__file__).parent / "monitoring" / "podium-alerts.test.yml"
-needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="needs promtool (package prometheus)")
+needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed (apt-get install prometheus)")
 
 
 def promtool_test(tmp_path: Path, thresholds: AlertThresholds) -> subprocess.CompletedProcess[str]:
@@ -116,7 +116,8 @@ def test_alertmanager_config_is_valid(tmp_path: Path, webhook: str | None) -> No
     assert config["route"]["receiver"] in receivers
     assert ("webhook_configs" in config["receivers"][0]) == (webhook is not None)
     if AMTOOL is None:
-        pytest.skip("amtool missing (package prometheus-alertmanager); YAML checked only")
+        pytest.skip("amtool is not installed, so the YAML was checked but not Alertmanager's own"
+                    " parse (apt-get install prometheus-alertmanager)")
     path = tmp_path / "alertmanager.yml"
     path.write_text(text)
     done = subprocess.run([AMTOOL, "check-config", str(path)], capture_output=True, text=True)

@@ -119,7 +119,7 @@ def test_https_targets_get_the_ca_file() -> None:
     assert job["tls_config"] == {"ca_file": "/etc/podium/ca.pem"}
 
 
-@pytest.mark.skipif(PROMTOOL is None, reason="needs promtool (Debian package prometheus)")
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed (apt-get install prometheus)")
 def test_promtool_accepts_the_rendered_config_with_its_rule_file(tmp_path: Path) -> None:
     rules = tmp_path / "podium-alerts.yml"
     rules.write_text(render_alert_rules())
@@ -142,7 +142,7 @@ def test_promtool_accepts_the_rendered_config_with_its_rule_file(tmp_path: Path)
     assert "10 rules found" in done.stdout + done.stderr
 
 
-@pytest.mark.skipif(PROMTOOL is None, reason="needs promtool (Debian package prometheus)")
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed (apt-get install prometheus)")
 def test_promtool_rejects_a_config_whose_rule_file_is_missing(tmp_path: Path) -> None:
     config = tmp_path / "prometheus.yml"
     config.write_text(

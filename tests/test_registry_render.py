@@ -75,7 +75,7 @@ def test_nginx_reads_with_either_account_and_writes_with_the_push_account_only(
 def test_nginx_accepts_the_site(rendered: dict[str, str], tmp_path: Path, state: Path) -> None:
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     if not Path(nginx).exists():
-        pytest.skip("nginx is not installed")
+        pytest.skip("nginx is not installed; it checks the rendered site (apt-get install nginx)")
     cert, key = ca.server_certificate("labreg", "registry", ["10.77.11.10"], ["ctrl"])
     site = rendered["podium-registry.conf"]
     site = site.replace("/etc/podium/registry/tls.crt", str(cert))
