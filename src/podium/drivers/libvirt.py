@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from podium.commands import tool_output
 from podium.drivers.base import (
     LabNetwork,
     MachineDriver,
@@ -322,7 +323,7 @@ class LibvirtDriver(MachineDriver):
         if volume is not None:
             return volume
         if fmt == "qcow2":
-            info = json.loads(_run(["qemu-img", "info", "--output=json", str(path)]))
+            info = json.loads(tool_output(["qemu-img", "info", "--output=json", str(path)]))
             capacity = int(info["virtual-size"])
         else:
             capacity = path.stat().st_size
@@ -520,10 +521,3 @@ def _port_open(address: str, port: int, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
-
-
-def _run(command: list[str]) -> str:
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise PodiumError(f"`{' '.join(command)}` failed (exit {result.returncode}): {result.stderr.strip()}")
-    return result.stdout

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from podium.commands import tool_output
 from podium.drivers.base import LabNetwork, MachineSpec
 from podium.drivers.nspawn import hosts_file
-from podium.errors import InvalidInput, PodiumError
+from podium.errors import InvalidInput
 from podium.lab import network as labnet
 from podium.lab.vmimage import SEED_LABEL
 from podium.render import render_template
@@ -215,7 +215,7 @@ def build_seed(files: dict[str, tuple[str, int]], out: Path) -> str:
             path.write_text(text)
             path.chmod(mode)
         (top / "seed-id").write_text(seed_id + "\n")
-        _run(["mkfs.ext4", "-q", "-F", "-L", SEED_LABEL, "-d", str(top), str(out), "8M"])
+        tool_output(["mkfs.ext4", "-q", "-F", "-L", SEED_LABEL, "-d", str(top), str(out), "8M"])
     return seed_id
 
 
@@ -225,14 +225,7 @@ def generate_host_keys(node: str) -> dict[str, str]:
     with tempfile.TemporaryDirectory(prefix="podium-hostkeys-") as folder:
         for kind in HOST_KEY_TYPES:
             path = Path(folder) / f"ssh_host_{kind}_key"
-            _run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", f"root@{node}", "-f", str(path)])
+            tool_output(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", f"root@{node}", "-f", str(path)])
             keys[path.name] = path.read_text()
             keys[f"{path.name}.pub"] = Path(f"{path}.pub").read_text()
     return keys
-
-
-def _run(command: list[str]) -> str:
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise PodiumError(f"`{' '.join(command)}` failed (exit {result.returncode}): {result.stderr.strip()}")
-    return result.stdout

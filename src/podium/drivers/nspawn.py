@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from podium.commands import tool_output
 from podium.drivers.base import (
     LabNetwork,
     MachineDriver,
@@ -232,7 +233,7 @@ class NspawnDriver(MachineDriver):
         labnet.attach_node(network, spec.name, spec.address)
         root = folder / "root"
         if not _is_mounted(root):
-            _run(
+            tool_output(
                 [
                     "mount",
                     "-t",
@@ -316,7 +317,7 @@ class NspawnDriver(MachineDriver):
         folder = self.machine_dir(network.lab, name)
         root = folder / "root"
         if _is_mounted(root):
-            _run(["umount", str(root)])
+            tool_output(["umount", str(root)])
         labnet.detach_node(network, name)
         if folder.exists():
             shutil.rmtree(folder)
@@ -341,7 +342,7 @@ def _personalise(root: Path, spec: MachineSpec) -> None:
     keys.chmod(0o600)
     if not list((etc / "ssh").glob("ssh_host_*_key")):
         # Generated here, not in the image, so every machine has its own host keys.
-        _run(["ssh-keygen", "-A", "-f", str(root)])
+        tool_output(["ssh-keygen", "-A", "-f", str(root)])
 
 
 def _default_rootfs() -> Path:
@@ -362,11 +363,3 @@ def _port_open(address: str, port: int, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
-
-
-def _run(command: list[str]) -> None:
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise PodiumError(
-            f"`{' '.join(command)}` failed (exit {result.returncode}): {result.stderr.strip()}"
-        )

@@ -10,6 +10,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+from podium.commands import tool_output
 from podium.errors import InvalidInput, PodiumError
 from podium.lab.vmimage import PARTITION_START
 
@@ -82,11 +83,11 @@ def pack_box(out: Path, image: Path | None = None, authorized_key: str | None = 
     scratch.mkdir()
     try:
         raw = scratch / "disk.raw"
-        _run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(image), str(raw)])
+        tool_output(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(image), str(raw)])
         _personalise(raw, scratch, key)
-        _run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(scratch / "box.img")])
+        tool_output(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(scratch / "box.img")])
         raw.unlink()
-        info = json.loads(_run(["qemu-img", "info", "--output=json", str(scratch / "box.img")]))
+        info = json.loads(tool_output(["qemu-img", "info", "--output=json", str(scratch / "box.img")]))
         size_gib = -(-int(info["virtual-size"]) // 2**30)
         (scratch / "metadata.json").write_text(json.dumps(box_metadata(size_gib)) + "\n")
         (scratch / "Vagrantfile").write_text(BOX_VAGRANTFILE)
@@ -130,10 +131,3 @@ def _personalise(raw: Path, scratch: Path, key: str) -> None:
     )
     if result.returncode != 0 or check.stdout.strip() != key:
         raise PodiumError(f"Writing the box's login key failed: {result.stderr.strip()[-500:]}")
-
-
-def _run(command: list[str]) -> str:
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise PodiumError(f"`{' '.join(command)}` failed (exit {result.returncode}): {result.stderr.strip()}")
-    return result.stdout

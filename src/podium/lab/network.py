@@ -6,9 +6,9 @@ import hashlib
 import ipaddress
 import json
 import logging
-import subprocess
 from pathlib import Path
 
+from podium.commands import run_tool
 from podium.drivers.base import LabNetwork
 from podium.errors import PodiumError
 
@@ -103,7 +103,7 @@ def create_network(network: LabNetwork, state_dir: Path) -> None:
     # own interface stays at 1500 until its network role raises it.
     _ip("link", "set", bridge, "mtu", str(LAB_MTU), "up")
     IP_FORWARD.write_text("1\n")
-    _run(["nft", "-f", "-"], input_text=nft_ruleset(network))
+    run_tool(["nft", "-f", "-"], input_text=nft_ruleset(network))
 
 
 def remove_network(network: LabNetwork, state_dir: Path) -> None:
@@ -111,8 +111,8 @@ def remove_network(network: LabNetwork, state_dir: Path) -> None:
     bridge = bridge_name(network.lab)
     if _link_exists(bridge):
         _ip("link", "del", bridge)
-    if _run(["nft", "list", "table", "ip", nft_table(network.lab)], check=False).returncode == 0:
-        _run(["nft", "delete", "table", "ip", nft_table(network.lab)])
+    if run_tool(["nft", "list", "table", "ip", nft_table(network.lab)], check=False).returncode == 0:
+        run_tool(["nft", "delete", "table", "ip", nft_table(network.lab)])
     record = state_dir / "network.json"
     if record.exists():
         before = json.loads(record.read_text()).get("ip_forward_before", "1")
@@ -164,23 +164,12 @@ def _links() -> list[str]:
 
 
 def _link_exists(name: str) -> bool:
-    return _run(["ip", "link", "show", "dev", name], check=False).returncode == 0
+    return run_tool(["ip", "link", "show", "dev", name], check=False).returncode == 0
 
 
 def _ip(*args: str) -> None:
-    _run(["ip", *args])
+    run_tool(["ip", *args])
 
 
 def _ip_out(*args: str) -> str:
-    return _run(["ip", *args]).stdout
-
-
-def _run(
-    command: list[str], check: bool = True, input_text: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(command, capture_output=True, text=True, input=input_text)
-    if check and result.returncode != 0:
-        raise PodiumError(
-            f"`{' '.join(command)}` failed (exit {result.returncode}): {result.stderr.strip()}"
-        )
-    return result
+    return run_tool(["ip", *args]).stdout

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from podium.commands import tool_output
 from podium.errors import PodiumError
 from podium.lab.image import DEFAULT_CACHE_DIR, ImageRecipe, build_lock, build_rootfs
 
@@ -200,7 +201,7 @@ def build_vm_image(
             with console.status(f"building VM disk {final.name}"):
                 _make_disk(raw, rootfs, recipe, scratch)
                 partial = scratch / "disk.qcow2"
-                _run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(partial)])
+                tool_output(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(partial)])
             # The rename is the commit point: a half-built disk is never seen as cached.
             partial.rename(final)
         finally:
@@ -218,7 +219,7 @@ def _make_disk(raw: Path, rootfs: Path, recipe: VmImageRecipe, scratch: Path) ->
     that build hosts (containers, microVMs) often lack.
     """
     root = scratch / "root"
-    _run(["cp", "-a", f"{rootfs}/.", f"{root}/"])
+    tool_output(["cp", "-a", f"{rootfs}/.", f"{root}/"])
     with _chroot_mounts(root):
         packages = " ".join(recipe.packages)
         _chroot(
@@ -236,14 +237,14 @@ def _make_disk(raw: Path, rootfs: Path, recipe: VmImageRecipe, scratch: Path) ->
     (root / "etc" / "podium-image.json").write_text(json.dumps(asdict(recipe), indent=2, sort_keys=True) + "\n")
     part = scratch / "root.ext4"
     part_bytes = recipe.disk_gib * 2**30 - PARTITION_START * 512
-    _run(["mkfs.ext4", "-q", "-L", ROOT_LABEL, "-d", str(root), str(part), f"{part_bytes // 1024}k"])
+    tool_output(["mkfs.ext4", "-q", "-L", ROOT_LABEL, "-d", str(root), str(part), f"{part_bytes // 1024}k"])
     with open(raw, "wb") as disk:
         disk.truncate(recipe.disk_gib * 2**30)
-    _run(
+    tool_output(
         ["sfdisk", "--quiet", str(raw)],
         input_text=f"label: dos\nstart={PARTITION_START}, type=83, bootable\n",
     )
-    _run(["dd", f"if={part}", f"of={raw}", "bs=1M", "seek=1", "conv=notrunc,sparse", "status=none"])
+    tool_output(["dd", f"if={part}", f"of={raw}", "bs=1M", "seek=1", "conv=notrunc,sparse", "status=none"])
     with open(raw, "r+b") as disk:
         # boot.img's code only (the partition table after byte 440 stays); it
         # loads core.img from sector 1, whose own blocklist grub-mkimage filled in.
@@ -259,7 +260,7 @@ def _chroot_mounts(root: Path) -> Iterator[None]:
     resolv = root / "etc" / "resolv.conf"
     try:
         for name in ("dev", "proc", "sys"):
-            _run(["mount", "--bind", f"/{name}", str(root / name)])
+            tool_output(["mount", "--bind", f"/{name}", str(root / name)])
             mounted.append(root / name)
         shutil.copyfile("/etc/resolv.conf", resolv)
         yield
@@ -285,10 +286,3 @@ def _chroot(root: Path, script: str) -> None:
             f"Building the VM image failed in its chroot (exit {result.returncode}): "
             f"{(result.stderr or result.stdout).strip()[-2000:]}"
         )
-
-
-def _run(command: list[str], input_text: str | None = None) -> str:
-    result = subprocess.run(command, capture_output=True, text=True, input=input_text)
-    if result.returncode != 0:
-        raise PodiumError(f"`{' '.join(command)}` failed (exit {result.returncode}): {result.stderr.strip()}")
-    return result.stdout
