@@ -6,6 +6,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -13,15 +14,23 @@ import pytest
 
 from podium.drivers.base import LabNetwork
 from podium.lab.image import build_rootfs
+from podium.render import REPO
+
+
+def podium(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    """`podium ARGS` as a user runs it: a child process in the repository, output captured."""
+    return subprocess.run([sys.executable, "-m", "podium", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
 
 
 def require_lab_host() -> None:
     """Skip unless this host can run lab machines: root and the nspawn/debootstrap tools."""
     if os.geteuid() != 0:
-        pytest.skip("lab machines need root")
+        pytest.skip("lab machines need root (systemd-nspawn, network namespaces, nftables)")
     missing = [t for t in ("systemd-nspawn", "debootstrap", "ip", "nft") if not shutil.which(t)]
     if missing:
-        pytest.skip(f"lab machines need {', '.join(missing)}")
+        pytest.skip(f"lab machines need {', '.join(missing)} (apt-get install systemd-container"
+                    " debootstrap iproute2 nftables)")
 
 
 @pytest.fixture(scope="session")

@@ -17,16 +17,12 @@ import pytest
 
 from podium.monitoring.query import PrometheusClient
 from podium.registry.sync import tiny_cache
-from tests.fixtures_lab import require_lab_host
+from tests.fixtures_lab import podium, require_lab_host
 
 pytestmark = pytest.mark.lab
 STACK = "stacks/lab"
-PODIUM = [sys.executable, "-m", "podium"]
 PROMETHEUS = "http://10.77.0.10:9090"
 
-
-def podium(*args: str, timeout: int = 1800) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*PODIUM, *args], capture_output=True, text=True, timeout=timeout)
 
 
 def line(output: str, prefix: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from podium.render import REPO
 from podium.stack import load_stack
 from podium.stack.versions import load_versions
 from podium.up import recorded_states
-from tests.fixtures_lab import require_lab_host
+from tests.fixtures_lab import podium, require_lab_host
 
 pytestmark = pytest.mark.lab
 
@@ -34,10 +33,6 @@ UNITS = {
     "node2": ["podium-predictive-iris-predictive-0.service"],
 }
 
-
-def podium(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "podium", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
 
 
 def _ok(done: subprocess.CompletedProcess[str], what: str) -> str:

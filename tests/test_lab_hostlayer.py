@@ -12,16 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures_lab import require_lab_host
+from tests.fixtures_lab import podium, require_lab_host
 
 STACK = Path(__file__).parent / "stacks" / "labhost"
 PODIUM = [sys.executable, "-m", "podium"]
 
 pytestmark = pytest.mark.lab
 
-
-def podium(*args: str, stack: Path = STACK, timeout: int = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*PODIUM, *args], capture_output=True, text=True, timeout=timeout)
 
 
 def leftovers() -> list[str]:

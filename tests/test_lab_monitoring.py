@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -21,7 +20,7 @@ import pytest
 from podium.render import REPO
 from podium.stack import load_stack
 from podium.stack.model import Stack
-from tests.fixtures_lab import require_lab_host
+from tests.fixtures_lab import podium, require_lab_host
 
 pytestmark = pytest.mark.lab
 
@@ -29,15 +28,6 @@ STACK = REPO / "tests" / "stacks" / "labmon"
 PROMETHEUS = "http://10.77.13.10:9090"
 WEBHOOK = ("10.77.13.1", 19093)  # the lab host's address on the lab bridge, see stack.yaml
 
-
-def podium(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "podium", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-    )
 
 
 def get(path: str) -> Any:

@@ -4,20 +4,16 @@ and removed without leftovers."""
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.fixtures_lab import podium
 from tests.fixtures_vm import require_vm_host
 
 pytestmark = pytest.mark.vm
 STACK = str(Path(__file__).parent / "stacks" / "labvm")
-PODIUM = [sys.executable, "-m", "podium"]
 
-
-def podium(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*PODIUM, *args], capture_output=True, text=True, timeout=1800)
 
 
 @pytest.fixture(scope="module")
