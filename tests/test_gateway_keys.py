@@ -7,6 +7,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -147,3 +148,29 @@ def test_keys_are_stored_only_as_hashes(gw: GatewayProcess) -> None:
         db.close()
     assert secret not in repr(rows)
     assert stored[0] == hashlib.sha256(secret.encode()).hexdigest()
+
+
+def test_a_stacks_declared_keys_are_created_once_with_their_limits(
+    gw: GatewayProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the gateway role does after deploying: the stack's `keys:` exist, secrets kept 0600."""
+    from podium.gateway_access import ADMIN_TOKEN, ensure_declared_keys, key_file
+    from podium.secrets import StackSecrets
+
+    monkeypatch.setenv("PODIUM_STATE_DIR", str(tmp_path))
+    # The stack's admin token is the one this gateway was started with.
+    token_file = StackSecrets("declared").folder / "secrets" / ADMIN_TOKEN
+    token_file.parent.mkdir(parents=True)
+    token_file.write_text(gw.admin_token)
+    declared = [{"name": "team-a", "models": ["tiny"], "rpm": 60, "tpm": None, "quota": "1000/day",
+                 "expires": None},
+                {"name": "team-b", "models": "*", "rpm": None, "tpm": 5000, "quota": None,
+                 "expires": "2099-01-01"}]
+    assert ensure_declared_keys("declared", gw.url, declared) == ["team-a", "team-b"]
+    assert ensure_declared_keys("declared", gw.url, declared) == []  # second run: nothing new
+    keys = {k["name"]: k for k in gw.admin.list_keys()}
+    assert keys["team-a"]["models"] == ["tiny"] and keys["team-a"]["rpm"] == 60
+    assert keys["team-b"]["tpm"] == 5000 and keys["team-b"]["expires_at"] is not None
+    secret = key_file("declared", "team-a")
+    assert secret.stat().st_mode & 0o777 == 0o600
+    assert chat(gw, secret.read_text().strip())[0] == 200

@@ -22,39 +22,42 @@ def gateway_url(stack: Stack, node: str | None = None) -> str:
     return f"{'https' if gw.tls else 'http'}://{address}:{gw.port}"
 
 
-def stack_admin(stack: str | Stack) -> AdminApi:
-    """The admin API of a stack's (first) gateway, with its admin token and CA."""
-    from podium.registry.ca import ca_certificate
-    from podium.stack import load_stack
-
-    loaded = load_stack(stack) if isinstance(stack, str) else stack
-    url = gateway_url(loaded)
-    ca = ca_certificate(loaded.name) if url.startswith("https") else None
-    return AdminApi(url, StackSecrets(loaded.name).token(ADMIN_TOKEN), ca_file=ca)
-
-
-def admin_request(stack: str, url: str, method: str, path: str, body: Any = None) -> Any:
-    """One admin API call over TLS verified against the stack CA."""
+def admin_api(stack: str, url: str) -> AdminApi:
+    """The admin API at `url` with the stack's admin token; TLS is checked against the stack CA."""
     from podium.registry.ca import ca_certificate
 
     ca = ca_certificate(stack) if url.startswith("https") else None
-    return AdminApi(url, StackSecrets(stack).token(ADMIN_TOKEN), ca_file=ca)._call(method, path, body)
+    return AdminApi(url, StackSecrets(stack).token(ADMIN_TOKEN), ca_file=ca)
+
+
+def stack_admin(stack: str | Stack) -> AdminApi:
+    """The admin API of a stack's (first) gateway."""
+    from podium.stack import load_stack
+
+    loaded = load_stack(stack) if isinstance(stack, str) else stack
+    return admin_api(loaded.name, gateway_url(loaded))
 
 
 def ensure_declared_keys(stack: str, url: str, keys: list[dict[str, Any]]) -> list[str]:
     """Create the stack's declared keys the gateway does not have; their secrets are kept 0600."""
-    existing = {k["name"] for k in admin_request(stack, url, "GET", "/admin/v1/keys")["data"]}
+    from podium.services.gateway.keys import KeySpec, parse_expiry
+
+    api = admin_api(stack, url)
+    existing = {k["name"] for k in api.list_keys()}
     created = []
     for key in keys:
         if key["name"] in existing:
             continue
-        spec = {k: v for k, v in key.items() if v is not None and k != "expires"}
-        if key.get("expires"):
-            from podium.services.gateway.keys import parse_expiry
-
-            spec["expires_at"] = parse_expiry(str(key["expires"]))
-        answer = admin_request(stack, url, "POST", "/admin/v1/keys", spec)
-        _keep(stack, key["name"], answer["key"])
+        models = key.get("models") or "*"
+        spec = KeySpec(
+            name=key["name"],
+            models=("*",) if models == "*" else tuple(models),
+            rpm=key.get("rpm"),
+            tpm=key.get("tpm"),
+            quota=key.get("quota"),
+            expires_at=parse_expiry(str(key["expires"])) if key.get("expires") else None,
+        )
+        _keep(stack, key["name"], api.create_key(spec)["key"])
         created.append(key["name"])
     return created
 

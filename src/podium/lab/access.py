@@ -7,16 +7,16 @@ import time
 
 from rich.console import Console
 
-from podium.gateway_access import admin_request, gateway_url
+from podium.gateway_access import admin_api, gateway_url
 from podium.registry.ca import ca_certificate
+from podium.services.gateway.keys import KeySpec
 from podium.stack.model import Stack
 
 
 def print_gateway_access(stack: Stack, out: Console) -> None:
     url = gateway_url(stack)
     name = f"lab-{time.strftime('%Y%m%d-%H%M%S')}"
-    created = admin_request(stack.name, url, "POST", "/admin/v1/keys", {"name": name, "models": ["*"]})
-    key = created["key"]
+    key = admin_api(stack.name, url).create_key(KeySpec(name=name))["key"]
     ca = ca_certificate(stack.name)
     llms = [m.name for m in stack.models if m.format in ("gguf", "safetensors")]
     out.print(f"gateway: {url}/v1", soft_wrap=True)
