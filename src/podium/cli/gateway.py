@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import secrets
-import sys
 from pathlib import Path
 
 import typer
@@ -34,9 +33,6 @@ def serve(
     if log_level not in ("debug", "info", "warning", "error"):
         raise InvalidInput(f"--log-level {log_level!r} must be debug, info, warning or error")
     cfg = load_config(config)
-    # The store's threads commit usage records while the event loop is busy; a short GIL
-    # switch interval (default 5 ms) keeps each commit from waiting behind the loop.
-    sys.setswitchinterval(0.0005)
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
