@@ -350,9 +350,8 @@ class StreamRelay:
         ttft = None if self.first_token is None else self.first_token - self.call.started
         return _record(self.call, self.replica.url, status, tokens, ttft)
 
-    def _relay(self, event: bytes, now: float) -> bytes | None:
-        """One upstream event as the client gets it (None: not at all), metered on the way."""
-        data = _data(event)
+    def _relay(self, event: bytes, data: bytes, now: float) -> bytes | None:
+        """One upstream event (and its data) as the client gets it (None: not at all), metered."""
         out: bytes | None = event
         found = _chunk_usage(data)
         if found is not None:
@@ -381,10 +380,11 @@ class StreamRelay:
                 now = time.perf_counter()
                 out: list[bytes] = []
                 for event in batch:
-                    if _data(event) == b"[DONE]":
+                    data = _data(event)
+                    if data == b"[DONE]":
                         done = True
                         break
-                    relayed = self._relay(event, now)
+                    relayed = self._relay(event, data, now)
                     if relayed is not None:
                         out.append(relayed)
                 if out:
