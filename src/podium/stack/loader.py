@@ -180,7 +180,8 @@ def _message(error: Any, path: tuple[str | int, ...]) -> str:
         return f"is not a known key; allowed here: {', '.join(allowed)}" if allowed else "is not a known key"
     if kind == "missing":
         return "is required"
-    message: str = error["msg"]
+    # A validator's own sentence arrives as "Value error, <sentence>": the sentence is enough.
+    message: str = error["msg"].removeprefix("Value error, ")
     return message[0].lower() + message[1:]
 
 

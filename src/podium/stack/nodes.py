@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from podium.stack.types import Name, Size
+from podium.stack.types import Address, Name, Size, Subnet
 
 
 class Strict(BaseModel):
@@ -31,7 +31,7 @@ class Disk(Strict):
 class NetworkAttachment(Strict):
     # A libvirt network or host bridge the machine's NIC joins.
     network: str
-    address: IPv4Address | None = None
+    address: Address | None = None
     mtu: Annotated[int, Field(ge=576, le=9216)] | None = None
 
 
@@ -52,7 +52,7 @@ class Machine(Strict):
 
 class Node(Strict):
     name: Name
-    address: IPv4Address
+    address: Address
     ssh: Ssh = Ssh()
     labels: dict[str, str] = {}
     gpus: Annotated[int, Field(ge=0, le=64)] = 0
@@ -65,8 +65,8 @@ class Node(Strict):
 class HostNetwork(Strict):
     """The host-only network the machines layer builds for the machines it creates."""
 
-    subnet: IPv4Network
-    gateway: IPv4Address
+    subnet: Subnet
+    gateway: Address
 
     @field_validator("subnet", mode="before")
     @classmethod

@@ -4,13 +4,12 @@ gateway and Kubernetes."""
 from __future__ import annotations
 
 import datetime as dt
-from ipaddress import IPv4Network
 from typing import Annotated, Literal
 
 from pydantic import Field
 
 from podium.stack.nodes import Strict
-from podium.stack.types import Duration, Name, Port
+from podium.stack.types import Duration, Name, Port, Subnet
 
 NodeList = list[str]
 # Lists of nodes a thing runs on: at least one.
@@ -32,7 +31,7 @@ class Vlan(Strict):
     mtu: Annotated[int, Field(ge=576, le=9216)] = 1500
     nodes: NodeList
     # Node addresses are the subnet's hosts in node order unless given.
-    subnet: IPv4Network
+    subnet: Subnet
 
 
 class Opening(Strict):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from ipaddress import IPv4Address, IPv4Network
 from typing import Annotated
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 
 _SIZE = re.compile(r"^(\d+)(B|KiB|MiB|GiB|TiB)$")
 _UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
@@ -24,6 +25,14 @@ def _duration(value: str) -> str:
     return value
 
 
+def _not_a_number(value: object) -> object:
+    # ipaddress takes integers as addresses, so YAML's `5` or `true` would become 0.0.0.5 or
+    # 0.0.0.1 without a word.
+    if isinstance(value, int | float):
+        raise ValueError("write an address in dotted form, like 10.77.0.10 (a subnet: 10.77.0.0/24)")
+    return value
+
+
 def size_bytes(value: str) -> int:
     match = _SIZE.match(value)
     assert match, value
@@ -35,3 +44,5 @@ Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,40}$")]
 Size = Annotated[str, AfterValidator(_size)]
 Duration = Annotated[str, AfterValidator(_duration)]
 Port = Annotated[int, Field(ge=1, le=65535)]
+Address = Annotated[IPv4Address, BeforeValidator(_not_a_number)]
+Subnet = Annotated[IPv4Network, BeforeValidator(_not_a_number)]
