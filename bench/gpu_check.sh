@@ -39,7 +39,12 @@ PIDS=()
 
 step() { printf '\n== [%4ss] %s\n' "$(( $(date +%s) - START ))" "$*"; }
 note() { printf '%s\n' "$*" | tee -a "$REPORT"; }
-die() { printf 'gpu_check: %s\n' "$*" >&2; note "FAILED: $*"; exit 1; }
+die() {
+  printf 'gpu_check: %s\n' "$*" >&2; note "FAILED: $*"
+  # The logs folder is gone with the machine: keep the logs' tails beside the report.
+  for log in "$LOGS"/*.log; do [[ -f "$log" ]] && tail -n 40 "$log" > "$OUT_DIR/$(basename "$log").tail"; done
+  exit 1
+}
 cleanup() {
   for pid in "${PIDS[@]:-}"; do
     [[ -n "$pid" ]] && kill "$pid" 2>/dev/null || true
@@ -63,7 +68,7 @@ note "podium gpu_check $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname)"
 step "0. tools"
 command -v nvidia-smi >/dev/null || die "nvidia-smi is missing: no NVIDIA driver on this machine"
 command -v curl >/dev/null || die "curl is missing"
-"$PY" -c "import podium, pyinfra, testinfra, pytest, gguf, numpy, uvicorn" 2>/dev/null \
+"$PY" -c "import podium, pyinfra, testinfra, pytest, gguf, numpy, uvicorn, uvloop, httptools" 2>/dev/null \
   || die "$PY lacks Podium or its dependencies; set PODIUM_PYTHON to a Python with podium[models] installed"
 nvidia-smi --query-gpu=index,name,driver_version,pci.bus_id,persistence_mode,memory.total --format=csv \
   | tee "$OUT_DIR/nvidia-smi-query.csv"
