@@ -149,6 +149,16 @@ def test_the_package_proxy_listens_on_the_gateway_for_the_lab_subnet_and_passes_
     assert "return 403;" in conf
 
 
+def test_lab_up_adds_nat_only_when_asked_online(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from podium.lab.up import lab_parts
+
+    monkeypatch.setenv("PODIUM_STATE_DIR", str(tmp_path / "state"))
+    stack = load_stack(str(REPO / "tests" / "stacks" / "labhost"))
+    offline, online = lab_parts(stack).network, lab_parts(stack, online=True).network
+    assert not offline.online and "masquerade" not in labnet.nft_ruleset(offline)
+    assert online.online and "masquerade" in labnet.nft_ruleset(online)
+
+
 # -- on a real lab machine ---------------------------------------------------------------------
 
 

@@ -69,7 +69,7 @@ def start_apt_proxy(network: LabNetwork) -> None:
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     if not Path(nginx).exists():
         raise PodiumError(
-            "nginx is missing on this computer; apt-get install nginx-light (the lab's package path)"
+            "nginx is missing on this computer; apt-get install nginx (the lab's package path)"
         )
     (folder / "tmp").mkdir(parents=True, exist_ok=True)
     conf = folder / "nginx.conf"
