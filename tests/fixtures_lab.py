@@ -27,10 +27,10 @@ def require_lab_host() -> None:
     """Skip unless this host can run lab machines: root and the nspawn/debootstrap tools."""
     if os.geteuid() != 0:
         pytest.skip("lab machines need root (systemd-nspawn, network namespaces, nftables)")
-    missing = [t for t in ("systemd-nspawn", "debootstrap", "ip", "nft") if not shutil.which(t)]
+    missing = [t for t in ("systemd-nspawn", "debootstrap", "ip", "nft", "nginx") if not shutil.which(t)]
     if missing:
         pytest.skip(f"lab machines need {', '.join(missing)} (apt-get install systemd-container"
-                    " debootstrap iproute2 nftables)")
+                    " debootstrap iproute2 nftables nginx)")
 
 
 @pytest.fixture(scope="session")

@@ -27,12 +27,20 @@ def test_veth_names_are_stable_and_distinct_per_lab_and_node() -> None:
     assert len(names) == 4
 
 
-def test_ruleset_masquerades_only_the_lab_subnet_in_the_labs_own_table() -> None:
-    rules = labnet.nft_ruleset(LabNetwork("lab", "10.77.0.0/24", "10.77.0.1"))
+def test_ruleset_masquerades_only_the_lab_subnet_in_the_labs_own_table_when_online() -> None:
+    rules = labnet.nft_ruleset(LabNetwork("lab", "10.77.0.0/24", "10.77.0.1", online=True))
     assert "table ip podium_lab {" in rules
     assert "ip saddr 10.77.0.0/24 ip daddr != 10.77.0.0/24 masquerade" in rules
     assert 'oifname "pdm-lab" drop' in rules
     # Only this table is touched: no flush of the whole ruleset.
+    assert "flush ruleset" not in rules
+
+
+def test_offline_ruleset_has_no_nat_and_forwards_nothing_off_the_bridge() -> None:
+    rules = labnet.nft_ruleset(LabNetwork("lab", "10.77.0.0/24", "10.77.0.1"))
+    assert "table ip podium_lab {" in rules
+    assert "masquerade" not in rules and "nat" not in rules
+    assert 'iifname "pdm-lab" drop' in rules
     assert "flush ruleset" not in rules
 
 
@@ -88,10 +96,12 @@ def _leftovers(network: LabNetwork, nodes: list[str]) -> list[str]:
 
 
 @pytest.mark.lab
+@pytest.mark.parametrize("online", [False, True], ids=["offline", "online"])
 def test_nodes_reach_each_other_and_the_gateway_and_removal_leaves_nothing(
-    lab_network: LabNetwork, tmp_path: Path
+    lab_network: LabNetwork, tmp_path: Path, online: bool
 ) -> None:
-    network, nodes = lab_network, ["n1", "n2"]
+    network = LabNetwork(lab_network.lab, lab_network.subnet, lab_network.gateway, online=online)
+    nodes = ["n1", "n2"]
     prefix = network.gateway.rsplit(".", 1)[0]
     addresses = {"n1": f"{prefix}.11", "n2": f"{prefix}.12"}
     forward_before = labnet.IP_FORWARD.read_text().strip()
@@ -108,7 +118,8 @@ def test_nodes_reach_each_other_and_the_gateway_and_removal_leaves_nothing(
         assert _tcp_reaches(ns1, None, network.gateway), "n1 cannot reach the host"
         route = _ns(ns1, "ip", "route", "show", "default").stdout
         assert f"via {network.gateway}" in route
-        assert labnet.IP_FORWARD.read_text().strip() == "1"
+        # Forwarding is turned on only for NAT; offline the lab leaves it as it was.
+        assert labnet.IP_FORWARD.read_text().strip() == ("1" if online else forward_before)
     finally:
         for node in nodes:
             labnet.detach_node(network, node)

@@ -11,6 +11,12 @@ from podium.files import files_for
 from podium.registry.ca import ca_certificate
 from roles.base.defaults import DEFAULTS
 
+NFTABLES_DROPIN = """\
+[Service]
+ExecStop=
+ExecStop=-/usr/sbin/nft delete table inet podium
+"""
+
 
 def _in_container() -> bool:
     kind = host.get_fact(Command, command="systemd-detect-virt --container 2>/dev/null || true")
@@ -110,7 +116,7 @@ def deploy() -> None:
     systemd.service(name="Reload sshd", service="ssh", running=True, reloaded=True, _if=sshd.did_change)
 
     nft = files.put(
-        name="Write the firewall (default drop)",
+        name="Write the firewall (default drop, in and out)",
         src=StringIO(rendered["nftables.conf"]),
         dest=host.data.base_nftables_conf,
         mode="755",
@@ -120,15 +126,24 @@ def deploy() -> None:
         commands=[f"nft -c -f {host.data.base_nftables_conf}"],
         _if=nft.did_change,
     )
+    # Debian's unit stops with `nft flush ruleset`, so a restart would wipe kube-proxy's and
+    # flannel's tables too; stopping removes Podium's table only.
+    stop = files.put(
+        name="Stopping the firewall removes Podium's table only",
+        src=StringIO(NFTABLES_DROPIN),
+        dest="/etc/systemd/system/nftables.service.d/podium.conf",
+        mode="644",
+        create_remote_dir=True,
+    )
+    systemd.daemon_reload(name="Reload systemd for the nftables drop-in", _if=stop.did_change)
+    systemd.service(name="Keep the firewall loaded", service="nftables", running=True, enabled=True)
+    # A reload loads the file, which replaces Podium's table and nothing else.
     systemd.service(
-        name="Load the firewall",
+        name="Load the changed firewall",
         service="nftables",
-        running=True,
-        enabled=True,
-        restarted=True,
+        reloaded=True,
         _if=nft.did_change,
     )
-    systemd.service(name="Keep the firewall loaded", service="nftables", running=True, enabled=True)
 
 
 @pyinfra_deploy("base: check")
@@ -147,11 +162,18 @@ def remove() -> None:
         path="/etc/systemd/system/chrony.service.d/podium.conf",
         present=False,
     )
+    # Podium's table goes; tables of others (kube-proxy, flannel) stay.
     files.put(
         name="Open the firewall again",
-        src=StringIO("#!/usr/sbin/nft -f\nflush ruleset\n"),
+        src=StringIO("#!/usr/sbin/nft -f\ntable inet podium\ndelete table inet podium\n"),
         dest=host.data.base_nftables_conf,
         mode="755",
     )
-    systemd.service(name="Reload the firewall", service="nftables", restarted=True)
+    systemd.service(name="Reload the firewall", service="nftables", reloaded=True)
+    files.file(
+        name="Remove the nftables drop-in",
+        path="/etc/systemd/system/nftables.service.d/podium.conf",
+        present=False,
+    )
+    systemd.daemon_reload(name="Reload systemd without the nftables drop-in")
     systemd.service(name="Reload sshd", service="ssh", reloaded=True)

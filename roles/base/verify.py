@@ -1,5 +1,5 @@
 """Role base, proved on each host: names, time sync, keys-only SSH and a default-drop firewall
-that lets through exactly the declared ports."""
+that lets through exactly the declared ports, in and out."""
 
 import shlex
 
@@ -33,6 +33,14 @@ def test_050_firewall_drops_by_default(host):
     ruleset = host.check_output("nft list chain inet podium input")
     assert "policy drop" in ruleset
     assert host.service("nftables").is_enabled
+
+
+def test_055_egress_drops_by_default_and_counts(host):
+    """Outbound reaches only what the stack allows; the rest lands on a named counter."""
+    output = host.check_output("nft list chain inet podium output")
+    assert "policy drop" in output, "the firewall's output chain does not drop by default"
+    counter = host.run("nft list counter inet podium egress_dropped")
+    assert counter.rc == 0, "the firewall has no egress_dropped counter"
 
 
 def test_060_declared_ports_are_open_and_others_closed_from_a_peer(host, settings, node, stack):

@@ -29,14 +29,22 @@ def lab_up(
     stack: StackArg = "stacks/lab",
     machines: Machines = None,
     skip_verify: Annotated[bool, typer.Option("--skip-verify", help="Do not run podium verify.")] = False,
+    online: Annotated[
+        bool,
+        typer.Option("--online", help="NAT the lab subnet out through this computer (default: none)."),
+    ] = False,
 ) -> None:
-    """Start the stack's machines, provision them with `podium up`, verify, print how to call it."""
+    """Start the stack's machines, provision them with `podium up`, verify, print how to call it.
+
+    The machines reach only this computer: packages come through its package proxy on the lab
+    gateway and time from its chronyd; --online adds NAT to the outside.
+    """
     from podium.lab import up as lab
     from podium.up import up
     from podium.verify import run_verify
 
     loaded = load_stack(stack)
-    parts = lab.lab_parts(loaded, machines)
+    parts = lab.lab_parts(loaded, machines, online=online)
     lab.machines_up(parts, err)
     inventory = lab.write_lab_inventory(loaded)
     err.print(f"[green]✓[/] inventory: {inventory}")
@@ -57,7 +65,7 @@ def lab_up(
 
 @lab_app.command("down")
 def lab_down(stack: StackArg = "stacks/lab", machines: Machines = None) -> None:
-    """Remove every machine, overlay, namespace, bridge and NAT rule the lab created."""
+    """Remove every machine, overlay, namespace, bridge, NAT rule and host service the lab created."""
     from podium.lab import up as lab
 
     loaded = load_stack(stack)

@@ -12,6 +12,12 @@ from podium.stack.versions import VersionTable
 
 TOKEN_FILE = "/etc/rancher/k3s/podium-token"
 SERVER_PORT = 6443
+KUBELET_PORT = 10250
+# flannel's VXLAN backend, k3s' default, between cluster nodes.
+FLANNEL_VXLAN_PORT = 8472
+# k3s' own defaults, written into its config so that the nodes' firewall and k3s agree.
+CLUSTER_CIDR = "10.42.0.0/16"
+SERVICE_CIDR = "10.43.0.0/16"
 # The air-gap image archive k3s imports at start; one per architecture, amd64 only for now.
 IMAGES_ARTIFACT = "k3s-airgap-images-amd64.tar.zst"
 # NVIDIA's device plugin release unless versions.yaml pins `kubernetes.device_plugin`.
@@ -60,4 +66,6 @@ def k3s_settings(stack: Stack, versions: VersionTable, host: str) -> dict[str, A
         f"{versions.extra('kubernetes').get('device_plugin', DEVICE_PLUGIN_VERSION)}",
         "token_file": TOKEN_FILE,
         "tls_sans": [str(server.address), kube.server],
+        "cluster_cidr": CLUSTER_CIDR,
+        "service_cidr": SERVICE_CIDR,
     }

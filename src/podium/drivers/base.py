@@ -25,6 +25,8 @@ class LabNetwork:
     lab: str
     subnet: str
     gateway: str
+    # NAT to the outside for the lab subnet; off by default, the nodes reach only the lab host.
+    online: bool = False
 
     def __post_init__(self) -> None:
         if not LAB_NAME.match(self.lab):

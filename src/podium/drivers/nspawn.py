@@ -244,7 +244,7 @@ class NspawnDriver(MachineDriver):
                     str(root),
                 ]
             )
-        _personalise(root, spec)
+        _personalise(root, spec, network)
         dirs = cgroups.prepare(layout, network.lab, spec.name, spec.cpus, spec.memory_mb)
         with open(folder / "nspawn.log", "ab") as log_file:
             process = subprocess.Popen(
@@ -323,9 +323,10 @@ class NspawnDriver(MachineDriver):
             shutil.rmtree(folder)
 
 
-def _personalise(root: Path, spec: MachineSpec) -> None:
-    """Write what makes the machine itself: name, id, resolver, login keys, host keys."""
+def _personalise(root: Path, spec: MachineSpec, network: LabNetwork) -> None:
+    """Write what makes the machine itself: name, id, resolver, apt source, login keys, host keys."""
     etc = root / "etc"
+    (etc / "apt" / "sources.list").write_text(labnet.apt_sources(network))
     (etc / "hostname").write_text(f"{spec.name}\n")
     (etc / "hosts").write_text(hosts_file(spec))
     resolv = etc / "resolv.conf"

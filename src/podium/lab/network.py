@@ -37,25 +37,48 @@ def nft_table(lab: str) -> str:
 
 
 def nft_ruleset(network: LabNetwork) -> str:
-    """The lab's own nftables table: NAT out for the lab subnet, nothing new in from outside."""
+    """The lab's own nftables table. Offline (the default) nothing from the lab subnet is
+    forwarded off the bridge; online the subnet is NATed out. Nothing new comes in either way."""
     table, bridge, subnet = nft_table(network.lab), bridge_name(network.lab), network.subnet
+    if network.online:
+        nat = f"""\
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+        ip saddr {subnet} ip daddr != {subnet} masquerade
+    }}
+"""
+        out = f'iifname "{bridge}" ip saddr {subnet} accept'
+    else:
+        nat = ""
+        # Between the lab's machines (bridged traffic shows here where br_netfilter is loaded),
+        # and nothing from the lab off the bridge.
+        out = f'iifname "{bridge}" oifname "{bridge}" accept\n        iifname "{bridge}" drop'
     # Declaring then deleting the table first makes the load atomic and idempotent.
     return f"""\
 table ip {table}
 delete table ip {table}
 table ip {table} {{
-    chain postrouting {{
-        type nat hook postrouting priority srcnat; policy accept;
-        ip saddr {subnet} ip daddr != {subnet} masquerade
-    }}
-    chain forward {{
+{nat}    chain forward {{
         type filter hook forward priority filter; policy accept;
-        iifname "{bridge}" ip saddr {subnet} accept
+        {out}
         oifname "{bridge}" ct state established,related accept
         oifname "{bridge}" drop
     }}
 }}
 """
+
+
+APT_PORT = 3142
+# The suite of the lab image (podium.lab.image.ImageRecipe).
+APT_SUITE = "bookworm"
+
+
+def apt_sources(network: LabNetwork) -> str:
+    """The nodes' apt source: the lab host's package proxy on the gateway, never the outside."""
+    return (
+        "# Written by Podium: packages come through the lab host (podium lab up).\n"
+        f"deb http://{network.gateway}:{APT_PORT}/debian {APT_SUITE} main\n"
+    )
 
 
 def resolv_conf() -> str:
@@ -86,7 +109,8 @@ LAB_MTU = 9000
 
 
 def create_network(network: LabNetwork, state_dir: Path) -> None:
-    """Bridge with the gateway address, forwarding and the lab's NAT table; safe to repeat."""
+    """Bridge with the gateway address and the lab's table (with NAT and forwarding only when
+    online); safe to repeat."""
     bridge = bridge_name(network.lab)
     state_dir.mkdir(parents=True, exist_ok=True)
     record = state_dir / "network.json"
@@ -102,7 +126,8 @@ def create_network(network: LabNetwork, state_dir: Path) -> None:
     # Jumbo frames on the host side, so a lab VLAN can be declared with MTU 9000; each node's
     # own interface stays at 1500 until its network role raises it.
     _ip("link", "set", bridge, "mtu", str(LAB_MTU), "up")
-    IP_FORWARD.write_text("1\n")
+    if network.online:
+        IP_FORWARD.write_text("1\n")
     run_tool(["nft", "-f", "-"], input_text=nft_ruleset(network))
 
 

@@ -14,6 +14,7 @@ from rich.console import Console
 from podium.drivers.base import LabNetwork, MachineDriver, MachineSpec, get_driver
 from podium.errors import InvalidInput, PodiumError
 from podium.inventory import write_inventory
+from podium.lab.apt_proxy import pid_alive, start_apt_proxy, stop_apt_proxy
 from podium.plan.actions import make_plan
 from podium.render import REPO
 from podium.secrets import StackSecrets
@@ -32,7 +33,7 @@ class LabParts:
     specs: list[MachineSpec]
 
 
-def lab_parts(stack: Stack, machines: str | None = None) -> LabParts:
+def lab_parts(stack: Stack, machines: str | None = None, online: bool = False) -> LabParts:
     if stack.host_network is None:
         raise InvalidInput(f"stack {stack.name}: host_network is required for a lab (subnet and gateway)")
     created = [n for n in stack.nodes if n.machine is not None]
@@ -41,7 +42,9 @@ def lab_parts(stack: Stack, machines: str | None = None) -> LabParts:
     kinds = {n.machine.driver for n in created if n.machine}
     driver_name = machines or (kinds.pop() if len(kinds) == 1 else "nspawn")
     driver = get_driver(driver_name)()
-    network = LabNetwork(stack.name, str(stack.host_network.subnet), str(stack.host_network.gateway))
+    network = LabNetwork(
+        stack.name, str(stack.host_network.subnet), str(stack.host_network.gateway), online=online
+    )
     public = StackSecrets(stack.name).ssh_public_key
     # GlusterFS needs FUSE inside the machines that mount it.
     fuse = bool(stack.storage and stack.storage.driver == "glusterfs")
@@ -73,6 +76,7 @@ def machines_up(parts: LabParts, console: Console) -> None:
         {spec.address: parts.driver.host_keys(parts.network, spec.name) for spec in parts.specs}
     )
     start_time_server(parts.network)
+    start_apt_proxy(parts.network)
     console.print(f"[green]✓[/] machines: {', '.join(s.name for s in statuses)}")
 
 
@@ -84,6 +88,7 @@ def write_lab_inventory(stack: Stack) -> Path:
 def lab_down(stack: Stack, console: Console, machines: str | None = None) -> None:
     parts = lab_parts(stack, machines)
     stop_time_server(parts.network)
+    stop_apt_proxy(parts.network)
     with console.status("removing machines, overlays, namespaces, bridge and NAT rules"):
         parts.driver.destroy(parts.network, None)
     console.print(f"[green]✓[/] lab {stack.name} removed")
@@ -98,7 +103,7 @@ def _chrony_paths(network: LabNetwork) -> tuple[Path, Path]:
 
 def start_time_server(network: LabNetwork) -> None:
     conf, pidfile = _chrony_paths(network)
-    if _alive(pidfile):
+    if pid_alive(pidfile):
         return
     if not Path("/usr/sbin/chronyd").exists():
         raise PodiumError(
@@ -125,17 +130,8 @@ def start_time_server(network: LabNetwork) -> None:
 
 def stop_time_server(network: LabNetwork) -> None:
     _, pidfile = _chrony_paths(network)
-    if _alive(pidfile):
+    if pid_alive(pidfile):
         os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
-
-
-def _alive(pidfile: Path) -> bool:
-    try:
-        pid = int(pidfile.read_text().strip())
-        os.kill(pid, 0)
-        return True
-    except (OSError, ValueError):
-        return False
 
 
 def print_access(stack: Stack, out: Console) -> None:

@@ -9,6 +9,7 @@ from ipaddress import IPv4Network
 from typing import Any
 
 from podium.monitoring.targets import EngineEndpoint, GatewayEndpoint, targets_from_components
+from podium.plan.egress import cluster_settings, egress_settings, ntp_servers
 from podium.stack.model import Stack
 from podium.stack.ports import ALERTMANAGER_PORT, listeners, replicas
 
@@ -62,17 +63,16 @@ def _base_settings(stack: Stack, host: str) -> Settings:
                     "what": "declared opening",
                 }
             )
-    ntp = list(stack.network.ntp_servers)
-    if not ntp and stack.host_network:
-        ntp = [str(stack.host_network.gateway)]
     return {
         "hostname": host,
         "address": str(node.address),
         "hosts": [{"name": n.name, "address": str(n.address)} for n in stack.nodes],
-        "ntp_servers": ntp,
+        "ntp_servers": ntp_servers(stack),
         "admin_user": node.ssh.user,
         "ssh_port": node.ssh.port,
         "openings": sorted(openings, key=lambda o: (o["port"], o["protocol"], o["what"])),
+        "egress": egress_settings(stack),
+        "cluster": cluster_settings(stack, host),
     }
 
 
