@@ -110,12 +110,18 @@ class GatewayProcess:
     admin_token: str
     log_path: Path
     store: str
+    metrics_port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     _log: Any = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """The metrics listener's /metrics (not served on the API's port)."""
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     @property
     def admin(self) -> AdminApi:
@@ -176,8 +182,12 @@ class GatewayFactory:
         token_file.write_text(token + "\n")
         os.chmod(token_file, 0o600)
         store = store or f"sqlite:///{self.root / 'gateway.db'}"
+        # metrics_listen=None leaves the gateway to its default, the port after the API's.
+        metrics_port = port + 1 if "metrics_listen" in settings else free_port()
+        metrics = settings.pop("metrics_listen", {"host": "127.0.0.1", "port": metrics_port})
         document = {
             "listen": {"host": "127.0.0.1", "port": port},
+            **({"metrics_listen": metrics} if metrics else {}),
             "store": store,
             "admin_token_file": str(token_file),
             "models": models,
@@ -186,7 +196,7 @@ class GatewayFactory:
         }
         path = self.root / f"gateway-{n}.yaml"
         path.write_text(yaml.safe_dump(document))
-        gw = GatewayProcess(path, port, token, self.root / f"gateway-{n}.log", store)
+        gw = GatewayProcess(path, port, token, self.root / f"gateway-{n}.log", store, metrics_port)
         self.started.append(gw)
         return gw
 

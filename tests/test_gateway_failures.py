@@ -68,7 +68,7 @@ def stream(gw: GatewayProcess, key: str, max_tokens: int, on_first: Any = None,
 
 
 def metric(gw: GatewayProcess, prefix: str) -> str:
-    text = httpx.get(gw.url + "/metrics", timeout=10).text
+    text = httpx.get(gw.metrics_url, timeout=10).text
     return "\n".join(line for line in text.splitlines() if line.startswith(prefix))
 
 

@@ -177,7 +177,7 @@ def test_predictive_model_over_open_inference_v2(gw: GatewayProcess, tiny_sklear
 def test_metrics_cover_requests_tokens_latencies_and_replicas(gw: GatewayProcess) -> None:
     client = sdk(gw, gw.new_key("metrics"))
     list(client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=8, stream=True))
-    with urllib.request.urlopen(gw.url + "/metrics") as resp:
+    with urllib.request.urlopen(gw.metrics_url) as resp:
         text = resp.read().decode()
     for needle in (
         'podium_gateway_requests_total{key="metrics",model="tiny",status="200"} 1.0',

@@ -30,7 +30,9 @@ SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 
 def test_openapi_document_is_served(gateways: GatewayFactory, llama_server: EngineServer) -> None:
     gw = gateways.start(models=models_for(llama_server.url, llama_server.model))
-    status, _, body = http("GET", gw.url + "/openapi.json")
+    # The document names the models served, so it is for key holders only.
+    assert http("GET", gw.url + "/openapi.json")[0] == 401
+    status, _, body = http("GET", gw.url + "/openapi.json", key=gw.new_key("docs"))
     assert status == 200 and b'"/v1/chat/completions"' in body
 
 
@@ -42,9 +44,12 @@ def test_no_generated_request_gets_a_server_error(
     gw = gateways.start(models=models_for(llama_server.url, llama_server.model,
                                           mlserver.url, mlserver.model))
     key = gw.new_key("fuzz")
+    status, _, document = http("GET", gw.url + "/openapi.json", key=key)
+    assert status == 200, document
+    (tmp_path / "openapi.json").write_bytes(document)
     run = subprocess.run(
         [str(SCHEMATHESIS if SCHEMATHESIS.exists() else "schemathesis"), "run",
-         gw.url + "/openapi.json", "--checks", "not_a_server_error",
+         "openapi.json", "--url", gw.url, "--checks", "not_a_server_error",
          "--header", f"Authorization: Bearer {key}",
          "--phases", "examples,coverage,fuzzing", "--max-examples", "15",
          "--max-time", "30", "--workers", "1", "--request-timeout", "30",

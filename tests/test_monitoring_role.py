@@ -129,7 +129,8 @@ def test_lab_scrape_config_covers_every_exporter_engine_replica_gateway_and_regi
     assert jobs["engine-predictive"] == [
         ("10.77.0.12:8092", {"engine": "iris-predictive", "model": "iris", "node": "node2", "replica": "0"})
     ]
-    assert jobs["gateway"] == [("10.77.0.10:8443", {"gateway_replica": "0", "node": "ctrl"})]
+    # The gateway's metrics listener, the port after its API (8443), not the API itself.
+    assert jobs["gateway"] == [("10.77.0.10:8444", {"gateway_replica": "0", "node": "ctrl"})]
     assert jobs["registry"] == [("10.77.0.10:5001", {"node": "ctrl"})]
     assert jobs["prometheus"] == [("10.77.0.10:9090", {"node": "ctrl"})]
     assert "dcgm" not in jobs, "the lab has no GPU node"

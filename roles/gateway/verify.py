@@ -1,5 +1,6 @@
 """Role gateway, proved on each gateway node through its own API: it answers over TLS, refuses a
-wrong key (401) and a key on a model it may not use (403), serves a completion, and meters it."""
+wrong key (401) and a key on a model it may not use (403), serves a completion, and meters it;
+/metrics is served on the metrics listener only, and /openapi.json needs a key."""
 
 import json
 import shlex
@@ -8,10 +9,10 @@ import uuid
 import pytest
 
 
-def api(host, settings, method, path, key=None, body=None, admin=False):
+def api(host, settings, method, path, key=None, body=None, admin=False, port=None):
     """curl on the gateway node itself; returns (status, parsed body)."""
     scheme = "https" if settings["tls"] else "http"
-    url = f"{scheme}://{host.backend.get_hostname()}:{settings['port']}{path}"
+    url = f"{scheme}://{host.backend.get_hostname()}:{port or settings['port']}{path}"
     args = ["curl", "-sS", "-o", "/tmp/podium-verify-body", "-w", "%{http_code}", "-X", method, url]
     if settings["tls"]:
         args += ["--cacert", "/etc/podium/gateway/ca.crt"]
@@ -101,3 +102,19 @@ def test_040_a_completion_works_and_is_metered(host, settings):
         assert mine and mine[0]["requests"] >= 1, f"no usage record for key {name}: {usage}"
     finally:
         api(host, settings, "DELETE", f"/admin/v1/keys/{name}", admin=True)
+
+
+def test_050_metrics_are_not_on_the_api_port(host, settings):
+    status, body = api(host, settings, "GET", "/metrics")
+    assert status == 404, f"GET /metrics on the API port {settings['port']}: expected 404, got {status}"
+
+
+def test_060_metrics_listener_serves_the_gateway_metrics(host, settings):
+    status, body = api(host, settings, "GET", "/metrics", port=settings["metrics_port"])
+    assert status == 200, f"GET /metrics on port {settings['metrics_port']}: expected 200, got {status}"
+    assert "podium_gateway_in_flight_requests" in body, "the metrics listener serves no gateway metrics"
+
+
+def test_070_openapi_needs_a_key(host, settings):
+    status, _ = api(host, settings, "GET", "/openapi.json")
+    assert status == 401, f"GET /openapi.json without a key: expected 401, got {status}"

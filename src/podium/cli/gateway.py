@@ -25,10 +25,8 @@ def serve(
 
     Example: podium gateway serve --config /etc/podium/gateway.yaml
     """
-    import uvicorn
-
-    from podium.services.gateway.app import create_app
     from podium.services.gateway.config import load_config
+    from podium.services.gateway.server import run
 
     if log_level not in ("debug", "info", "warning", "error"):
         raise InvalidInput(f"--log-level {log_level!r} must be debug, info, warning or error")
@@ -36,26 +34,7 @@ def serve(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = create_app(cfg)
-    tls = {}
-    if cfg.tls is not None:
-        tls = {"ssl_certfile": str(cfg.tls.cert), "ssl_keyfile": str(cfg.tls.key)}
-    uvicorn.run(
-        app,
-        host=cfg.listen.host,
-        port=cfg.listen.port,
-        loop="uvloop",
-        http="httptools",
-        log_level=log_level,
-        # Every request is already metered and counted; an access log line would double
-        # the gateway's per-request work for no information.
-        access_log=False,
-        # Clients reach the gateway directly; no X-Forwarded-* rewriting per request.
-        proxy_headers=False,
-        server_header=False,
-        timeout_graceful_shutdown=30,
-        **tls,  # type: ignore[arg-type]
-    )
+    run(cfg, log_level)
 
 
 @gateway_app.command("admin-token")

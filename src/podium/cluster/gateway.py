@@ -34,7 +34,13 @@ def gateway_config(stack: Stack, inputs: ClusterInputs) -> dict[str, Any]:
             model["price"] = {"prompt_per_1k": price["prompt"],
                               "completion_per_1k": price["completion"]}
         models[name] = model
-    config: dict[str, Any] = {"listen": {"host": "0.0.0.0", "port": gw.port}, "models": models}
+    config: dict[str, Any] = {
+        "listen": {"host": "0.0.0.0", "port": gw.port},
+        "metrics_listen": {"host": "0.0.0.0", "port": gw.scrape_port},
+        "connections": {"max_connections": gw.max_connections,
+                        "write_timeout_s": gw.write_timeout_s},
+        "models": models,
+    }
     if gw.tls:
         config["tls"] = {"cert": f"{TLS_DIR}/tls.crt", "key": f"{TLS_DIR}/tls.key"}
     if gw.store == "postgresql":
@@ -96,8 +102,10 @@ def gateway_objects(stack: Stack, versions: VersionTable, inputs: ClusterInputs)
             "image": podium_image(stack, versions),
             "command": ["podium", "gateway", "serve", "--config", f"{CONFIG_DIR}/gateway.yaml"],
             "env": env,
+            # The metrics port has no hostPort: Prometheus reaches it inside the cluster.
             "ports": [{"name": "gateway", "containerPort": gw.port, "hostPort": gw.port,
-                       "protocol": "TCP"}],
+                       "protocol": "TCP"},
+                      {"name": "metrics", "containerPort": gw.scrape_port, "protocol": "TCP"}],
             "resources": {"requests": {"cpu": "250m", "memory": "256Mi"},
                           "limits": {"memory": "1Gi"}},
             "volumeMounts": mounts,
@@ -109,7 +117,8 @@ def gateway_objects(stack: Stack, versions: VersionTable, inputs: ClusterInputs)
             stack, "gateway", "gateway", f"gateway-{node}", node=node, containers=[container],
             volumes=volumes, config_hash=content_hash(text, gw.tls),
             extra_labels={"podium.io/node": node},
-            annotations={"prometheus.io/scrape": "true", "prometheus.io/port": str(gw.port)},
+            annotations={"prometheus.io/scrape": "true",
+                         "prometheus.io/port": str(gw.scrape_port)},
         ))
     out.append(service(stack, "gateway", "gateway", "gateway", [("gateway", gw.port)]))
     return out

@@ -310,7 +310,7 @@ def _monitoring_targets(stack: Stack) -> list[dict[str, Any]]:
     gw = stack.gateway
     gateways = []
     if gw is not None:
-        gateways = [GatewayEndpoint(n, ip[n], gw.port, str(i)) for i, n in enumerate(gw.nodes)]
+        gateways = [GatewayEndpoint(n, ip[n], gw.scrape_port, str(i)) for i, n in enumerate(gw.nodes)]
     reg = stack.registry
     targets = targets_from_components(
         ip,
@@ -325,7 +325,7 @@ def _monitoring_targets(stack: Stack) -> list[dict[str, Any]]:
     )
     out = []
     for t in targets:
-        # A TLS gateway serves /metrics on its HTTPS port too.
+        # A TLS gateway serves its metrics listener over HTTPS too.
         scheme = "https" if t.job == "gateway" and gw is not None and gw.tls else t.scheme
         out.append(
             {
@@ -355,6 +355,9 @@ def _gateway_settings(stack: Stack, host: str) -> Settings:
             entry["replicas"].append(f"http://{address}:{rep.port}")
     return {
         "port": gw.port,
+        "metrics_port": gw.scrape_port,
+        "max_connections": gw.max_connections,
+        "write_timeout_s": gw.write_timeout_s,
         "tls": gw.tls,
         "store": gw.store,
         "store_node": gw.store_node,

@@ -135,6 +135,13 @@ def listeners(stack: Stack) -> list[Listener]:
         gw = stack.gateway
         for node_name in gw.nodes:
             out.append(Listener(node_name, gw.port, "gateway", ("gateway", "port"), "gateway", ("any",)))
+            # /metrics has its own listener, so the API port can be public and metrics not.
+            out.append(
+                Listener(
+                    node_name, gw.scrape_port, "gateway", ("gateway", "metrics_port"), "gateway metrics",
+                    ("monitoring",),
+                )
+            )
         if gw.store == "postgresql" and gw.store_node:
             out.append(
                 Listener(

@@ -138,6 +138,12 @@ class Price(Strict):
 class Gateway(Strict):
     nodes: Placement
     port: Port = 8443
+    # Prometheus scrapes /metrics here, and only the monitoring node may connect; default port + 1.
+    metrics_port: Port | None = None
+    # Connections open at once per gateway node; more are answered 503 and closed.
+    max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 4096
+    # How long an answer waits on a client that stopped reading before it is cut off.
+    write_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
     tls: bool = True
     store: Literal["sqlite", "postgresql"] = "sqlite"
     # The PostgreSQL node when store is postgresql.
@@ -145,6 +151,11 @@ class Gateway(Strict):
     keys: list[ApiKey] = []
     # Price per 1K tokens, by model name.
     prices: dict[str, Price] = {}
+
+    @property
+    def scrape_port(self) -> int:
+        """The gateway's metrics listener."""
+        return self.metrics_port if self.metrics_port is not None else self.port + 1
 
 
 class Kubernetes(Strict):

@@ -12,7 +12,7 @@ from typing import Any
 import prometheus_client
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -157,6 +157,8 @@ async def metrics(gw: Gateway, request: Request) -> Response:
 
 
 async def openapi_json(gw: Gateway, request: Request) -> Response:
+    # The document names every model served; only key holders may read that list.
+    await gw.authenticate(request.headers.get("authorization"))
     return JSONResponse(
         openapi.document({name: rs.config.kind for name, rs in gw.models.items()})
     )
@@ -173,6 +175,10 @@ def _endpoint(gw: Gateway, handler: Handler) -> Callable[[Request], Awaitable[An
                 key = getattr(request.state, "key", "")
                 gw.metrics.requests.labels(model, key, str(exc.status)).inc()
             return exc.response()
+        except ClientDisconnect:
+            # The client left (or was cut off for sending too slowly) before its body ended;
+            # nobody is there to read an answer.
+            return Response(status_code=499)
         except Exception:
             log.exception("unexpected error on %s", request.url.path)
             return errors.GatewayError(500, "the gateway failed on this request; see its log",
@@ -190,10 +196,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     ).response()
 
 
-def create_app(config: GatewayConfig) -> Starlette:
-    """The ASGI app for a config; the store and health checks start with its lifespan.
+def create_apps(config: GatewayConfig) -> tuple[Starlette, Starlette]:
+    """The API app and the metrics app of one gateway; the store and health checks start with
+    the API app's lifespan. The metrics app has its own listener, which the firewall opens to
+    the monitoring node only, so /metrics needs no credential there and is absent from the API.
 
-    Example: uvicorn.run(create_app(load_config(Path("gateway.yaml"))), port=8080)
+    Example: api, metrics = create_apps(load_config(Path("gateway.yaml")))
     """
     # The *_created series double what /metrics carries and no dashboard reads them.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -221,7 +229,6 @@ def create_app(config: GatewayConfig) -> Starlette:
         route("/v2/models/{name}", v2_model, ["GET"]),
         route("/v2/models/{name}/ready", v2_model, ["GET"]),
         route("/v2/models/{name}/infer", v2_model, ["POST"]),
-        route("/metrics", metrics, ["GET"]),
         route("/openapi.json", openapi_json, ["GET"]),
         route("/admin/v1/keys", admin.create_key, ["POST"]),
         route("/admin/v1/keys", admin.list_keys, ["GET"]),
@@ -234,5 +241,9 @@ def create_app(config: GatewayConfig) -> Starlette:
         exception_handlers={404: _http_error, 405: _http_error},
     )
     app.state.gateway = gw
-    return app
+    scrape = Starlette(
+        routes=[route("/metrics", metrics, ["GET"])],
+        exception_handlers={404: _http_error, 405: _http_error},
+    )
+    return app, scrape
 

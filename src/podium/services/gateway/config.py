@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from podium.errors import InvalidInput
 
@@ -107,6 +114,23 @@ class Timeouts(_Strict):
     read_s: float = Field(default=120.0, gt=0)
 
 
+class Connections(_Strict):
+    """What one client may hold of the gateway; passing a bound closes its connection."""
+
+    # Request line and headers together (431 past it); SDKs send well under 8 KiB.
+    max_header_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
+    # From a connection's opening, or a request's first byte, to the end of its headers (408).
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    # From the end of the headers to the end of the body; bodies are at most 16 MiB (408).
+    body_timeout_s: float = Field(default=60.0, gt=0)
+    # How long an answer waits on a client that has stopped reading before it is cut off.
+    write_timeout_s: float = Field(default=60.0, gt=0)
+    # Connections open at once, all clients together; one more is answered 503 and closed.
+    max_connections: int = Field(default=4096, ge=1)
+    # Idle time allowed between two requests on one connection.
+    keep_alive_s: int = Field(default=5, ge=1)
+
+
 class UsageRetention(_Strict):
     # Raw per-request records older than this are rolled up per day, key and model.
     retention_days: int = Field(default=30, ge=1)
@@ -115,6 +139,9 @@ class UsageRetention(_Strict):
 
 class GatewayConfig(_Strict):
     listen: Listen = Field(default_factory=Listen)
+    # /metrics only, for Prometheus; default: listen's host, the port after listen's.
+    metrics_listen: Listen | None = None
+    connections: Connections = Field(default_factory=Connections)
     tls: Tls | None = None
     store: str = "sqlite:///podium-gateway.db"
     admin_token_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
@@ -135,6 +162,21 @@ class GatewayConfig(_Strict):
         if not url.startswith(("sqlite://", "postgresql")):
             raise ValueError("store must be sqlite:///PATH or postgresql+psycopg://...")
         return url
+
+    @model_validator(mode="after")
+    def _metrics_port(self) -> GatewayConfig:
+        host, port = self.metrics_address()
+        if not 0 < port <= 65535:
+            raise ValueError(f"metrics_listen.port {port} is not a port; set metrics_listen.port")
+        if port == self.listen.port and self.listen.port != 0:
+            raise ValueError(f"metrics_listen.port {port} is the API's own port; choose another")
+        return self
+
+    def metrics_address(self) -> tuple[str, int]:
+        """Where /metrics is served: its own listener, never the API's."""
+        if self.metrics_listen is not None:
+            return self.metrics_listen.host, self.metrics_listen.port
+        return self.listen.host, self.listen.port + 1
 
     def admin_token_hash(self) -> str | None:
         """The sha256 of the admin token, read from the file when one is named."""

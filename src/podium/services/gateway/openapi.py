@@ -232,6 +232,6 @@ def document(models: dict[str, str] | None = None) -> dict[str, Any]:
                     },
                 }
             },
-            "/metrics": _get("Prometheus metrics.", secured=False, media="text/plain"),
+            "/openapi.json": _get("This document.", 401),
         },
     }

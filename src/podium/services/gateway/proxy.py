@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from typing import Any
 
@@ -23,6 +24,7 @@ from podium.services.gateway.metering import UsageRecord, tokens_of, usage_in_bo
 from podium.services.gateway.replicas import EngineReplica
 from podium.services.gateway.runtime import Call, Gateway
 
+log = logging.getLogger("podium.gateway")
 _JSON = {"Content-Type": "application/json"}
 _DONE = b"data: [DONE]\n\n"
 # Markers of a chunk that carries generated text (compact and spaced JSON).
@@ -80,13 +82,23 @@ def _retryable(status: int) -> bool:
 
 
 def _final_error(call: Call, failure: _Failed | None) -> GatewayError:
+    # The client learns that the engine failed and the request id, never the engine's
+    # address, a path or an exception: those are in the gateway's log under the same id.
+    rid = call.request_id
     if failure is None:
-        return errors.unavailable(f"model {call.model!r} has no healthy replica with room; retry")
-    if failure.status == 503:
-        return errors.unavailable(f"model {call.model!r}: {failure.why}")
-    if failure.status == 504:
-        return errors.gateway_timeout(f"model {call.model!r}: {failure.why}")
-    return errors.bad_gateway(f"model {call.model!r}: {failure.why}")
+        error = errors.unavailable(f"model {call.model!r} has no healthy replica with room; retry")
+    else:
+        log.warning("request %s (model %r): %s", rid, call.model, failure.why)
+        if failure.status == 503:
+            error = errors.unavailable(
+                f"model {call.model!r} is unavailable right now; retry (request id {rid})")
+        elif failure.status == 504:
+            error = errors.gateway_timeout(
+                f"model {call.model!r} did not answer in time (request id {rid})")
+        else:
+            error = errors.bad_gateway(f"model {call.model!r} failed to answer (request id {rid})")
+    error.headers["x-request-id"] = rid
+    return error
 
 
 def _upstream_failure(exc: BaseException, what: str) -> _Failed:
@@ -405,7 +417,9 @@ class StreamRelay:
             m.stream_errors.labels(model).inc()
             self.call.replicas.failed(self.replica, why)
             self._settle(502)
-            yield error_event(f"model {model!r}: the stream broke off: {why}")
+            rid = self.call.request_id
+            log.warning("request %s (model %r): the stream broke off: %s", rid, model, why)
+            yield error_event(f"model {model!r}: the stream broke off (request id {rid})")
             return
         self.call.replicas.succeeded(self.replica)
         self._observe_tpot()

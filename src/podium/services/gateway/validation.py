@@ -35,6 +35,12 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise bad_request(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        # The decoder gives up at Python's recursion limit, so a body of a million '['
+        # costs a few hundred levels of work, not a million.
+        raise bad_request(
+            "the request body nests arrays or objects too deeply; send at most a few levels"
+        ) from None
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object")
     return body
@@ -155,13 +161,17 @@ _V2_INTEGERS = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", 
 _V2_TYPES = _V2_NUMBERS | _V2_INTEGERS | {"BOOL", "BYTES"}
 
 
-def _flatten(data: Any) -> list[Any] | None:
-    if not isinstance(data, list):
+# Tensors of more dimensions than this are refused rather than flattened recursively.
+MAX_TENSOR_DEPTH = 32
+
+
+def _flatten(data: Any, depth: int = 0) -> list[Any] | None:
+    if not isinstance(data, list) or depth > MAX_TENSOR_DEPTH:
         return None
     flat: list[Any] = []
     for item in data:
         if isinstance(item, list):
-            inner = _flatten(item)
+            inner = _flatten(item, depth + 1)
             if inner is None:
                 return None
             flat.extend(inner)
@@ -202,7 +212,10 @@ def check_infer(body: dict[str, Any]) -> None:
                               f"{where}.datatype")
         flat = _flatten(tensor.get("data"))
         if flat is None:
-            raise bad_request(f"{where}.data must be a (nested) list of values", f"{where}.data")
+            raise bad_request(
+                f"{where}.data must be a list of values nested at most {MAX_TENSOR_DEPTH} deep",
+                f"{where}.data",
+            )
         if len(flat) != math.prod(shape):
             raise bad_request(
                 f"{where}.data has {len(flat)} values but shape {shape} needs {math.prod(shape)}",

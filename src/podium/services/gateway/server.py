@@ -1,0 +1,233 @@
+"""How the gateway listens: its two sockets, and the HTTP protocol that bounds what a client holds.
+
+uvicorn's httptools protocol has a keep-alive timeout and nothing else: no limit on header
+size, no deadline for a request's headers or body, and a response to a client that stops
+reading waits on it for ever. `BoundedHttp` adds those bounds per connection, and refuses
+connections past the configured total at once rather than after their headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from asyncio import TimerHandle
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from podium.errors import InvalidInput
+from podium.services.gateway.config import Connections, GatewayConfig
+from podium.services.gateway.errors import error_body
+
+log = logging.getLogger("podium.gateway")
+# How long a refused connection's remaining input is read and dropped before it is closed.
+LINGER_S = 5.0
+
+
+def _answer(status: int, reason: str, message: str) -> bytes:
+    """A whole response written straight to the socket, for connections that never reach the app."""
+    body = error_body(message, "invalid_request_error" if status < 500 else "server_error")
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class BoundedHttp(HttpToolsProtocol):
+    """uvicorn's httptools protocol with header size, read and write deadlines, and a connection cap.
+
+    `bounds` is set on a subclass per gateway (see `protocol_for`).
+    """
+
+    bounds: Connections = Connections()
+    # Connections on these ports (the metrics listener) do not count against the cap.
+    uncapped_ports: frozenset[int] = frozenset()
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.counted = True
+        self.header_bytes = 0
+        self.in_headers = True
+        self.discarding = False
+        self.read_deadline: TimerHandle | None = None
+        self.write_deadline: TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.counted = self.server is None or self.server[1] not in self.uncapped_ports
+        open_now = sum(1 for c in self.connections if getattr(c, "counted", False))
+        if self.counted and open_now > self.bounds.max_connections:
+            # Refused before a byte is read: a flood of idle connections costs one write each.
+            log.warning("connection refused: %d connections open", open_now - 1)
+            transport.write(_answer(503, "Service Unavailable",
+                                    "the gateway has too many connections open; retry shortly"))
+            transport.close()
+            return
+        self._arm_read(self.bounds.header_timeout_s, "its request headers")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_read()
+        if self.write_deadline is not None:
+            self.write_deadline.cancel()
+            self.write_deadline = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.discarding:
+            return
+        if self.in_headers:
+            # Counted per read, so a body arriving with its headers counts until the parser
+            # sees the headers end; the limit holds to within one read (at most 256 KiB).
+            self.header_bytes += len(data)
+            if self.read_deadline is None:
+                self._arm_read(self.bounds.header_timeout_s, "its request headers")
+        super().data_received(data)
+        if (self.in_headers and self.header_bytes > self.bounds.max_header_bytes
+                and not self.transport.is_closing()):
+            self._too_large()
+
+    def on_headers_complete(self) -> None:
+        self.in_headers = False
+        self._arm_read(self.bounds.body_timeout_s, "its request body")
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm_read()
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        # The next request on this connection starts its own header count and deadline,
+        # armed by its first byte; until then uvicorn's keep-alive timeout applies.
+        self.in_headers = True
+        self.header_bytes = 0
+        super().on_response_complete()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.write_deadline is None:
+            self.write_deadline = self.loop.call_later(self.bounds.write_timeout_s, self._stalled)
+
+    def resume_writing(self) -> None:
+        if self.write_deadline is not None:
+            self.write_deadline.cancel()
+            self.write_deadline = None
+        super().resume_writing()
+
+    def _arm_read(self, seconds: float, what: str) -> None:
+        self._disarm_read()
+        self.read_deadline = self.loop.call_later(seconds, self._too_slow, seconds, what)
+
+    def _disarm_read(self) -> None:
+        if self.read_deadline is not None:
+            self.read_deadline.cancel()
+            self.read_deadline = None
+
+    def _too_slow(self, seconds: float, what: str) -> None:
+        self.read_deadline = None
+        if self.transport.is_closing():
+            return
+        message = f"the client did not send {what} within {seconds:g} s"
+        log.warning("connection from %s closed: %s", self._peer(), message)
+        if self.header_bytes and (self.cycle is None or not self.cycle.response_started):
+            self.transport.write(_answer(408, "Request Timeout", message))
+        self.transport.close()
+
+    def _too_large(self) -> None:
+        message = (f"the request line and headers are over {self.bounds.max_header_bytes} bytes;"
+                   " send fewer or shorter headers")
+        log.warning("connection from %s closed: %s", self._peer(), message)
+        self._disarm_read()
+        self.discarding = True
+        self.transport.write(_answer(431, "Request Header Fields Too Large", message))
+        if self.transport.can_write_eof():
+            # Closing with unread input would reset the connection before the client reads
+            # the 431; so end our side, drop what still arrives, and close after a while.
+            self.transport.write_eof()
+            self.loop.call_later(LINGER_S, self.transport.abort)
+        else:
+            self.transport.close()
+
+    def _stalled(self) -> None:
+        self.write_deadline = None
+        log.warning("connection from %s cut off: it read nothing for %g s",
+                    self._peer(), self.bounds.write_timeout_s)
+        # abort(): close() would wait to flush the very buffer the client does not read.
+        self.transport.abort()
+
+    def _peer(self) -> str:
+        return self.client[0] if self.client else "?"
+
+
+def protocol_for(config: GatewayConfig) -> type[BoundedHttp]:
+    """A BoundedHttp subclass carrying this gateway's bounds."""
+    uncapped = frozenset({config.metrics_address()[1]})
+    return type("GatewayHttp", (BoundedHttp,),
+                {"bounds": config.connections, "uncapped_ports": uncapped})
+
+
+class Listeners:
+    """One ASGI app per listener: requests to the metrics port go to `metrics`, the rest to `api`."""
+
+    def __init__(self, api: ASGIApp, metrics: ASGIApp, metrics_port: int) -> None:
+        self.api, self.metrics, self.metrics_port = api, metrics, metrics_port
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = scope.get("server")
+        if scope["type"] == "http" and server is not None and server[1] == self.metrics_port:
+            await self.metrics(scope, receive, send)
+        else:
+            await self.api(scope, receive, send)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket, as uvicorn would bind it itself."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise InvalidInput(
+            f"the gateway cannot listen on {host}:{port} ({exc.strerror}); stop what holds the"
+            " port or set another in the gateway config"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def run(config: GatewayConfig, log_level: str) -> None:
+    """Serve the API and the metrics listener from one process until SIGTERM or SIGINT.
+
+    Example: run(load_config(Path("/etc/podium/gateway/gateway.yaml")), "info")
+    """
+    import uvicorn
+
+    from podium.services.gateway.app import create_apps
+
+    api, metrics = create_apps(config)
+    metrics_host, metrics_port = config.metrics_address()
+    sockets = [bind(config.listen.host, config.listen.port), bind(metrics_host, metrics_port)]
+    tls = {}
+    if config.tls is not None:
+        # The metrics listener is TLS too: scrapes carry the same stack CA as API calls.
+        tls = {"ssl_certfile": str(config.tls.cert), "ssl_keyfile": str(config.tls.key)}
+    settings = uvicorn.Config(
+        Listeners(api, metrics, metrics_port),
+        loop="uvloop",
+        http=protocol_for(config),
+        log_level=log_level,
+        # Every request is already metered and counted; an access log line would double
+        # the gateway's per-request work for no information.
+        access_log=False,
+        # Clients reach the gateway directly; no X-Forwarded-* rewriting per request.
+        proxy_headers=False,
+        server_header=False,
+        timeout_keep_alive=config.connections.keep_alive_s,
+        timeout_graceful_shutdown=30,
+        **tls,  # type: ignore[arg-type]
+    )
+    uvicorn.Server(settings).run(sockets=sockets)
