@@ -354,6 +354,7 @@ def test_the_firewall_opens_the_metrics_listener_to_the_monitoring_node_only() -
     from podium.files import files_for
     from podium.plan.components import BY_NAME
     from podium.render import REPO
+    from podium.services.gateway.config import GatewayConfig
     from podium.stack import load_stack
 
     stack = load_stack(REPO / "stacks" / "single-gpu")
@@ -368,7 +369,8 @@ def test_the_firewall_opens_the_metrics_listener_to_the_monitoring_node_only() -
     rules = files_for("base", node, settings)["nftables.conf"]
     assert (f"ip saddr {{ {monitoring} }} tcp dport {stack.gateway.port + 1} accept"
             in rules), rules
-    gateway = yaml.safe_load(files_for("gateway", node, BY_NAME["gateway"].settings(stack, node))
-                             ["gateway.yaml"])
-    assert gateway["metrics_listen"]["port"] == stack.gateway.port + 1
-    assert gateway["connections"]["max_connections"] == stack.gateway.max_connections
+    rendered = files_for("gateway", node, BY_NAME["gateway"].settings(stack, node))
+    config = GatewayConfig.model_validate(yaml.safe_load(rendered["gateway.yaml"]))
+    assert config.metrics_address() == ("0.0.0.0", stack.gateway.port + 1)
+    assert config.connections.max_connections == stack.gateway.max_connections
+    assert config.connections.write_timeout_s == stack.gateway.write_timeout_s

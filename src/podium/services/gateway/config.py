@@ -13,6 +13,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -163,13 +164,18 @@ class GatewayConfig(_Strict):
             raise ValueError("store must be sqlite:///PATH or postgresql+psycopg://...")
         return url
 
+    @field_validator("metrics_listen")
+    @classmethod
+    def _metrics_apart(cls, value: Listen | None, info: ValidationInfo) -> Listen | None:
+        listen = info.data.get("listen")
+        if value is not None and listen is not None and value.port == listen.port:
+            raise ValueError(f"port {value.port} is the API's own port; choose another")
+        return value
+
     @model_validator(mode="after")
     def _metrics_port(self) -> GatewayConfig:
-        host, port = self.metrics_address()
-        if not 0 < port <= 65535:
-            raise ValueError(f"metrics_listen.port {port} is not a port; set metrics_listen.port")
-        if port == self.listen.port and self.listen.port != 0:
-            raise ValueError(f"metrics_listen.port {port} is the API's own port; choose another")
+        if self.metrics_address()[1] > 65535:
+            raise ValueError("listen.port is 65535, so metrics_listen.port must be set")
         return self
 
     def metrics_address(self) -> tuple[str, int]:

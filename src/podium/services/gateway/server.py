@@ -45,12 +45,15 @@ class BoundedHttp(HttpToolsProtocol):
     bounds: Connections = Connections()
     # Connections on these ports (the metrics listener) do not count against the cap.
     uncapped_ports: frozenset[int] = frozenset()
+    # Connections open now that count against the cap (one gateway per subclass).
+    open_counted = 0
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
-        self.counted = True
+        self.counted = False
         self.header_bytes = 0
         self.in_headers = True
+        self.in_body = False
         self.discarding = False
         self.read_deadline: TimerHandle | None = None
         self.write_deadline: TimerHandle | None = None
@@ -58,10 +61,11 @@ class BoundedHttp(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.counted = self.server is None or self.server[1] not in self.uncapped_ports
-        open_now = sum(1 for c in self.connections if getattr(c, "counted", False))
-        if self.counted and open_now > self.bounds.max_connections:
+        if self.counted:
+            type(self).open_counted += 1
+        if self.counted and self.open_counted > self.bounds.max_connections:
             # Refused before a byte is read: a flood of idle connections costs one write each.
-            log.warning("connection refused: %d connections open", open_now - 1)
+            log.warning("connection refused: %d connections open", self.open_counted - 1)
             transport.write(_answer(503, "Service Unavailable",
                                     "the gateway has too many connections open; retry shortly"))
             transport.close()
@@ -69,6 +73,9 @@ class BoundedHttp(HttpToolsProtocol):
         self._arm_read(self.bounds.header_timeout_s, "its request headers")
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.counted:
+            self.counted = False
+            type(self).open_counted -= 1
         self._disarm_read()
         if self.write_deadline is not None:
             self.write_deadline.cancel()
@@ -82,19 +89,27 @@ class BoundedHttp(HttpToolsProtocol):
             # Counted per read, so a body arriving with its headers counts until the parser
             # sees the headers end; the limit holds to within one read (at most 256 KiB).
             self.header_bytes += len(data)
-            if self.read_deadline is None:
-                self._arm_read(self.bounds.header_timeout_s, "its request headers")
         super().data_received(data)
-        if (self.in_headers and self.header_bytes > self.bounds.max_header_bytes
-                and not self.transport.is_closing()):
-            self._too_large()
+        if self.transport.is_closing():
+            return
+        # Deadlines are armed only for a request still incomplete after this read, so the
+        # usual request that arrives whole costs no timer at all.
+        if self.in_headers:
+            if self.header_bytes > self.bounds.max_header_bytes:
+                self._too_large()
+            elif self.header_bytes and self.read_deadline is None:
+                self._arm_read(self.bounds.header_timeout_s, "its request headers")
+        elif self.in_body and self.read_deadline is None:
+            self._arm_read(self.bounds.body_timeout_s, "its request body")
 
     def on_headers_complete(self) -> None:
         self.in_headers = False
-        self._arm_read(self.bounds.body_timeout_s, "its request body")
+        self.in_body = True
+        self._disarm_read()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
+        self.in_body = False
         self._disarm_read()
         super().on_message_complete()
 
