@@ -183,8 +183,8 @@ class GatewayFactory:
         os.chmod(token_file, 0o600)
         store = store or f"sqlite:///{self.root / 'gateway.db'}"
         # metrics_listen=None leaves the gateway to its default, the port after the API's.
-        metrics_port = port + 1 if "metrics_listen" in settings else free_port()
-        metrics = settings.pop("metrics_listen", {"host": "127.0.0.1", "port": metrics_port})
+        metrics = settings.pop("metrics_listen", {"host": "127.0.0.1", "port": free_port()})
+        metrics_port = metrics["port"] if metrics else port + 1
         document = {
             "listen": {"host": "127.0.0.1", "port": port},
             **({"metrics_listen": metrics} if metrics else {}),

@@ -12,6 +12,8 @@ import contextlib
 import json
 import select
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -374,3 +376,20 @@ def test_the_firewall_opens_the_metrics_listener_to_the_monitoring_node_only() -
     assert config.metrics_address() == ("0.0.0.0", stack.gateway.port + 1)
     assert config.connections.max_connections == stack.gateway.max_connections
     assert config.connections.write_timeout_s == stack.gateway.write_timeout_s
+
+
+def test_a_metrics_port_already_taken_is_one_sentence_and_exit_2(gateways: GatewayFactory,
+                                                                 scripted: Any) -> None:
+    engine = scripted("flood")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        gw = gateways.config(models={"tiny": {"replicas": [engine.url]}},
+                             metrics_listen={"host": "127.0.0.1", "port": taken})
+        done = subprocess.run(
+            [sys.executable, "-m", "podium.services.gateway", "--config", str(gw.config_path)],
+            capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert f"cannot listen on 127.0.0.1:{taken}" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import secrets
 from pathlib import Path
@@ -12,29 +11,14 @@ from pathlib import Path
 import typer
 
 from podium.errors import InvalidInput
+from podium.services.gateway.command import serve
 
 gateway_app = typer.Typer(help="Podium's Model-as-a-Service gateway.", no_args_is_help=True)
 
 
-@gateway_app.command("serve")
-def serve(
-    config: Path = typer.Option(..., "--config", help="Gateway config file (YAML)."),
-    log_level: str = typer.Option("info", help="debug, info, warning or error."),
-) -> None:
-    """Serve the OpenAI and Open Inference v2 APIs in front of the configured engines.
-
-    Example: podium gateway serve --config /etc/podium/gateway.yaml
-    """
-    from podium.services.gateway.config import load_config
-    from podium.services.gateway.server import run
-
-    if log_level not in ("debug", "info", "warning", "error"):
-        raise InvalidInput(f"--log-level {log_level!r} must be debug, info, warning or error")
-    cfg = load_config(config)
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    run(cfg, log_level)
+# The command lives beside the gateway so that `python -m podium.services.gateway` runs it
+# without importing the CLI.
+gateway_app.command("serve")(serve)
 
 
 @gateway_app.command("admin-token")

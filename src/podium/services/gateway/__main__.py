@@ -6,8 +6,8 @@ import sys
 
 import typer
 
-from podium.cli.gateway import serve
 from podium.errors import PodiumError
+from podium.services.gateway.command import serve
 
 
 def main() -> None:
