@@ -259,6 +259,11 @@ def test_connections_past_the_limit_are_answered_503_and_closed(
     got, elapsed = read_until_closed(extra, 5)
     assert got.startswith(b"HTTP/1.1 503"), got[:200]
     assert elapsed < 2.0
+    # A flood of refused connections is one log line a second, not one each.
+    for _ in range(20):
+        assert read_until_closed(connect(gw), 5)[0].startswith(b"HTTP/1.1 503")
+    refusals = [line for line in gw.log().splitlines() if "refused:" in line]
+    assert 1 <= len(refusals) <= 3, refusals
     # The metrics listener is not capped: Prometheus still scrapes a flooded gateway.
     assert httpx.get(gw.metrics_url, timeout=10).status_code == 200
     for sock in idle:

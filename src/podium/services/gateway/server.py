@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from asyncio import TimerHandle
 from typing import Any
 
@@ -24,6 +25,28 @@ from podium.services.gateway.errors import error_body
 log = logging.getLogger("podium.gateway")
 # How long a refused connection's remaining input is read and dropped before it is closed.
 LINGER_S = 5.0
+
+
+class _Notes:
+    """Warnings about refused clients, at most one a second per kind, so a flood of bad
+    clients cannot flood the log too; the ones left out are counted in the next."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, float] = {}
+        self.quiet: dict[str, int] = {}
+
+    def warn(self, kind: str, peer: str, message: str) -> None:
+        now = time.monotonic()
+        if now - self.last.get(kind, -1.0) < 1.0:
+            self.quiet[kind] = self.quiet.get(kind, 0) + 1
+            return
+        self.last[kind] = now
+        more = self.quiet.pop(kind, 0)
+        log.warning("connection from %s: %s%s", peer, message,
+                    f" (and {more} more like it in the last second)" if more else "")
+
+
+_notes = _Notes()
 
 
 def _answer(status: int, reason: str, message: str) -> bytes:
@@ -65,7 +88,8 @@ class BoundedHttp(HttpToolsProtocol):
             type(self).open_counted += 1
         if self.counted and self.open_counted > self.bounds.max_connections:
             # Refused before a byte is read: a flood of idle connections costs one write each.
-            log.warning("connection refused: %d connections open", self.open_counted - 1)
+            _notes.warn("cap", self._peer(),
+                        f"refused: {self.open_counted - 1} connections are open")
             transport.write(_answer(503, "Service Unavailable",
                                     "the gateway has too many connections open; retry shortly"))
             transport.close()
@@ -145,7 +169,7 @@ class BoundedHttp(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         message = f"the client did not send {what} within {seconds:g} s"
-        log.warning("connection from %s closed: %s", self._peer(), message)
+        _notes.warn("slow", self._peer(), f"closed: {message}")
         if self.header_bytes and (self.cycle is None or not self.cycle.response_started):
             self.transport.write(_answer(408, "Request Timeout", message))
         self.transport.close()
@@ -153,7 +177,7 @@ class BoundedHttp(HttpToolsProtocol):
     def _too_large(self) -> None:
         message = (f"the request line and headers are over {self.bounds.max_header_bytes} bytes;"
                    " send fewer or shorter headers")
-        log.warning("connection from %s closed: %s", self._peer(), message)
+        _notes.warn("large", self._peer(), f"closed: {message}")
         self._disarm_read()
         self.discarding = True
         self.transport.write(_answer(431, "Request Header Fields Too Large", message))
@@ -167,8 +191,8 @@ class BoundedHttp(HttpToolsProtocol):
 
     def _stalled(self) -> None:
         self.write_deadline = None
-        log.warning("connection from %s cut off: it read nothing for %g s",
-                    self._peer(), self.bounds.write_timeout_s)
+        _notes.warn("stalled", self._peer(),
+                    f"cut off: it read nothing for {self.bounds.write_timeout_s:g} s")
         # abort(): close() would wait to flush the very buffer the client does not read.
         self.transport.abort()
 
