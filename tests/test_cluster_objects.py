@@ -118,6 +118,18 @@ def test_gateway_config_is_valid_for_the_gateway_and_lists_every_replica(
     objects = build_objects(cluster_stack, versions, INPUTS)
     cm = by_name(objects, "ConfigMap")["gateway-config"]
     assert GatewayConfig.model_validate(yaml.safe_load(cm["data"]["gateway.yaml"])) == config
+    # /metrics has its own port on the cluster too, where Prometheus is pointed.
+    gw = cluster_stack.gateway
+    assert gw is not None
+    assert config.metrics_address() == ("0.0.0.0", gw.port + 1)
+    gateways = {n: d for n, d in by_name(objects, "Deployment").items() if n.startswith("gateway-")}
+    assert gateways, "no gateway Deployment"
+    for name, dep in gateways.items():
+        pod = dep["spec"]["template"]
+        ports = {p["name"]: (p["containerPort"], p["hostPort"])
+                 for p in pod["spec"]["containers"][0]["ports"]}
+        assert ports["metrics"] == (gw.port + 1, gw.port + 1), name
+        assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(gw.port + 1), name
 
 
 def test_secrets_only_from_inputs_and_never_rendered_without_them(

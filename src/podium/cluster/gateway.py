@@ -102,10 +102,12 @@ def gateway_objects(stack: Stack, versions: VersionTable, inputs: ClusterInputs)
             "image": podium_image(stack, versions),
             "command": ["podium", "gateway", "serve", "--config", f"{CONFIG_DIR}/gateway.yaml"],
             "env": env,
-            # The metrics port has no hostPort: Prometheus reaches it inside the cluster.
+            # Prometheus scrapes the node's address, as for a gateway on a host; the node's
+            # firewall opens the metrics port to the monitoring node only.
             "ports": [{"name": "gateway", "containerPort": gw.port, "hostPort": gw.port,
                        "protocol": "TCP"},
-                      {"name": "metrics", "containerPort": gw.scrape_port, "protocol": "TCP"}],
+                      {"name": "metrics", "containerPort": gw.scrape_port,
+                       "hostPort": gw.scrape_port, "protocol": "TCP"}],
             "resources": {"requests": {"cpu": "250m", "memory": "256Mi"},
                           "limits": {"memory": "1Gi"}},
             "volumeMounts": mounts,
