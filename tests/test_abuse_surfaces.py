@@ -206,6 +206,7 @@ def test_a_half_sent_body_is_cut_off_at_the_body_timeout(
     assert b"request body" in got
     assert still_serves(gw)
     assert usage_rows(gw.store, "half-body") == [], "a request that never arrived was billed"
+    assert "Traceback" not in gw.log(), gw.log()[-2000:]
 
 
 def test_a_10_mb_header_is_refused_with_431(gateways: GatewayFactory, scripted: Any) -> None:
@@ -327,8 +328,8 @@ def test_upstream_failures_show_no_address_path_or_exception(
         request_id = answer.headers["x-request-id"]
         _generic(answer.json()["error"]["message"], request_id, port)
         # The detail is in the gateway's log, under the same request id.
-        assert any(request_id in line and str(port) in line or request_id in line
-                   and "Disconnected" in line for line in gw.log().splitlines()), gw.log()[-2000:]
+        logged = [line for line in gw.log().splitlines() if request_id in line]
+        assert logged and "dropped the connection" in logged[0], gw.log()[-2000:]
     with httpx.stream("POST", gw.url + "/v1/chat/completions", headers=key, timeout=30,
                       json={"model": "cutting", "messages": CHAT, "stream": True}) as resp:
         request_id = resp.headers["x-request-id"]
