@@ -68,31 +68,47 @@ class PostgresServer:
         )
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
 
+    def _ctl(self, *args: str) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "-D",
+                        str(self.root / "data"), *args], check=True, capture_output=True)
+
+    def start(self) -> None:
+        opts = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+                " -c max_connections=200")
+        self._ctl("-l", str(self.root / "log"), "-o", opts, "-w", "start")
+
+    def stop(self) -> None:
+        """Stop the server now (fast shutdown: connected clients are cut off)."""
+        self._ctl("-m", "fast", "-w", "stop")
+
+
+def run_postgres() -> PostgresServer:
+    """A new PostgreSQL cluster in its own temporary directory, started."""
+    root = Path(tempfile.mkdtemp(prefix="podium-pg-"))
+    shutil.chown(root, "postgres", "postgres")
+    subprocess.run(
+        ["runuser", "-u", "postgres", "--", str(PG_BIN / "initdb"), "-D", str(root / "data"),
+         "--auth", "trust", "-U", "postgres", "--no-sync"],
+        check=True, capture_output=True,
+    )
+    server = PostgresServer(free_port(), root)
+    server.start()
+    return server
+
+
+def remove_postgres(server: PostgresServer) -> None:
+    with contextlib.suppress(subprocess.CalledProcessError):
+        server._ctl("-m", "immediate", "stop")
+    shutil.rmtree(server.root, ignore_errors=True)
+
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
-    root = Path(tempfile.mkdtemp(prefix="podium-pg-"))
-    shutil.chown(root, "postgres", "postgres")
-    data = root / "data"
-    port = free_port()
-    as_pg = ["runuser", "-u", "postgres", "--"]
-    subprocess.run(
-        [*as_pg, str(PG_BIN / "initdb"), "-D", str(data), "--auth", "trust", "-U", "postgres",
-         "--no-sync"],
-        check=True, capture_output=True,
-    )
-    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-    subprocess.run(
-        [*as_pg, str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-o", opts,
-         "-w", "start"],
-        check=True, capture_output=True,
-    )
+    server = run_postgres()
     try:
-        yield PostgresServer(port, root)
+        yield server
     finally:
-        subprocess.run([*as_pg, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate",
-                        "stop"], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+        remove_postgres(server)
 
 
 @pytest.fixture

@@ -61,7 +61,7 @@ def test_who_gets_in(gw: GatewayProcess) -> None:
         "unknown key": ("pdm-" + "x" * 43, "tiny", 401),
         "revoked key": (revoked, "tiny", 401),
         "expired key": (expired, "tiny", 401),
-        "model not allowed": (good, "tiny-b", 403),
+        "model not allowed": (good, "tiny-b", 404),
         "allowed": (good, "tiny", 200),
     }
     for case, (key, model, expected) in cases.items():
@@ -69,8 +69,8 @@ def test_who_gets_in(gw: GatewayProcess) -> None:
         assert status == expected, f"{case}: got {status} {error}"
         if status == 401:
             assert error["code"] == "invalid_api_key", case
-        if status == 403:
-            assert (error["type"], error["param"]) == ("permission_error", "model"), case
+        if status == 404:  # the same answer as for a model that does not exist
+            assert (error["code"], error["param"]) == ("model_not_found", "model"), case
 
 
 def test_revocation_takes_effect_within_a_second_or_so(gw: GatewayProcess) -> None:

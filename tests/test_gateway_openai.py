@@ -119,7 +119,8 @@ def test_errors_are_openai_errors_with_the_right_types(gw: GatewayProcess) -> No
     with pytest.raises(openai.AuthenticationError) as unknown:
         sdk(gw, "pdm-not-a-key").chat.completions.create(model="tiny", messages=CHAT)
     assert unknown.value.code == "invalid_api_key"
-    with pytest.raises(openai.PermissionDeniedError) as denied:
+    # A model the key may not use is answered as one that does not exist (no enumeration).
+    with pytest.raises(openai.NotFoundError) as denied:
         sdk(gw, good).chat.completions.create(model="tiny-b", messages=CHAT)
     assert denied.value.param == "model"
     with pytest.raises(openai.NotFoundError):
@@ -167,7 +168,7 @@ def test_predictive_model_over_open_inference_v2(gw: GatewayProcess, tiny_sklear
     assert answer["outputs"][0]["data"] == sidecar["expected_prediction"]
     assert _get(gw.url + "/v2/models/iris/ready", key)[0] == 200
     assert _get(gw.url + "/v2/models/iris/ready")[0] == 401
-    assert _get(gw.url + "/v2/models/tiny/ready", key)[0] == 403
+    assert _get(gw.url + "/v2/models/tiny/ready", key)[0] == 404  # as if it did not exist
     assert _get(gw.url + "/v2/health/live") == (200, {"live": True})
     assert _get(gw.url + "/v2/health/ready")[0] == 200
     rows = usage_rows(store_of(gw), "iris-user")

@@ -55,6 +55,7 @@ def ensure_declared_keys(stack: str, url: str, keys: list[dict[str, Any]]) -> li
             rpm=key.get("rpm"),
             tpm=key.get("tpm"),
             quota=key.get("quota"),
+            max_in_flight=key.get("max_in_flight"),
             expires_at=parse_expiry(str(key["expires"])) if key.get("expires") else None,
         )
         _keep(stack, key["name"], api.create_key(spec)["key"])

@@ -64,6 +64,8 @@ def _limits(key: dict[str, Any]) -> str:
         parts.append(f"{key['tpm']} tpm")
     if key.get("quota") is not None:
         parts.append(f"{key['quota']}/{key['quota_period']}")
+    if key.get("max_in_flight") is not None:
+        parts.append(f"{key['max_in_flight']} in flight")
     return ", ".join(parts) or "defaults"
 
 
@@ -75,6 +77,8 @@ def create(
     rpm: int | None = typer.Option(None, "--rpm", help="Requests per minute."),
     tpm: int | None = typer.Option(None, "--tpm", help="Tokens per minute."),
     quota: str | None = typer.Option(None, "--quota", help="Token quota: N/day or N/month."),
+    max_in_flight: int | None = typer.Option(
+        None, "--max-in-flight", help="Requests it may have in flight at once, all gateways."),
     expires: str | None = typer.Option(None, "--expires",
                                        help="YYYY-MM-DD (00:00 UTC), ISO date-time, or Nd."),
     gateway: str | None = _GATEWAY,
@@ -94,6 +98,7 @@ def create(
         tpm=tpm,
         quota=quota,
         expires_at=parse_expiry(expires) if expires else None,
+        max_in_flight=max_in_flight,
     )
     spec.validate()
     created = key_admin(gateway, admin_token_file, store, stack).create_key(spec)

@@ -28,7 +28,8 @@ def gateway_config(stack: Stack, inputs: ClusterInputs) -> dict[str, Any]:
     settings = BY_NAME["gateway"].settings(stack, gw.nodes[0])
     models: dict[str, Any] = {}
     for name, entry in settings["models"].items():
-        model: dict[str, Any] = {"kind": entry["kind"], "replicas": entry["replicas"]}
+        model: dict[str, Any] = {"kind": entry["kind"], "replicas": entry["replicas"],
+                                 "default_max_tokens": entry["default_max_tokens"]}
         price = settings["prices"].get(name)
         if price:
             model["price"] = {"prompt_per_1k": price["prompt"],
@@ -50,6 +51,8 @@ def gateway_config(stack: Stack, inputs: ClusterInputs) -> dict[str, Any]:
         config["store"] = f"postgresql+psycopg://podium@{address}:{POSTGRESQL_PORT}/podium"
     else:
         config["store"] = f"sqlite:///{DATA_DIR}/gateway.db"
+    # Usage records the store could not take are spooled here, on the gateway's own volume.
+    config["state_dir"] = DATA_DIR
     if inputs.gateway_admin_token_sha256:
         config["admin_token_sha256"] = inputs.gateway_admin_token_sha256
     return config
@@ -79,6 +82,9 @@ def gateway_objects(stack: Stack, versions: VersionTable, inputs: ClusterInputs)
                               {"password": inputs.gateway_store_password}))
         env.append({"name": "PGPASSWORD", "valueFrom": {
             "secretKeyRef": {"name": GATEWAY_STORE, "key": "password"}}})
+        # The usage spool outlives a killed container (the pod keeps its emptyDir).
+        volumes.append({"name": "data", "emptyDir": {}})
+        mounts.append({"name": "data", "mountPath": DATA_DIR})
     else:
         # The stack rules allow sqlite with one gateway node only, so one claim serves it.
         out.append({

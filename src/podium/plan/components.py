@@ -348,7 +348,8 @@ def _gateway_settings(stack: Stack, host: str) -> Settings:
         model = stack.model(engine.model)
         entry = models.setdefault(
             model.name,
-            {"kind": "predictive" if engine.kind == "predictive" else "llm", "replicas": []},
+            {"kind": "predictive" if engine.kind == "predictive" else "llm", "replicas": [],
+             "default_max_tokens": model.default_max_tokens},
         )
         for rep in replicas(engine):
             address = stack.node(rep.node).address

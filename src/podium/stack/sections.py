@@ -90,6 +90,9 @@ class Model(Strict):
     source: str
     aliases: list[Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")]] = []
     trusted: bool = False
+    # Completion tokens a request gets when it names no max_tokens; the gateway sends this
+    # cap to the engine and reserves it against the key's limits until the request ends.
+    default_max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] = 1024
     # Types a skops file may contain beyond skops' own safe list.
     trusted_types: list[str] = []
 
@@ -127,6 +130,8 @@ class ApiKey(Strict):
     rpm: Annotated[int, Field(ge=1)] | None = None
     tpm: Annotated[int, Field(ge=1)] | None = None
     quota: Annotated[str, Field(pattern=r"^\d+/(day|month)$")] | None = None
+    # Requests the key may have in flight at once, over every gateway; more get 429.
+    max_in_flight: Annotated[int, Field(ge=1)] | None = None
     expires: dt.date | None = None
 
 

@@ -21,6 +21,7 @@ from podium.services.gateway.config import GatewayConfig
 from podium.services.gateway.errors import GatewayError
 from podium.services.gateway.keys import ApiKey
 from podium.services.gateway.replicas import ReplicaSet
+from podium.services.gateway.reservation import worst_case
 from podium.services.gateway.runtime import Call, Gateway
 from podium.services.gateway.validation import check_infer, check_openai, parse_body
 
@@ -45,12 +46,17 @@ async def _read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
+def _no_such_model(model: str) -> errors.GatewayError:
+    # One answer for a model that does not exist and one the key may not use, so a key
+    # cannot find out which models the gateway serves to others.
+    return errors.not_found(
+        f"the model {model!r} does not exist or this key may not use it", "model")
+
+
 def _model_for(gw: Gateway, key: ApiKey, model: str, kind: str) -> ReplicaSet:
     replicas = gw.models.get(model)
-    if replicas is None:
-        raise errors.not_found(f"the model {model!r} does not exist", "model")
-    if not key.allows(model):
-        raise errors.forbidden(f"the key {key.name!r} may not use the model {model!r}", "model")
+    if replicas is None or not key.allows(model):
+        raise _no_such_model(model)
     if replicas.config.kind != kind:
         where = "/v1 (OpenAI)" if replicas.config.kind == "llm" else f"/v2/models/{model}/infer"
         raise errors.bad_request(f"the model {model!r} is served on {where}", "model")
@@ -59,11 +65,19 @@ def _model_for(gw: Gateway, key: ApiKey, model: str, kind: str) -> ReplicaSet:
 
 async def _proxied(
     gw: Gateway, request: Request, key: ApiKey, model: str, replicas: ReplicaSet,
-    endpoint: str, started: float, method: str, path: str, body: bytes | None, **kw: Any,
+    endpoint: str, started: float, method: str, path: str, body: bytes | None, *,
+    reserve: int = 0, sent: dict[str, Any] | None = None, **kw: Any,
 ) -> Any:
-    limits = await gw.admit(key)
+    # The gateway's own bound first: a request it has no room for costs the key nothing.
     gw.begin_call()
-    call = Call(gw.new_request_id(), key, limits, model, replicas, endpoint, started, time.time())
+    request_id = gw.new_request_id()
+    try:
+        limits, reservation = await gw.admit(key, request_id, reserve)
+    except BaseException:
+        gw.end_call()
+        raise
+    call = Call(request_id, key, limits, model, replicas, endpoint, started, time.time(),
+                reservation=reservation, body=sent, body_bytes=len(body or b""))
     request.state.call = call
     result: Any = None
     try:
@@ -71,6 +85,8 @@ async def _proxied(
         return result
     finally:
         if not isinstance(result, proxy.StreamRelay):
+            if not call.recorded:  # cancelled on its way: its reservation is still settled
+                gw.record_nowait(call, call.usage("", 499, None))
             gw.end_call()
 
 
@@ -91,6 +107,12 @@ async def openai_request(gw: Gateway, request: Request) -> Any:
     if served and served != model:
         body["model"] = served
         changed = True
+    reserve, cap = worst_case(endpoint, body, len(raw),
+                              replicas.config.default_max_tokens)
+    if cap is not None:
+        # The engine gets the cap the reservation assumed, so the worst case holds.
+        body["max_tokens"] = cap
+        changed = True
     wants_usage = False
     if stream:
         options = body.get("stream_options") or {}
@@ -100,7 +122,8 @@ async def openai_request(gw: Gateway, request: Request) -> Any:
         changed = True
     upstream = json.dumps(body).encode() if changed else raw
     return await _proxied(gw, request, key, model, replicas, endpoint, started, "POST", endpoint,
-                          upstream, stream=stream, strip_usage=stream and not wants_usage)
+                          upstream, reserve=reserve, sent=body, stream=stream,
+                          strip_usage=stream and not wants_usage)
 
 
 def _model_card(name: str) -> dict[str, Any]:
@@ -117,7 +140,7 @@ async def get_model(gw: Gateway, request: Request) -> Response:
     key = await gw.authenticate(request.headers.get("authorization"))
     name = request.path_params["model"]
     if name not in gw.models or not key.allows(name):
-        raise errors.not_found(f"the model {name!r} does not exist", "model")
+        raise _no_such_model(name)
     return JSONResponse(_model_card(name))
 
 

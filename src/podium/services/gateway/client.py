@@ -81,6 +81,7 @@ class AdminApi:
         body = {
             "name": spec.name, "models": list(spec.models), "rpm": spec.rpm, "tpm": spec.tpm,
             "quota": spec.quota, "expires_at": spec.expires_at,
+            "max_in_flight": spec.max_in_flight,
         }
         result: dict[str, Any] = self._call("POST", "/admin/v1/keys", body)
         return result

@@ -67,6 +67,9 @@ class ModelConfig(_Strict):
     health_path: str | None = None
     # Requests one replica may hold at once; more wait on another replica or get 503.
     max_outstanding_per_replica: int = Field(default=64, ge=1)
+    # Completion tokens for a request that names no max_tokens: sent to the engine as its
+    # cap, and reserved against the key's token limits until the request is recorded.
+    default_max_tokens: int = Field(default=1024, ge=1)
 
     @field_validator("replicas")
     @classmethod
@@ -136,6 +139,8 @@ class UsageRetention(_Strict):
     # Raw per-request records older than this are rolled up per day, key and model.
     retention_days: int = Field(default=30, ge=1)
     rollup_interval_s: float = Field(default=3600.0, gt=0)
+    # How often records spooled while the store was unreachable are offered to it again.
+    spool_retry_s: float = Field(default=5.0, gt=0)
 
 
 class GatewayConfig(_Strict):
@@ -156,6 +161,8 @@ class GatewayConfig(_Strict):
     max_in_flight: int = Field(default=1024, ge=1)
     # How long a key lookup is trusted; bounds how late a revocation takes effect.
     key_cache_s: float = Field(default=1.0, ge=0, le=5)
+    # The gateway's own files (the usage spool); relative to the config file's folder.
+    state_dir: Path = Path(".")
 
     @field_validator("store")
     @classmethod
@@ -223,6 +230,8 @@ def load_config(path: Path) -> GatewayConfig:
     updates: dict[str, object] = {}
     if config.admin_token_file and not config.admin_token_file.is_absolute():
         updates["admin_token_file"] = base / config.admin_token_file
+    if not config.state_dir.is_absolute():
+        updates["state_dir"] = base / config.state_dir
     if config.tls and not config.tls.cert.is_absolute():
         updates["tls"] = Tls(cert=base / config.tls.cert, key=base / config.tls.key)
     return config.model_copy(update=updates) if updates else config

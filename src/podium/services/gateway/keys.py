@@ -50,6 +50,8 @@ class ApiKey:
     expires_at: float | None
     created_at: float
     revoked_at: float | None
+    # Requests this key may have in flight at once, over every gateway (None: no bound).
+    max_in_flight: int | None = None
 
     def allows(self, model: str) -> bool:
         return "*" in self.models or model in self.models
@@ -81,6 +83,7 @@ class KeySpec:
     tpm: int | None = None
     quota: str | None = None
     expires_at: float | None = None
+    max_in_flight: int | None = None
 
     def validate(self) -> None:
         if not _NAME.match(self.name):
@@ -92,6 +95,10 @@ class KeySpec:
         for field, value in (("rpm", self.rpm), ("tpm", self.tpm)):
             if value is not None and value < 0:
                 raise InvalidInput(f"key {field} {value} must be 0 or more")
+        if self.max_in_flight is not None and self.max_in_flight < 1:
+            raise InvalidInput(
+                f"key max_in_flight {self.max_in_flight} must be 1 or more (or unset: no bound)"
+            )
         if self.quota is not None:
             parse_quota(self.quota)
 
@@ -99,7 +106,8 @@ class KeySpec:
     def from_json(cls, data: Any) -> KeySpec:
         if not isinstance(data, dict):
             raise InvalidInput("key request body must be a JSON object with at least 'name'")
-        unknown = set(data) - {"name", "models", "rpm", "tpm", "quota", "expires_at"}
+        unknown = set(data) - {"name", "models", "rpm", "tpm", "quota", "expires_at",
+                               "max_in_flight"}
         if unknown:
             raise InvalidInput(f"key request has unknown fields {sorted(unknown)}")
         models = data.get("models", ["*"])
@@ -113,6 +121,8 @@ class KeySpec:
                 tpm=None if data.get("tpm") is None else int(data["tpm"]),
                 quota=None if data.get("quota") is None else str(data["quota"]),
                 expires_at=None if data.get("expires_at") is None else float(data["expires_at"]),
+                max_in_flight=(None if data.get("max_in_flight") is None
+                               else int(data["max_in_flight"])),
             )
         except (TypeError, ValueError) as exc:
             raise InvalidInput(f"key request has a field of the wrong type: {exc}") from exc
@@ -153,6 +163,7 @@ def _row_to_key(row: Any) -> ApiKey:
         expires_at=row.expires_at,
         created_at=row.created_at,
         revoked_at=row.revoked_at,
+        max_in_flight=row.max_in_flight,
     )
 
 
@@ -178,6 +189,7 @@ def create_op(spec: KeySpec, secret: str) -> Callable[[Connection], ApiKey]:
             "expires_at": spec.expires_at,
             "created_at": time.time(),
             "revoked_at": None,
+            "max_in_flight": spec.max_in_flight,
         }
         try:
             conn.execute(keys_table.insert().values(**values))

@@ -1,7 +1,8 @@
-"""Requests-per-minute, tokens-per-minute and token quotas, counted in the shared store.
+"""Requests-per-minute, tokens-per-minute, token quotas and requests in flight, in the store.
 
-Each limit is a fixed-window counter row (key, kind, window start) changed by atomic
-UPSERTs, so every gateway on the same store sees and enforces the same numbers.
+Each rate limit is a fixed-window counter row (key, kind, window start) changed by atomic
+UPSERTs, and each request in flight a row until its record settles it, so every gateway on
+the same store sees and enforces the same numbers.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, and_, delete, or_, select
+from sqlalchemy import Connection, and_, delete, func, or_, select
 
 from podium.services.gateway.config import Limits, parse_quota
 from podium.services.gateway.keys import ApiKey
-from podium.services.gateway.store import counters_table, upsert
+from podium.services.gateway.reservation import Reservation, add
+from podium.services.gateway.store import counters_table, in_flight_table, keys_table, upsert
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,10 @@ class EffectiveLimits:
     def counts_tokens(self) -> bool:
         return self.tpm is not None or self.quota is not None
 
+    def admits(self, key: ApiKey) -> bool:
+        """Whether admission has anything to count for this key (else it costs no store call)."""
+        return self.rpm is not None or self.counts_tokens() or key.max_in_flight is not None
+
 
 @dataclass(frozen=True)
 class Refusal:
@@ -68,87 +74,103 @@ def period_window(now: float, period: str) -> tuple[int, int]:
     return start, calendar.timegm((year, month, 1, 0, 0, 0))
 
 
-def _value(conn: Connection, key_id: int, kind: str, window: int) -> int:
-    found = conn.execute(
-        select(counters_table.c.value).where(
-            counters_table.c.key_id == key_id,
-            counters_table.c.kind == kind,
-            counters_table.c.window == window,
-        )
-    ).scalar()
+def _take(conn: Connection, key_id: int, kind: str, window: int, amount: int,
+          limit: int) -> bool:
+    """Add `amount` to a window only while it is under `limit`; False when it is not."""
+    if limit <= 0:
+        return False
+    first = {"key_id": key_id, "kind": kind, "window": window, "value": amount}
+    stmt = upsert(conn, counters_table, first).on_conflict_do_update(
+        index_elements=["key_id", "kind", "window"],
+        set_={"value": counters_table.c.value + amount},
+        where=counters_table.c.value < limit,
+    ).returning(counters_table.c.value)
+    return conn.execute(stmt).first() is not None
+
+
+def _requests_in_flight(conn: Connection, key: ApiKey, now: float) -> int:
+    c = in_flight_table.c
+    # Serialise admissions of this key across gateways (PostgreSQL; SQLite's write lock
+    # already does), so two cannot both count one free slot.
+    conn.execute(select(keys_table.c.id).where(keys_table.c.id == key.id).with_for_update())
+    conn.execute(delete(in_flight_table).where(c.key_id == key.id, c.until < now))
+    found = conn.execute(select(func.count()).select_from(in_flight_table)
+                         .where(c.key_id == key.id)).scalar()
     return int(found or 0)
 
 
 def admit_op(
-    key: ApiKey, limits: EffectiveLimits, now: float
-) -> Callable[[Connection], Refusal | None]:
-    """Check TPM and quota, then count the request against RPM if it is under it."""
+    key: ApiKey, limits: EffectiveLimits, now: float, request_id: str = "",
+    tokens: int = 0, hold_s: float = 3600.0,
+) -> Callable[[Connection], Refusal | Reservation]:
+    """Reserve `tokens` in the key's TPM and quota windows, count the request against RPM
+    and its requests in flight, all or nothing; a refused request takes nothing.
+
+    A window takes a reservation while it is under its limit, so concurrent requests push
+    it past the limit by at most one reservation. `hold_s` bounds how long a request may
+    hold an in-flight slot if its gateway dies before recording it.
+    """
     minute = minute_window(now)
     next_minute = int(minute + 60 - now) + 1
-
-    def op(conn: Connection) -> Refusal | None:
-        if limits.tpm is not None and _value(conn, key.id, "tpm", minute) >= limits.tpm:
-            return Refusal(
-                "tokens_per_minute",
-                f"key {key.name!r} used its {limits.tpm} tokens per minute; retry in"
-                f" {next_minute} s",
-                next_minute,
-            )
-        if limits.quota is not None and limits.quota_period is not None:
-            start, end = period_window(now, limits.quota_period)
-            if _value(conn, key.id, limits.quota_period, start) >= limits.quota:
-                return Refusal(
-                    "insufficient_quota",
-                    f"key {key.name!r} used its quota of {limits.quota} tokens per"
-                    f" {limits.quota_period}; it renews at"
-                    f" {datetime.fromtimestamp(end, UTC):%Y-%m-%d %H:%M} UTC",
-                    int(end - now) + 1,
-                )
-        if limits.rpm is None:
-            return None
-        refused = Refusal(
+    asks: list[tuple[str, int, int, int, Refusal]] = []
+    if limits.tpm is not None:
+        asks.append(("tpm", minute, tokens, limits.tpm, Refusal(
+            "tokens_per_minute",
+            f"key {key.name!r} used its {limits.tpm} tokens per minute; retry in"
+            f" {next_minute} s",
+            next_minute,
+        )))
+    if limits.quota is not None and limits.quota_period is not None:
+        start, end = period_window(now, limits.quota_period)
+        asks.append((limits.quota_period, start, tokens, limits.quota, Refusal(
+            "insufficient_quota",
+            f"key {key.name!r} used its quota of {limits.quota} tokens per"
+            f" {limits.quota_period}; it renews at"
+            f" {datetime.fromtimestamp(end, UTC):%Y-%m-%d %H:%M} UTC",
+            int(end - now) + 1,
+        )))
+    if limits.rpm is not None:
+        asks.append(("rpm", minute, 1, limits.rpm, Refusal(
             "requests_per_minute",
             f"key {key.name!r} made its {limits.rpm} requests this minute; retry in"
             f" {next_minute} s",
             next_minute,
+        )))
+
+    def op(conn: Connection) -> Refusal | Reservation:
+        if key.max_in_flight is not None and (
+            _requests_in_flight(conn, key, now) >= key.max_in_flight
+        ):
+            return Refusal(
+                "requests_in_flight",
+                f"key {key.name!r} already has its {key.max_in_flight} requests in flight;"
+                " retry when one has finished",
+                1,
+            )
+        taken: list[tuple[str, int, int]] = []
+        for kind, window, amount, limit, refusal in asks:
+            if not _take(conn, key.id, kind, window, amount, limit):
+                # Give back what this request took from the windows checked before, in
+                # the same transaction, so nobody ever sees it counted.
+                for kind_, window_, amount_ in taken:
+                    add(conn, key.id, kind_, window_, -amount_)
+                return refusal
+            taken.append((kind, window, amount))
+        if key.max_in_flight is not None:
+            conn.execute(in_flight_table.insert().values(
+                request_id=request_id, key_id=key.id, until=now + hold_s))
+        return Reservation(
+            tokens=tokens,
+            windows=tuple((k, w) for k, w, _ in taken if k != "rpm"),
+            rpm_window=minute if limits.rpm is not None else None,
+            in_flight=key.max_in_flight is not None,
         )
-        if limits.rpm == 0:
-            return refused
-        # Increment only while under the limit: a refused request does not use up the window.
-        first = {"key_id": key.id, "kind": "rpm", "window": minute, "value": 1}
-        stmt = upsert(conn, counters_table, first)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["key_id", "kind", "window"],
-            set_={"value": counters_table.c.value + 1},
-            where=counters_table.c.value < limits.rpm,
-        ).returning(counters_table.c.value)
-        return None if conn.execute(stmt).first() is not None else refused
 
     return op
 
 
-def charge(conn: Connection, key_id: int, limits: EffectiveLimits, tokens: int, now: float) -> None:
-    """Add a finished request's tokens to its key's TPM and quota windows."""
-    if tokens <= 0:
-        return
-    windows: list[tuple[str, int]] = []
-    if limits.tpm is not None:
-        windows.append(("tpm", minute_window(now)))
-    if limits.quota is not None and limits.quota_period is not None:
-        windows.append((limits.quota_period, period_window(now, limits.quota_period)[0]))
-    for kind, window in windows:
-        first = {"key_id": key_id, "kind": kind, "window": window, "value": tokens}
-        stmt = upsert(conn, counters_table, first)
-        conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["key_id", "kind", "window"],
-                set_={"value": counters_table.c.value + tokens},
-            )
-        )
-
-
 def cleanup_op(now: float | None = None) -> Callable[[Connection], int]:
-    """Delete counter windows that can no longer matter."""
+    """Delete counter windows that can no longer matter, and in-flight rows past their hold."""
     now = time.time() if now is None else now
 
     def op(conn: Connection) -> int:
@@ -162,6 +184,7 @@ def cleanup_op(now: float | None = None) -> Callable[[Connection], int]:
                 )
             )
         )
+        conn.execute(delete(in_flight_table).where(in_flight_table.c.until < now))
         return int(result.rowcount or 0)
 
     return op

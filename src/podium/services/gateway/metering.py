@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from podium.services.gateway.config import Price
-from podium.services.gateway.limits import EffectiveLimits, charge
+from podium.services.gateway.reservation import Reservation, settle
 from podium.services.gateway.store import RowInsert, usage_table
 
 
@@ -58,15 +58,20 @@ def usage_in_body(body: bytes) -> tuple[int, int] | None:
     return tokens_of(data.get("usage")) if isinstance(data, dict) else None
 
 
-def record_op(record: UsageRecord, key_limits: EffectiveLimits | None) -> RowInsert:
-    """Insert the record and charge its tokens to the key's limits, in one transaction."""
+def record_op(record: UsageRecord, reservation: Reservation | None) -> RowInsert:
+    """Insert the record and settle its request's reservation, in one transaction.
+
+    A request refused after admission (429, 503) gives back the request it took from its
+    key's RPM: only requests an engine was asked to serve count against the rate.
+    """
     then = None
-    if key_limits is not None and key_limits.counts_tokens():
-        limits = key_limits
+    if reservation is not None:
+        held = reservation
 
         def then(conn: Connection) -> None:
-            tokens = record.prompt_tokens + record.completion_tokens
-            charge(conn, record.key_id, limits, tokens, record.ts)
+            settle(conn, record.key_id, held, record.request_id,
+                   record.prompt_tokens + record.completion_tokens,
+                   record.status in (429, 503))
 
     # vars(), not asdict(): every field is a scalar, and asdict's deep copy took about a
     # fifth of the CPU of committing the record.

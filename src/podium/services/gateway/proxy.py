@@ -9,6 +9,7 @@ final `data: [DONE]`, and a stream that breaks midway ends with an SSE error eve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -19,6 +20,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from podium.services.gateway import errors
+from podium.services.gateway.counting import EngineTokenizer, count_unreported
 from podium.services.gateway.errors import GatewayError, error_body
 from podium.services.gateway.metering import UsageRecord, tokens_of, usage_in_body
 from podium.services.gateway.replicas import EngineReplica
@@ -44,25 +46,6 @@ class _Failed(Exception):
         self.why = why
         self.status = status
         self.body = body
-
-
-def _record(call: Call, replica: str, status: int, tokens: tuple[int, int] | None,
-            ttft: float | None = None) -> UsageRecord:
-    prompt, completion = tokens or (0, 0)
-    return UsageRecord(
-        ts=call.ts,
-        request_id=call.request_id,
-        key_id=call.key.id,
-        key_name=call.key.name,
-        model=call.model,
-        endpoint=call.endpoint,
-        replica=replica,
-        status=status,
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        latency_ms=(time.perf_counter() - call.started) * 1000.0,
-        ttft_ms=None if ttft is None else ttft * 1000.0,
-    )
 
 
 def _unsupported(call: Call, payload: bytes) -> bytes:
@@ -151,7 +134,7 @@ async def forward(
             f"model {call.model!r} could not run on these inputs (the engine answered HTTP 500"
             f" twice); check input names, shapes and datatypes against GET /v2/models/{call.model}"
         )
-    await gw.record(call, _record(call, "", error.status, None))
+    await gw.record(call, call.usage("", error.status, None))
     raise error
 
 
@@ -177,7 +160,7 @@ async def _exchange(
     call.replicas.succeeded(replica)
     tokens = usage_in_body(payload) if status == 200 and call.endpoint.startswith("/v1") else None
     # Committed before a single byte is sent: a completed answer always has its record.
-    await gw.record(call, _record(call, replica.url, status, tokens))
+    await gw.record(call, call.usage(replica.url, status, tokens))
     return Response(payload, status, media_type=ctype.split(";")[0] if ctype else None,
                     headers={"x-request-id": call.request_id})
 
@@ -230,7 +213,7 @@ async def _open_stream(
                 status = resp.status
                 if status == 501:
                     status, payload = 400, _unsupported(call, payload)
-                await gw.record(call, _record(call, replica.url, status, None))
+                await gw.record(call, call.usage(replica.url, status, None))
                 return Response(payload, status, media_type="application/json")
             reader = SseReader(resp.content)
             first = await reader.batch()
@@ -314,6 +297,8 @@ class StreamRelay:
         self.released = False
         self.tokens: tuple[int, int] | None = None
         self.token_chunks = 0
+        # The data of every event that carried text, counted if the engine never says.
+        self.text_events: list[bytes] = []
         self.first_token: float | None = None
         self.last_token: float | None = None
 
@@ -351,16 +336,32 @@ class StreamRelay:
             self.resp.close()
         if not self.recorded:
             self.recorded = True
-            self.gw.record_nowait(self.call, self._record(status))
+            self.gw.bill_later(self.call, self._bill(status))
         if not self.released:
             self.released = True
             self.call.replicas.release(self.replica)
             self.gw.end_call()
 
+    async def _bill(self, status: int) -> None:
+        """Record a stream that ended early: the engine's usage if it came, else a count."""
+        if self.tokens is None:
+            self.tokens = await self._count()
+        record = self._record(status)
+        with contextlib.suppress(GatewayError):  # logged, and the client is gone anyway
+            await self.gw.record(self.call, record)
+
+    async def _count(self) -> tuple[int, int]:
+        assert self.gw.json_client is not None
+        config = self.call.replicas.config
+        tokenizer = EngineTokenizer(self.gw.json_client, self.replica.url,
+                                    config.served_name or self.call.model)
+        return await count_unreported(tokenizer, self.call.endpoint, self.call.body or {},
+                                      self.call.body_bytes, self.text_events, self.token_chunks)
+
     def _record(self, status: int) -> UsageRecord:
         tokens = self.tokens or (0, self.token_chunks)
         ttft = None if self.first_token is None else self.first_token - self.call.started
-        return _record(self.call, self.replica.url, status, tokens, ttft)
+        return self.call.usage(self.replica.url, status, tokens, ttft)
 
     def _relay(self, event: bytes, data: bytes, now: float) -> bytes | None:
         """One upstream event (and its data) as the client gets it (None: not at all), metered."""
@@ -380,6 +381,7 @@ class StreamRelay:
                 m.child(m.itl, model).observe(now - self.last_token)
             self.last_token = now
             self.token_chunks += 1
+            self.text_events.append(data)
         return out
 
     async def _events(self) -> Any:
@@ -422,6 +424,8 @@ class StreamRelay:
             yield error_event(f"model {model!r}: the stream broke off (request id {rid})")
             return
         self.call.replicas.succeeded(self.replica)
+        if self.tokens is None:  # an engine that ignores include_usage
+            self.tokens = await self._count()
         self._observe_tpot()
         record = self._record(200)
         self.recorded = True

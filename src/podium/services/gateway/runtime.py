@@ -10,9 +10,9 @@ import logging
 import queue
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 from sqlalchemy import Connection
@@ -24,6 +24,8 @@ from podium.services.gateway.limits import EffectiveLimits, admit_op, cleanup_op
 from podium.services.gateway.metering import UsageRecord, record_op
 from podium.services.gateway.metrics import GatewayMetrics
 from podium.services.gateway.replicas import HealthChecker, ReplicaSet
+from podium.services.gateway.reservation import Reservation
+from podium.services.gateway.spool import UsageSpool, spool_entry
 from podium.services.gateway.store import Store
 from podium.services.gateway.usage import rollup_op
 
@@ -44,6 +46,29 @@ class Call:
     started: float  # perf_counter
     ts: float  # wall clock, for the record
     counted: bool = False  # in the request metrics already
+    reservation: Reservation | None = None  # held against the key until the record settles it
+    recorded: bool = False  # its usage record has been written or queued
+    body: dict[str, Any] | None = None  # the request as sent upstream, to count its prompt
+    body_bytes: int = 0
+
+    def usage(self, replica: str, status: int, tokens: tuple[int, int] | None,
+              ttft: float | None = None) -> UsageRecord:
+        """This request's usage record as it stands now."""
+        prompt, completion = tokens or (0, 0)
+        return UsageRecord(
+            ts=self.ts,
+            request_id=self.request_id,
+            key_id=self.key.id,
+            key_name=self.key.name,
+            model=self.model,
+            endpoint=self.endpoint,
+            replica=replica,
+            status=status,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            latency_ms=(time.perf_counter() - self.started) * 1000.0,
+            ttft_ms=None if ttft is None else ttft * 1000.0,
+        )
 
 
 class Gateway:
@@ -63,11 +88,16 @@ class Gateway:
         self.in_flight = 0
         self._seq = 0
         self._tasks: list[asyncio.Task[None]] = []
+        self.spool = UsageSpool(config.state_dir)
+        # Records still being counted or committed after their response ended.
+        self._billing: set[asyncio.Task[None]] = set()
         self.json_client: aiohttp.ClientSession | None = None
         self.stream_client: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         await asyncio.to_thread(self.store.create_schema)
+        # Records spooled before a crash or while the store was away go in before any new one.
+        await self._replay_spool()
         self.store.start()
         t = self.config.timeouts
         timeout = aiohttp.ClientTimeout(total=None, connect=t.connect_s, sock_connect=t.connect_s)
@@ -87,10 +117,15 @@ class Gateway:
             skip_auto_headers=("User-Agent",),
         )
         self.health.start()
-        self._tasks.append(asyncio.get_running_loop().create_task(self._housekeeping()))
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._housekeeping()))
+        self._tasks.append(loop.create_task(self._spool_retries()))
 
     async def stop(self) -> None:
         await self.health.stop()
+        if self._billing:
+            # Counting and committing a record takes seconds at most; each spools on failure.
+            await asyncio.wait(self._billing, timeout=30)
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -151,37 +186,58 @@ class Gateway:
             raise errors.unauthorized(f"the API key {key.name!r} is {state}")
         return key
 
-    async def admit(self, key: ApiKey) -> EffectiveLimits:
+    async def admit(self, key: ApiKey, request_id: str,
+                    tokens: int = 0) -> tuple[EffectiveLimits, Reservation | None]:
+        """Reserve a request's worst case against its key's limits, or refuse it with 429."""
         limits = EffectiveLimits.of(key, self.config.limits)
-        if limits.rpm is None and not limits.counts_tokens():
-            return limits
-        refusal = await self._store_call(admit_op(key, limits, time.time()))
-        if refusal is not None:
-            raise errors.rate_limited(refusal.message, refusal.retry_after_s, refusal.code)
-        return limits
+        if not limits.admits(key):
+            return limits, None
+        t = self.config.timeouts
+        # A dead gateway's in-flight slot is freed once no request could still be running.
+        hold_s = t.first_byte_s + t.read_s * 10
+        found = await self._store_call(
+            admit_op(key, limits, time.time(), request_id, tokens, hold_s))
+        if not isinstance(found, Reservation):
+            raise errors.rate_limited(found.message, found.retry_after_s, found.code)
+        return limits, found
 
     async def record(self, call: Call, record: UsageRecord) -> None:
-        """Commit a usage record; raises GatewayError(503) when the store refuses it."""
+        """Commit a usage record, or spool it when the store cannot take it.
+
+        Raises GatewayError(503) only when neither the store nor the spool took it.
+        """
+        call.recorded = True
         record.price_with(self.config.models[call.model].price)
         try:
-            await self.store.run(record_op(record, call.limits))
+            await self.store.run(record_op(record, call.reservation))
         except Exception as exc:
             self.metrics.usage_write_failures.inc()
-            log.error("usage record %s not stored: %s", record.request_id, exc)
-            raise errors.unavailable(
-                "the usage store is unavailable; the request was not billed"
-            ) from None
+            log.error("usage record %s not stored, spooling it: %s", record.request_id, exc)
+            try:
+                await asyncio.to_thread(self.spool.append,
+                                        spool_entry(record, call.reservation))
+            except OSError as spool_exc:
+                log.error("usage record %s not spooled to %s: %s", record.request_id,
+                          self.spool.path, spool_exc)
+                raise errors.unavailable(
+                    "the usage store is unavailable; the request was not billed"
+                ) from None
         self._count(call, record)
 
     def record_nowait(self, call: Call, record: UsageRecord) -> None:
-        """Queue a record without waiting (client gone, response cut): it still commits."""
-        record.price_with(self.config.models[call.model].price)
-        try:
-            self.store.submit(record_op(record, call.limits))
-        except queue.Full:
-            self.metrics.usage_write_failures.inc()
-            log.error("usage record %s dropped: store queue full", record.request_id)
-        self._count(call, record)
+        """Commit a record without waiting (client gone, response cut): it still commits."""
+        self.bill_later(call, self._record_quietly(call, record))
+
+    def bill_later(self, call: Call, billing: Coroutine[Any, Any, None]) -> None:
+        """Run a coroutine that records the call, after its response; stop() waits for it."""
+        call.recorded = True
+        task = asyncio.get_running_loop().create_task(billing)
+        self._billing.add(task)
+        task.add_done_callback(self._billing.discard)
+
+    async def _record_quietly(self, call: Call, record: UsageRecord) -> None:
+        with contextlib.suppress(errors.GatewayError):
+            await self.record(call, record)
 
     def _count(self, call: Call, record: UsageRecord) -> None:
         call.counted = True
@@ -204,6 +260,18 @@ class Gateway:
         except Exception as exc:
             log.error("store call failed: %s", exc)
             raise errors.unavailable("the gateway's store is unavailable; retry shortly") from None
+
+    async def _replay_spool(self) -> None:
+        try:
+            await asyncio.to_thread(self.spool.replay, self.store)
+        except Exception as exc:
+            log.warning("usage spool %s not replayed yet (%s); will retry", self.spool.path, exc)
+
+    async def _spool_retries(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.usage.spool_retry_s)
+            if self.spool.pending():
+                await self._replay_spool()
 
     async def _housekeeping(self) -> None:
         retention = self.config.usage

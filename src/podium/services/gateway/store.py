@@ -30,6 +30,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    inspect,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
@@ -58,6 +59,7 @@ keys_table = Table(
     Column("expires_at", Float),
     Column("created_at", Float, nullable=False),
     Column("revoked_at", Float),
+    Column("max_in_flight", Integer),
 )
 
 usage_table = Table(
@@ -78,6 +80,8 @@ usage_table = Table(
     Column("ttft_ms", Float),
     Column("cost", Float, nullable=False),
     Index("ix_gateway_usage_ts", "ts"),
+    # Replaying the spool looks records up by request_id, so none is counted twice.
+    Index("ix_gateway_usage_request_id", "request_id"),
 )
 
 # Records older than the retention, summed per UTC day, key and model.
@@ -103,6 +107,20 @@ counters_table = Table(
     Column("window", BigInteger, primary_key=True),
     Column("value", BigInteger, nullable=False),
 )
+
+# Requests admitted and not yet recorded, for per-key limits on requests in flight. A row
+# expires at `until`, so a gateway killed mid-request does not hold its key's slots forever.
+in_flight_table = Table(
+    "gateway_in_flight",
+    metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("key_id", Integer, nullable=False),
+    Column("until", Float, nullable=False),
+    Index("ix_gateway_in_flight_key", "key_id"),
+)
+
+# Columns added after a table was first created: (table, column, SQL type).
+_ADDED_COLUMNS = (("gateway_keys", "max_in_flight", "INTEGER"),)
 
 
 class RowInsert:
@@ -155,7 +173,10 @@ def _engine(url: str) -> Engine:
 
         return engine
     if url.startswith("postgresql"):
-        return create_engine(url, pool_size=8, max_overflow=4, pool_pre_ping=True)
+        # A store that stops answering must fail a write within seconds, so its record is
+        # spooled rather than held while the client waits.
+        return create_engine(url, pool_size=8, max_overflow=4, pool_pre_ping=True,
+                             connect_args={"connect_timeout": 5})
     raise InvalidInput(
         f"store URL {url!r} is not supported; use sqlite:///PATH or postgresql+psycopg://..."
     )
@@ -190,6 +211,7 @@ class Store:
         for attempt in range(3):
             try:
                 metadata.create_all(self.engine)
+                self._migrate()
                 return
             except SQLAlchemyError as exc:
                 # Two gateways creating the schema at once: the loser retries and finds it.
@@ -197,6 +219,16 @@ class Store:
                     raise PodiumError(
                         f"store {self.safe_url()} schema cannot be created: {exc}"
                     ) from exc
+
+    def _migrate(self) -> None:
+        """Bring a store created by an older gateway up to this schema (columns, indexes)."""
+        with self.engine.begin() as conn:
+            inspector = inspect(conn)
+            for table, column, sql_type in _ADDED_COLUMNS:
+                if column not in {c["name"] for c in inspector.get_columns(table)}:
+                    conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}")
+            for index in usage_table.indexes:
+                index.create(conn, checkfirst=True)
 
     def safe_url(self) -> str:
         return self.engine.url.render_as_string(hide_password=True)

@@ -1,0 +1,173 @@
+"""Limits that hold under a burst: reservations, requests in flight, refusals that cost nothing."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from podium.services.gateway.keys import KeySpec
+from podium.services.gateway.limits import minute_window
+from podium.services.gateway.store import Store, counters_table
+from tests.fixtures_gateway import (
+    GatewayFactory,
+    GatewayProcess,
+    PostgresServer,
+    gateways,
+    http,
+    postgres_server,
+    usage_rows,
+)
+from tests.scripted_engine import ScriptedEngine, scripted
+
+__all__ = ["gateways", "postgres_server", "scripted"]
+
+
+def models(engine: ScriptedEngine) -> dict[str, Any]:
+    return {"scripted": {"kind": "llm", "replicas": [engine.url]},
+            "hidden": {"kind": "llm", "replicas": [engine.url]}}
+
+
+@pytest.fixture
+def pair(scripted: ScriptedEngine, postgres_server: PostgresServer,
+         gateways: GatewayFactory) -> tuple[GatewayProcess, GatewayProcess]:
+    """Two gateway processes on one PostgreSQL database, in front of the scripted engine."""
+    store = postgres_server.new_database()
+    return (gateways.start(models=models(scripted), store=store),
+            gateways.start(models=models(scripted), store=store))
+
+
+def fresh_minute(needed_s: float = 20.0) -> None:
+    """Fixed one-minute windows: start a counting test where the window will not turn."""
+    left = 60 - time.time() % 60
+    if left < needed_s:
+        time.sleep(left + 0.2)
+
+
+def chat_body(content: str, max_tokens: int | None = None, model: str = "scripted"
+              ) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": content}]}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    return body
+
+
+def chat(gw: GatewayProcess, key: str, body: dict[str, Any]
+         ) -> tuple[int, dict[str, str], dict[str, Any]]:
+    status, headers, raw = http("POST", gw.url + "/v1/chat/completions", key, body)
+    return status, {k.lower(): v for k, v in headers.items()}, json.loads(raw)
+
+
+@contextlib.contextmanager
+def held_stream(gw: GatewayProcess, key: str, content: str) -> Iterator[None]:
+    """A streamed request in flight (its first event read) until the block ends."""
+    body = {**chat_body(f"slow {content}"), "stream": True}
+    with httpx.stream("POST", gw.url + "/v1/chat/completions", json=body, timeout=60,
+                      headers={"Authorization": f"Bearer {key}"}) as resp:
+        assert resp.status_code == 200, resp.read()
+        # Held until the block ends: an iterator dropped early would close the response.
+        lines = resp.iter_lines()
+        while not next(lines).startswith("data: "):
+            pass
+        yield
+        lines.close()
+
+
+def wait_records(gw: GatewayProcess, key_name: str, n: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(usage_rows(gw.store, key_name)) < n:
+        assert time.monotonic() < deadline, f"fewer than {n} records for {key_name}"
+        time.sleep(0.1)
+
+
+def tpm_charge(store_url: str, key_id: int, window: int) -> int:
+    store = Store(store_url)
+    try:
+        value = store.run_sync(lambda conn: conn.execute(
+            select(counters_table.c.value).where(
+                counters_table.c.key_id == key_id, counters_table.c.kind == "tpm",
+                counters_table.c.window == window)).scalar())
+    finally:
+        store.engine.dispose()
+    return int(value or 0)
+
+
+def test_a_burst_overshoots_tpm_by_at_most_one_reservation(
+        pair: tuple[GatewayProcess, GatewayProcess]) -> None:
+    a, b = pair
+    created = a.admin.create_key(KeySpec(name="burst", tpm=100))
+    key, key_id = created["key"], created["id"]
+    bodies = [chat_body(f"burst {i}", max_tokens=30) for i in range(20)]
+    # The most one request can reserve: every byte of its body, plus its max_tokens.
+    reservation = max(len(json.dumps(body).encode()) + 30 for body in bodies)
+    fresh_minute()
+    window = minute_window(time.time())
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(lambda i: chat((a, b)[i % 2], key, bodies[i]), range(20)))
+    statuses = Counter(status for status, _, _ in results)
+    assert set(statuses) == {200, 429} and statuses[200] >= 1, statuses
+    refused = [body for status, _, body in results if status == 429]
+    assert {body["error"]["code"] for body in refused} == {"tokens_per_minute"}
+    wait_records(a, "burst", statuses[200])  # refused at admission, a request has no record
+    served = sum(r["prompt_tokens"] + r["completion_tokens"] for r in usage_rows(a.store, "burst"))
+    charge = tpm_charge(a.store, key_id, window)
+    assert charge == served, "every reservation is settled to the tokens really used"
+    assert served <= 100 + reservation, (served, reservation, statuses)
+
+
+def test_requests_in_flight_are_bounded_per_key_across_gateways(
+        pair: tuple[GatewayProcess, GatewayProcess]) -> None:
+    a, b = pair
+    key = a.new_key("two-at-once", max_in_flight=2)
+    with held_stream(a, key, "one"), held_stream(b, key, "two"):
+        status, headers, body = chat(b, key, chat_body("three", 4))
+        assert status == 429 and body["error"]["code"] == "requests_in_flight", body
+        assert int(headers["retry-after"]) >= 1
+        assert chat(a, key, chat_body("four", 4))[0] == 429
+    wait_records(a, "two-at-once", 2)  # the two streams were recorded, freeing their slots
+    assert chat(a, key, chat_body("five", 4))[0] == 200
+
+
+def test_refused_requests_do_not_use_the_keys_rpm(
+        scripted: ScriptedEngine, gateways: GatewayFactory) -> None:
+    # One gateway with room for one request (a second gets 503 while it runs), and one
+    # beside it on the same store for a key allowed one request in flight (429).
+    small = gateways.start(models=models(scripted), max_in_flight=1)
+    roomy = gateways.start(models=models(scripted))
+    full = small.new_key("rpm-503", rpm=2)
+    busy = roomy.new_key("rpm-429", rpm=2, max_in_flight=1)
+    fresh_minute()
+    with held_stream(small, full, "full"):
+        assert [chat(small, full, chat_body(f"x{i}", 4))[0] for i in range(3)] == [503] * 3
+    wait_records(small, "rpm-503", 1)
+    assert [chat(small, full, chat_body(f"y{i}", 4))[0] for i in range(2)] == [200, 429]
+    with held_stream(roomy, busy, "busy"):
+        refused = [chat(roomy, busy, chat_body(f"z{i}", 4)) for i in range(3)]
+    assert [(s, b["error"]["code"]) for s, _, b in refused] == [(429, "requests_in_flight")] * 3
+    wait_records(roomy, "rpm-429", 1)
+    assert chat(roomy, busy, chat_body("last", 4))[0] == 200
+    status, _, body = chat(roomy, busy, chat_body("over", 4))
+    assert (status, body["error"]["code"]) == (429, "requests_per_minute")
+
+
+def test_a_model_the_key_may_not_use_looks_like_one_that_does_not_exist(
+        scripted: ScriptedEngine, gateways: GatewayFactory) -> None:
+    gw = gateways.start(models=models(scripted))
+    key = gw.new_key("one-model", models=("scripted",))
+    answers = {}
+    for model in ("hidden", "never-was"):
+        status, headers, body = chat(gw, key, chat_body("hi", 4, model=model))
+        card = http("GET", f"{gw.url}/v1/models/{model}", key)
+        answers[model] = (status, sorted(body["error"]), body["error"]["code"],
+                          body["error"]["message"].replace(model, "M"),
+                          card[0], json.loads(card[2])["error"]["message"].replace(model, "M"))
+    assert answers["hidden"] == answers["never-was"]
+    assert answers["hidden"][0] == 404
