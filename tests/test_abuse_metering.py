@@ -9,10 +9,21 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fixtures_gateway import GatewayFactory, GatewayProcess, gateways, usage_rows
+from tests.fixtures_engines import engine_dir, llama_server_bin, tiny_gguf
+from tests.fixtures_gateway import (
+    GatewayFactory,
+    GatewayProcess,
+    LlamaReplicas,
+    engine_counters,
+    gateways,
+    llama_replicas,
+    models_for,
+    usage_rows,
+)
 from tests.scripted_engine import ScriptedEngine, scripted
 
-__all__ = ["gateways", "scripted"]
+__all__ = ["engine_dir", "gateways", "llama_replicas", "llama_server_bin", "scripted",
+           "tiny_gguf"]
 
 
 def scripted_gateway(gateways: GatewayFactory, engine: ScriptedEngine) -> GatewayProcess:
@@ -47,7 +58,8 @@ def stream(gw: GatewayProcess, key: str, content: str, model: str = "scripted",
                 continue
             event = json.loads(line[6:])
             events.append(event)
-            with_text = [e for e in events if e.get("choices")]
+            with_text = [e for e in events if any(
+                c.get("delta", {}).get("content") for c in e.get("choices") or ())]
             if leave_after is not None and len(with_text) >= leave_after:
                 break  # leaving the block closes the connection mid-stream
     return events
@@ -99,3 +111,30 @@ def test_without_a_tokenizer_the_estimate_is_never_below_the_count(
     # One token per byte: the prompt's whole request body, every byte of text relayed.
     assert record["prompt_tokens"] >= prompt and record["completion_tokens"] >= completion
     assert record["completion_tokens"] == len(("tok " * 3).encode()) * completion // 3
+
+
+@pytest.mark.engines
+def test_a_stream_abandoned_on_llama_server_is_billed_by_its_own_counters(
+        gateways: GatewayFactory, llama_replicas: LlamaReplicas) -> None:
+    engine = llama_replicas.start()  # a replica of its own: no other test's tokens in its counters
+    gw = gateways.start(models=models_for(engine.url, engine.model))
+    key = gw.new_key("llama-leaver")
+    before = engine_counters(engine.url)
+    events = stream(gw, key, "Tell me a long story about a lighthouse.", model="tiny",
+                    leave_after=3, max_tokens=1500)
+    assert not any("usage" in e for e in events)
+    record = one_record(gw, "llama-leaver")
+    deadline = time.monotonic() + 10
+    while engine_counters(engine.url)["requests_processing"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    after = engine_counters(engine.url)
+    # The engine counts cached prompt tokens apart; the API's prompt_tokens include them.
+    prompt = (after["prompt_tokens_total"] - before["prompt_tokens_total"]
+              + after["prompt_tokens_cached_total"] - before["prompt_tokens_cached_total"])
+    generated = after["tokens_predicted_total"] - before["tokens_predicted_total"]
+    assert record["prompt_tokens"] == prompt
+    # Every token the gateway read from the engine is billed; the engine may have made a
+    # few more between the gateway closing the connection and noticing it, which no relay
+    # can see. It stopped long before max_tokens, so the engine's work ended with the client.
+    assert 3 <= record["completion_tokens"] <= generated < 1500
+    assert generated - record["completion_tokens"] <= 16, (record, generated)
