@@ -8,15 +8,24 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 from sqlalchemy import select
 
-from podium.services.gateway.keys import KeySpec
+from podium.cluster import ClusterInputs
+from podium.cluster.gateway import gateway_config
+from podium.plan.components import BY_NAME
+from podium.render import render_component
+from podium.services.gateway.config import GatewayConfig
+from podium.services.gateway.keys import KeySpec, create_op, new_secret
 from podium.services.gateway.limits import minute_window
+from podium.services.gateway.reservation import worst_case
 from podium.services.gateway.store import Store, counters_table
+from tests.fixtures_cluster import CLUSTER_STACK, write_stack
 from tests.fixtures_gateway import (
     GatewayFactory,
     GatewayProcess,
@@ -171,3 +180,45 @@ def test_a_model_the_key_may_not_use_looks_like_one_that_does_not_exist(
                           card[0], json.loads(card[2])["error"]["message"].replace(model, "M"))
     assert answers["hidden"] == answers["never-was"]
     assert answers["hidden"][0] == 404
+
+
+def test_the_stacks_caps_and_key_bounds_reach_the_gateway(tmp_path: Path) -> None:
+    text = CLUSTER_STACK.replace(
+        '{name: tiny-llama, version: "1", format: gguf, source: "tiny:gguf"}',
+        '{name: tiny-llama, version: "1", format: gguf, source: "tiny:gguf",'
+        ' default_max_tokens: 77}')
+    text = text.replace("gateway: {nodes: [ctl, cpu1],",
+                        "gateway: {keys: [{name: ci, max_in_flight: 3}], nodes: [ctl, cpu1],")
+    stack = write_stack(tmp_path / "capped", text)
+    settings = BY_NAME["gateway"].settings(stack, "ctl")
+    assert settings["keys"][0]["max_in_flight"] == 3  # created with it by podium up
+    for document in (render_component("gateway", "ctl", settings)["gateway.yaml"],
+                     yaml.safe_dump(gateway_config(stack, ClusterInputs()))):
+        config = GatewayConfig.model_validate(yaml.safe_load(document))
+        assert config.models["tiny-llama"].default_max_tokens == 77
+        assert config.models["iris"].default_max_tokens == 1024
+
+
+def test_a_store_made_by_an_older_gateway_takes_keys_with_in_flight_bounds(
+        tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    store = Store(url)
+    # The keys table as gateways before per-key in-flight bounds created it.
+    store.run_sync(lambda conn: conn.exec_driver_sql(
+        "CREATE TABLE gateway_keys (id INTEGER PRIMARY KEY, name VARCHAR(200) UNIQUE NOT NULL,"
+        " key_hash VARCHAR(64) UNIQUE NOT NULL, prefix VARCHAR(16) NOT NULL, models TEXT NOT NULL,"
+        " rpm INTEGER, tpm INTEGER, quota BIGINT, quota_period VARCHAR(8), expires_at FLOAT,"
+        " created_at FLOAT NOT NULL, revoked_at FLOAT)"))
+    store.create_schema()
+    key = store.run_sync(create_op(KeySpec(name="old-store", max_in_flight=2), new_secret()))
+    assert key.max_in_flight == 2
+
+
+def test_the_worst_case_counts_every_completion_asked_for() -> None:
+    assert worst_case("/v1/chat/completions", {"max_tokens": 8}, 100, 1024) == (108, None)
+    assert worst_case("/v1/chat/completions", {}, 100, 1024) == (1124, 1024)
+    assert worst_case("/v1/completions", {"prompt": ["a", "b"], "n": 2, "max_tokens": 5},
+                      50, 1024) == (70, None)
+    assert worst_case("/v1/completions", {"prompt": [1, 2, 3], "best_of": 3,
+                                          "max_completion_tokens": 4}, 40, 9) == (52, None)
+    assert worst_case("/v1/embeddings", {"input": "hi"}, 30, 1024) == (30, None)
