@@ -22,7 +22,7 @@ from podium.plan.components import BY_NAME
 from podium.render import render_component
 from podium.services.gateway.config import GatewayConfig
 from podium.services.gateway.keys import KeySpec, create_op, new_secret
-from podium.services.gateway.limits import minute_window
+from podium.services.gateway.limits import minute_window, period_window
 from podium.services.gateway.reservation import worst_case
 from podium.services.gateway.store import Store, counters_table
 from tests.fixtures_cluster import CLUSTER_STACK, write_stack
@@ -97,38 +97,47 @@ def wait_records(gw: GatewayProcess, key_name: str, n: int, timeout: float = 15.
         time.sleep(0.1)
 
 
-def tpm_charge(store_url: str, key_id: int, window: int) -> int:
+def charge_of(store_url: str, key_id: int, kind: str, window: int) -> int:
+    """What a key's counter window holds now (reservations and settlements together)."""
     store = Store(store_url)
     try:
         value = store.run_sync(lambda conn: conn.execute(
             select(counters_table.c.value).where(
-                counters_table.c.key_id == key_id, counters_table.c.kind == "tpm",
+                counters_table.c.key_id == key_id, counters_table.c.kind == kind,
                 counters_table.c.window == window)).scalar())
     finally:
         store.engine.dispose()
     return int(value or 0)
 
 
-def test_a_burst_overshoots_tpm_by_at_most_one_reservation(
-        pair: tuple[GatewayProcess, GatewayProcess]) -> None:
+@pytest.mark.parametrize(("limit", "kind", "code"), [
+    ({"tpm": 100}, "tpm", "tokens_per_minute"),
+    ({"quota": "100/day"}, "day", "insufficient_quota"),
+])
+def test_a_burst_overshoots_a_token_limit_by_at_most_one_reservation(
+        pair: tuple[GatewayProcess, GatewayProcess], limit: dict[str, Any], kind: str,
+        code: str) -> None:
     a, b = pair
-    created = a.admin.create_key(KeySpec(name="burst", tpm=100))
+    created = a.admin.create_key(KeySpec(name=f"burst-{kind}", **limit))
     key, key_id = created["key"], created["id"]
     bodies = [chat_body(f"burst {i}", max_tokens=30) for i in range(20)]
     # The most one request can reserve: every byte of its body, plus its max_tokens.
     reservation = max(len(json.dumps(body).encode()) + 30 for body in bodies)
     fresh_minute()
-    window = minute_window(time.time())
+    now = time.time()
+    window = minute_window(now) if kind == "tpm" else period_window(now, kind)[0]
     with ThreadPoolExecutor(20) as pool:
         results = list(pool.map(lambda i: chat((a, b)[i % 2], key, bodies[i]), range(20)))
     statuses = Counter(status for status, _, _ in results)
     assert set(statuses) == {200, 429} and statuses[200] >= 1, statuses
     refused = [body for status, _, body in results if status == 429]
-    assert {body["error"]["code"] for body in refused} == {"tokens_per_minute"}
-    wait_records(a, "burst", statuses[200])  # refused at admission, a request has no record
-    served = sum(r["prompt_tokens"] + r["completion_tokens"] for r in usage_rows(a.store, "burst"))
-    charge = tpm_charge(a.store, key_id, window)
-    assert charge == served, "every reservation is settled to the tokens really used"
+    assert {body["error"]["code"] for body in refused} == {code}
+    # Refused at admission, a request has no record.
+    wait_records(a, f"burst-{kind}", statuses[200])
+    served = sum(r["prompt_tokens"] + r["completion_tokens"]
+                 for r in usage_rows(a.store, f"burst-{kind}"))
+    assert charge_of(a.store, key_id, kind, window) == served, (
+        "every reservation is settled to the tokens really used")
     assert served <= 100 + reservation, (served, reservation, statuses)
 
 

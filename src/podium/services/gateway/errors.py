@@ -12,8 +12,8 @@ from podium.errors import PodiumError
 class GatewayError(PodiumError):
     """A request the gateway refuses or cannot serve, with its HTTP status and OpenAI type.
 
-    Example: raise GatewayError(403, "key 'ci' may not use model 'big'", "permission_error",
-    code="model_not_allowed", param="model")
+    Example: raise GatewayError(413, "the request body is over 16777216 bytes",
+    "invalid_request_error", param="messages")
     """
 
     def __init__(
@@ -65,10 +65,6 @@ def unauthorized(message: str) -> GatewayError:
         code="invalid_api_key",
         headers={"WWW-Authenticate": 'Bearer realm="podium"'},
     )
-
-
-def forbidden(message: str, param: str | None = None) -> GatewayError:
-    return GatewayError(403, message, "permission_error", code="model_not_allowed", param=param)
 
 
 def not_found(message: str, param: str | None = None) -> GatewayError:
