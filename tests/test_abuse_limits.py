@@ -32,6 +32,7 @@ from tests.fixtures_gateway import (
     PostgresServer,
     gateways,
     http,
+    podium,
     postgres_server,
     usage_rows,
 )
@@ -231,3 +232,18 @@ def test_the_worst_case_counts_every_completion_asked_for() -> None:
     assert worst_case("/v1/completions", {"prompt": [1, 2, 3], "best_of": 3,
                                           "max_completion_tokens": 4}, 40, 9) == (52, None)
     assert worst_case("/v1/embeddings", {"input": "hi"}, 30, 1024) == (30, None)
+
+
+def test_the_cli_creates_keys_with_an_in_flight_bound(
+        scripted: ScriptedEngine, gateways: GatewayFactory) -> None:
+    gw = gateways.start(models=models(scripted))
+    flags = ["--gateway", gw.url, "--admin-token-file", str(gw.config_path.parent / "admin-1.token")]
+    made = podium("keys", "create", "--name", "cli-bound", "--max-in-flight", "1", *flags)
+    assert made.exit_code == 0, made.error
+    assert "1 in flight" in made.stdout
+    secret = made.stdout.strip().splitlines()[-1]
+    with held_stream(gw, secret, "cli"):
+        status, _, body = chat(gw, secret, chat_body("two", 4))
+    assert (status, body["error"]["code"]) == (429, "requests_in_flight")
+    refused = podium("keys", "create", "--name", "cli-zero", "--max-in-flight", "0", *flags)
+    assert refused.exit_code == 2 and "max_in_flight 0 must be 1 or more" in refused.error
