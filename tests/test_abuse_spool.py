@@ -13,7 +13,8 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from podium.services.gateway.spool import SPOOL_NAME
+from podium.services.gateway.metering import UsageRecord
+from podium.services.gateway.spool import SPOOL_NAME, UsageSpool, spool_entry
 from podium.services.gateway.store import Store, counters_table
 from tests.fixtures_gateway import (
     GatewayFactory,
@@ -143,3 +144,30 @@ def test_records_spooled_before_a_sigkill_are_replayed_on_start(
     gw.start()  # replays the spool before it serves
     assert records_by_id(gw.store, "killed") == Counter(completed)
     assert spool_of(gw).read_bytes() == b""
+
+
+def test_a_torn_line_or_a_record_the_store_refuses_holds_back_no_other(
+        tmp_path: Path) -> None:
+    spool = UsageSpool(tmp_path / "state")
+    store = Store(f"sqlite:///{tmp_path / 'usage.db'}")
+    store.create_schema()
+
+    def record(i: int) -> UsageRecord:
+        return UsageRecord(ts=time.time(), request_id=f"spooled-{i}", key_id=1,
+                           key_name="k", model="m", endpoint="/v1/chat/completions",
+                           status=200, prompt_tokens=3, completion_tokens=i)
+
+    spool.append(spool_entry(record(1), None))
+    with spool.path.open("ab") as torn:  # a gateway killed while writing its line
+        torn.write(b'{"record": {"ts": 1.0, "request_')
+    spool.append(spool_entry(record(2), None))
+    # A record no store can take (written by a gateway of another version, say).
+    spool.append(spool_entry(record(3), None).replace(b'"status"', b'"no_such_field"'))
+    spool.append(spool_entry(record(4), None))
+    assert spool.replay(store) == 3
+    assert sorted(r["request_id"] for r in usage_rows(store.url, "k")) == [
+        "spooled-1", "spooled-2", "spooled-4"]
+    assert spool.path.read_bytes() == b""
+    assert b"spooled-3" in spool.rejected.read_bytes()
+    assert spool.rejected.stat().st_mode & 0o777 == 0o600
+    assert spool.replay(store) == 0

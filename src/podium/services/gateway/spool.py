@@ -25,6 +25,7 @@ from podium.services.gateway.store import Store, usage_table
 
 log = logging.getLogger("podium.gateway")
 SPOOL_NAME = "usage-spool.jsonl"
+REJECTED_NAME = "usage-spool.rejected.jsonl"
 _BATCH = 500
 
 
@@ -63,6 +64,8 @@ class UsageSpool:
 
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / SPOOL_NAME
+        # Records the store refused while it answered, for an operator to look at.
+        self.rejected = state_dir / REJECTED_NAME
 
     def _open(self, flags: int) -> int:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -113,12 +116,46 @@ class UsageSpool:
                                     " while writing it); skipped", self.path, number)
             added = 0
             for start in range(0, len(entries), _BATCH):
-                added += store.run_sync(replay_op(entries[start:start + _BATCH]))
+                added += self._commit(store, entries[start:start + _BATCH])
             os.ftruncate(fd, 0)
             os.fsync(fd)
         finally:
             os.close(fd)
         if entries:
             log.warning("usage spool: %d of %d records committed to the store (the rest"
-                        " were already there)", added, len(entries))
+                        " were already there or set aside)", added, len(entries))
         return added
+
+    def _commit(self, store: Store, entries: list[dict[str, Any]]) -> int:
+        try:
+            return store.run_sync(replay_op(entries))
+        except Exception:
+            if not _answers(store):
+                raise  # the store is still away: the spool waits for the next try
+        # The store answers, so a record of this batch cannot go in: one such record must
+        # not hold back the rest forever. Each goes alone; one that fails is kept apart.
+        added = 0
+        for entry in entries:
+            try:
+                added += store.run_sync(replay_op([entry]))
+            except Exception as exc:
+                log.error("usage spool: a record the store refuses is kept in %s: %s",
+                          self.rejected, exc)
+                self._keep_apart(entry)
+        return added
+
+    def _keep_apart(self, entry: dict[str, Any]) -> None:
+        fd = os.open(self.rejected, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, json.dumps(entry, separators=(",", ":")).encode() + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _answers(store: Store) -> bool:
+    try:
+        store.run_sync(lambda conn: conn.execute(select(1)))
+    except Exception:
+        return False
+    return True
