@@ -30,6 +30,7 @@ from tests.fixtures_gateway import (
     GatewayFactory,
     GatewayProcess,
     PostgresServer,
+    free_port,
     gateways,
     http,
     podium,
@@ -247,3 +248,16 @@ def test_the_cli_creates_keys_with_an_in_flight_bound(
     assert (status, body["error"]["code"]) == (429, "requests_in_flight")
     refused = podium("keys", "create", "--name", "cli-zero", "--max-in-flight", "0", *flags)
     assert refused.exit_code == 2 and "max_in_flight 0 must be 1 or more" in refused.error
+
+
+def test_a_request_that_fails_gives_its_reservation_back(gateways: GatewayFactory) -> None:
+    # A replica nobody listens on: refused before it leaves this machine.
+    dead = f"http://127.0.0.1:{free_port()}"
+    gw = gateways.start(models={"gone": {"kind": "llm", "replicas": [dead]}})
+    created = gw.admin.create_key(KeySpec(name="failed", tpm=100_000))
+    fresh_minute()
+    window = minute_window(time.time())
+    status, _, body = chat(gw, created["key"], chat_body("hi", 500, model="gone"))
+    assert status in (502, 503), body
+    wait_records(gw, "failed", 1)
+    assert charge_of(gw.store, created["id"], "tpm", window) == 0
