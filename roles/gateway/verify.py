@@ -1,6 +1,7 @@
 """Role gateway, proved on each gateway node through its own API: it answers over TLS, refuses a
-wrong key (401) and a key on a model it may not use (403), serves a completion, and meters it;
-/metrics is served on the metrics listener only, and /openapi.json needs a key."""
+wrong key (401) and a key on a model it may not use (404, as for no such model), serves a
+completion, and meters it; /metrics is served on the metrics listener only, and /openapi.json
+needs a key."""
 
 import json
 import shlex
@@ -56,7 +57,7 @@ def test_020_wrong_key_gets_401(host, settings):
     assert status == 401, body
 
 
-def test_030_key_on_a_model_it_may_not_use_gets_403(host, settings, scoped_key):
+def test_030_key_on_a_model_it_may_not_use_gets_404(host, settings, scoped_key):
     key, models = scoped_key
     if len(models) < 2:
         pytest.skip("the gateway serves one model: no model the key may not use")
@@ -73,7 +74,8 @@ def test_030_key_on_a_model_it_may_not_use_gets_403(host, settings, scoped_key):
         )
     else:
         status, body = api(host, settings, "POST", f"/v2/models/{other}/infer", key=key, body={"inputs": []})
-    assert status == 403, body
+    # The same answer as for a model that does not exist, so keys cannot list others' models.
+    assert status == 404 and body["error"]["code"] == "model_not_found", body
 
 
 def test_040_a_completion_works_and_is_metered(host, settings):

@@ -26,8 +26,7 @@ def _errors(*codes: int) -> dict[str, Any]:
     described = {
         400: "The request is malformed; the message names the field.",
         401: "No API key, or one that is unknown, revoked or expired.",
-        403: "The key may not use this model.",
-        404: "No such model.",
+        404: "No such model, or one the key may not use (the same answer for both).",
         409: "A key with this name exists.",
         413: "The request body is too large.",
         429: "A rate limit or quota is reached; see Retry-After.",
@@ -44,7 +43,7 @@ def _errors(*codes: int) -> dict[str, Any]:
     }
 
 
-_OPENAI_ERRORS = (400, 401, 403, 404, 413, 429, 502, 503, 504)
+_OPENAI_ERRORS = (400, 401, 404, 413, 429, 502, 503, 504)
 _TEXT = {"type": "string", "minLength": 1}
 _TOKENS = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}
 _PROMPT = {
@@ -194,9 +193,9 @@ def document(models: dict[str, str] | None = None) -> dict[str, Any]:
             ),
             "/v2/health/live": _get("The gateway process is up.", secured=False),
             "/v2/health/ready": _get("The gateway can serve.", 503, secured=False),
-            "/v2/models/{name}": _get("A predictive model's metadata.", 401, 403, 404,
+            "/v2/models/{name}": _get("A predictive model's metadata.", 401, 404,
                                       params=[_name("name", predictive)]),
-            "/v2/models/{name}/ready": _get("A predictive model is ready.", 401, 403, 404, 503,
+            "/v2/models/{name}/ready": _get("A predictive model is ready.", 401, 404, 503,
                                             params=[_name("name", predictive)]),
             "/v2/models/{name}/infer": {
                 "post": {
@@ -228,7 +227,7 @@ def document(models: dict[str, str] | None = None) -> dict[str, Any]:
                     "responses": {
                         "200": {"description": "Outputs.", "content": {
                             "application/json": {"schema": {"type": "object"}}}},
-                        **_errors(400, 401, 403, 404, 413, 429, 502, 503, 504),
+                        **_errors(400, 401, 404, 413, 429, 502, 503, 504),
                     },
                 }
             },
