@@ -37,6 +37,8 @@ class ScriptedEngine:
     interval_s: float = 0.1
     # False: no /tokenize or /apply-template, as an engine that cannot count for others.
     tokenizer: bool = True
+    # True: count as vLLM and SGLang do (no /apply-template; /tokenize takes a chat).
+    vllm: bool = False
     port: int = 0
     sent: dict[str, tuple[int, int]] = field(default_factory=dict)
     server: uvicorn.Server | None = None
@@ -73,9 +75,15 @@ class ScriptedEngine:
             await _json(send, {"status": "ok"})
         elif path in ("/apply-template", "/tokenize") and not self.tokenizer:
             await _json(send, {"error": {"message": "not here"}}, 404)
-        elif path == "/apply-template":
+        elif path == "/apply-template" and not self.vllm:
             text = " ".join(m["content"] for m in request["messages"])
             await _json(send, {"prompt": TEMPLATE.format(text)})
+        elif path == "/tokenize" and self.vllm:
+            # vLLM's own form: a chat or a prompt in, {"count": n, "tokens": [...]} out.
+            text = (TEMPLATE.format(" ".join(m["content"] for m in request["messages"]))
+                    if "messages" in request else request["prompt"])
+            n = count_words(text, "messages" in request or request.get("add_special_tokens", True))
+            await _json(send, {"count": n, "tokens": list(range(n)), "max_model_len": 4096})
         elif path == "/tokenize":
             n = count_words(request["content"], bool(request.get("add_special")))
             await _json(send, {"tokens": list(range(n))})

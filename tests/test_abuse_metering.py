@@ -96,18 +96,29 @@ def test_a_stream_without_the_engines_usage_is_billed_as_the_engine_counted(
     assert record["status"] == status
 
 
-def test_without_a_tokenizer_the_estimate_is_never_below_the_count(
-        gateways: GatewayFactory) -> None:
-    engine = ScriptedEngine(words_per_event=3, tokenizer=False).start()
+def abandoned_on(gateways: GatewayFactory, engine: ScriptedEngine, content: str
+                 ) -> tuple[dict[str, Any], tuple[int, int]]:
+    """Leave a stream after two events on a scripted engine of its own: (record, engine's count)."""
+    engine.start()
     try:
         gw = scripted_gateway(gateways, engine)
-        key = gw.new_key("estimated")
-        events = stream(gw, key, "slow estimate", leave_after=2)
+        events = stream(gw, gw.new_key("leaver"), content, leave_after=2)
         assert len(events) == 2
-        record = one_record(gw, "estimated")
+        return one_record(gw, "leaver"), engine.sent[content]
     finally:
         engine.stop()
-    prompt, completion = engine.sent["slow estimate"]
+
+
+def test_a_vllm_style_engine_counts_an_abandoned_stream_with_its_tokenize(
+        gateways: GatewayFactory) -> None:
+    record, counted = abandoned_on(gateways, ScriptedEngine(vllm=True), "slow vllm")
+    assert (record["prompt_tokens"], record["completion_tokens"]) == counted
+
+
+def test_without_a_tokenizer_the_estimate_is_never_below_the_count(
+        gateways: GatewayFactory) -> None:
+    record, (prompt, completion) = abandoned_on(gateways, ScriptedEngine(tokenizer=False),
+                                                "slow estimate")
     # One token per byte: the prompt's whole request body, every byte of text relayed.
     assert record["prompt_tokens"] >= prompt and record["completion_tokens"] >= completion
     assert record["completion_tokens"] == len(("tok " * 3).encode()) * completion // 3
