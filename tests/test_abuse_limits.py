@@ -261,3 +261,16 @@ def test_a_request_that_fails_gives_its_reservation_back(gateways: GatewayFactor
     assert status in (502, 503), body
     wait_records(gw, "failed", 1)
     assert charge_of(gw.store, created["id"], "tpm", window) == 0
+
+
+def test_a_503_after_admission_gives_the_request_back_to_the_keys_rpm(
+        scripted: ScriptedEngine, gateways: GatewayFactory) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"  # refused before it leaves this machine
+    gw = gateways.start(models={**models(scripted),
+                                "gone": {"kind": "llm", "replicas": [dead]}})
+    key = gw.new_key("rpm-refund", rpm=2)
+    time.sleep(2)  # health probes take the dead replica out: "gone" has no replica left
+    fresh_minute()
+    assert [chat(gw, key, chat_body(f"g{i}", 4, model="gone"))[0] for i in range(3)] == [503] * 3
+    wait_records(gw, "rpm-refund", 3)
+    assert [chat(gw, key, chat_body(f"s{i}", 4))[0] for i in range(3)] == [200, 200, 429]
