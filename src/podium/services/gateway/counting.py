@@ -20,6 +20,8 @@ import aiohttp
 
 log = logging.getLogger("podium.gateway")
 COUNT_TIMEOUT_S = 5.0
+# A count of the largest prompt the gateway takes (16 MiB) fits well within this.
+MAX_ANSWER = 32 * 1024 * 1024
 _TEXT_FIELDS = ("content", "reasoning_content", "text")
 
 
@@ -60,9 +62,16 @@ class EngineTokenizer:
 
     async def _post(self, path: str, body: dict[str, Any]) -> Any:
         async with self.client.post(self.url + path, json=body) as resp:
-            if resp.status != 200:
+            # Only a JSON answer of bounded size is a count: an engine that answers with a
+            # stream, or without end, is left at once (leaving closes the connection).
+            if resp.status != 200 or "json" not in resp.headers.get("Content-Type", ""):
                 return None
-            return await resp.json(content_type=None)
+            answer = bytearray()
+            async for chunk in resp.content.iter_any():
+                answer += chunk
+                if len(answer) > MAX_ANSWER:
+                    return None
+            return json.loads(answer)
 
     async def count(self, text: str, *, special: bool) -> int | None:
         # llama-server reads "content", vLLM and SGLang "prompt"; each ignores the other.
