@@ -50,7 +50,10 @@ def deploy() -> None:
         parents = sorted({v["parent"] for v in settings["vlans"]})
         if settings.get("parent_address"):
             parents = sorted({*parents, settings["parent_address"]["interface"]})
-        commands = ["networkctl reload"] + [f"networkctl reconfigure {p}" for p in parents]
+        # networkd can drop a D-Bus call on a starved machine ("Message recipient disconnected
+        # from message bus without replying", seen with a host's load at 70): try twice more.
+        reload = "networkctl reload || { sleep 2; networkctl reload; } || { sleep 5; networkctl reload; }"
+        commands = [reload] + [f"networkctl reconfigure {p}" for p in parents]
         server.shell(name="Apply the network files", commands=commands)
     server.shell(
         name="Wait for declared links",
