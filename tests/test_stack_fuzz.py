@@ -1,5 +1,6 @@
-"""Mutate valid stacks 1,000 times: validation never raises anything but a clean InvalidInput,
-and the CLI's exit status is always 0 or 2."""
+"""Mutate valid stacks 1,000 times, and their bytes a few hundred times with what a hostile file
+holds (aliases, tags, deep brackets, control characters, bytes that are not UTF-8): validation
+never raises anything but a clean InvalidInput, and the CLI's exit status is always 0 or 2."""
 
 import copy
 import subprocess
@@ -85,3 +86,36 @@ def test_cli_exit_codes_on_a_sample_of_mutations(tmp_path):
         )
         assert result.returncode in (0, 2), result.stderr
         assert "Traceback" not in result.stderr
+
+
+TEXTS = [Path(f"stacks/{n}/stack.yaml").read_bytes() for n in ("lab", "single-gpu", "hybrid")]
+# Pieces of hostile YAML: anchors and aliases, tags, brackets, keys that are collections,
+# control characters, Unicode separators and bytes that are not UTF-8.
+HOSTILE_BYTES = st.sampled_from(
+    [b"&a ", b"*a", b"&a [*a, *a]", b"!!python/object:os.system ", b"!!binary ", b"[" * 80, b"{a: " * 70,
+     b"? [x]\n: 1\n", b"\x00", b"\x1b[2J", b"\xff\xfe", b"\xe2\x80\xa8", b"\t", b"<<: *a\n", b"2026-02-30",
+     b"9" * 5000, b"\n" + b" " * 70 + b"x: 1\n", b"%YAML 1.1\n---\n", b"--- \n...\n", b"'", b'"', b"|"]
+)
+
+
+@st.composite
+def hostile_text(draw):
+    data = bytearray(draw(st.sampled_from(TEXTS)))
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, len(data)))
+        piece = draw(st.one_of(HOSTILE_BYTES, st.binary(min_size=1, max_size=8)))
+        cut = draw(st.integers(0, 8))
+        data[at : at + cut] = piece
+    return bytes(data)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(hostile_text())
+def test_hostile_bytes_in_stack_files_fail_cleanly_or_load(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("h") / "stack.yaml"
+    path.write_bytes(data)
+    try:
+        load_stack(path)
+    except InvalidInput as exc:
+        first = str(exc).splitlines()[0]
+        assert first.startswith(str(path)), first

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import types
 import typing
 from pathlib import Path
@@ -12,13 +13,12 @@ from pydantic import BaseModel, ValidationError
 
 from podium.errors import InvalidInput
 from podium.stack.model import RENAMED_KEYS, Stack
+from podium.stack.reading import StackError, read_yaml
 from podium.stack.rules import Problem, check
 
 MAX_SHOWN = 12
 
-
-class StackError(InvalidInput):
-    """A stack that does not load; the message holds one line per problem."""
+__all__ = ["StackError", "dotted", "load_stack", "resolve_path"]
 
 
 def resolve_path(stack: str | Path) -> Path:
@@ -27,6 +27,11 @@ def resolve_path(stack: str | Path) -> Path:
     if path.is_dir():
         path = path / "stack.yaml"
     if not path.is_file():
+        if os.path.lexists(path):
+            raise InvalidInput(
+                f"stack {path}: is not a regular file (a folder, FIFO, device or a symbolic link "
+                "that leads nowhere); give a stack.yaml file or the folder holding it"
+            )
         raise InvalidInput(
             f"stack {stack}: no such stack file; give a folder holding stack.yaml or the file itself"
         )
@@ -38,15 +43,7 @@ def load_stack(stack: str | Path, components: frozenset[str] | None = None) -> S
     from podium.plan.components import COMPONENT_NAMES
 
     path = resolve_path(stack)
-    text = path.read_text(encoding="utf-8")
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = _construct(root, path)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark else 1
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise StackError(f"{path}:{line}: not valid YAML: {problem}") from None
+    root, data = read_yaml(path)
     if not isinstance(data, dict):
         raise StackError(f"{path}:1: a stack is a mapping of sections (name, nodes, engines, ...)")
     lines = _Lines(root)
@@ -59,26 +56,6 @@ def load_stack(stack: str | Path, components: frozenset[str] | None = None) -> S
         raise StackError(_format(path, lines, problems))
     result._folder = path.parent.resolve()
     return result
-
-
-def _construct(node: yaml.Node | None, path: Path) -> Any:
-    """Build plain data from the YAML tree, refusing duplicate keys that PyYAML would drop silently."""
-    if node is None:
-        return None
-    if isinstance(node, yaml.MappingNode):
-        out: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            key = _construct(key_node, path)
-            if key in out:
-                raise StackError(
-                    f"{path}:{key_node.start_mark.line + 1}: key {key!r} appears twice in one mapping; "
-                    "keep one"
-                )
-            out[key] = _construct(value_node, path)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_construct(item, path) for item in node.value]
-    return yaml.SafeLoader(" ").construct_object(node)
 
 
 class _Lines:
@@ -120,7 +97,9 @@ def _format(path: Path, lines: _Lines, problems: list[Problem]) -> str:
 def dotted(path: tuple[str | int, ...]) -> str:
     out = ""
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        # A key with blanks or control characters is shown quoted, so it stays on its line.
+        word = str(part) if str(part).isprintable() and " " not in str(part) else repr(part)
+        out += f"[{part}]" if isinstance(part, int) else (f".{word}" if out else word)
     return out or "(top level)"
 
 
