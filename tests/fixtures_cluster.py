@@ -70,6 +70,7 @@ SMALL_STACK = """
 name: small
 nodes:
   - {name: solo, address: 10.71.0.10}
+network: {admin_sources: [10.71.0.0/24]}
 registry: {node: solo, tls: false}
 models:
   - {name: tiny-llama, version: "1", format: gguf, source: "tiny:gguf"}

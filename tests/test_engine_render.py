@@ -34,6 +34,7 @@ STACK: dict[str, Any] = {
         {"name": "cpu1", "address": "192.0.2.11"},
         {"name": "gpu1", "address": "192.0.2.12", "gpus": 8},
     ],
+    "network": {"admin_sources": ["192.0.2.0/28"]},
     "registry": {"node": "ctrl", "port": 5000},
     "models": [
         {"name": "tiny-llama", "version": "1", "format": "gguf", "source": "tiny:gguf",

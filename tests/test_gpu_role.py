@@ -167,6 +167,7 @@ def _gpu_stack(tmp_path: Path, gpus: int = 2) -> Any:
         "name": "gpustack",
         "nodes": [{"name": "gpu1", "address": "192.0.2.20", "gpus": gpus, "nvswitch": True},
                   {"name": "cpu1", "address": "192.0.2.21"}],
+        "network": {"admin_sources": ["192.0.2.0/28"]},
         "gpu": {"driver_branch": "550", "source": "nvidia"},
     }))
     return load_stack(str(folder))

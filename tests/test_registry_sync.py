@@ -91,6 +91,7 @@ def _write_stack(folder: Path, port: int, models: list[dict], engines: list[dict
     data = {
         "name": STACK,
         "nodes": [{"name": "reg", "address": "127.0.0.1"}],
+        "network": {"admin_sources": ["127.0.0.1"]},
         "registry": {"node": "reg", "port": port, "tls": True},
         "models": models,
         "engines": engines,

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from podium.errors import InvalidInput
 from podium.stack import load_stack
@@ -42,3 +43,32 @@ def test_cli_exits_2_without_traceback(path):
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith(f"error: {path}:"), result.stderr
+
+
+@pytest.mark.parametrize("spelling", ["trust-remote-code", "trust_remote_code", "--trust-remote-code"])
+@pytest.mark.parametrize("engine", [0, 1], ids=["vllm", "sglang"])
+def test_trust_remote_code_needs_a_trusted_model(tmp_path: Path, spelling: str, engine: int) -> None:
+    """Remote code is Python that comes with the model: like a pickle, it needs `trusted: true`."""
+    data = yaml.safe_load(Path("stacks/single-gpu/stack.yaml").read_text())
+    data["engines"][engine]["args"][spelling] = True
+    path = tmp_path / "stack.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(InvalidInput) as caught:
+        load_stack(path)
+    message = str(caught.value)
+    assert len(message.splitlines()) == 1, message
+    name, kind = data["engines"][engine]["name"], data["engines"][engine]["kind"]
+    model = data["engines"][engine]["model"].split(":")[0]
+    assert f"engines[{engine}].args.{spelling.lstrip('-')}" in message, message
+    assert f"{kind} engine {name}" in message and "set trusted: true on that model" in message, message
+    assert f"model {model}" in message, message
+    # A trusted model may, and `false` asks for nothing.
+    for model_entry in data["models"]:
+        model_entry["trusted"] = True
+    path.write_text(yaml.safe_dump(data))
+    load_stack(path)
+    for model_entry in data["models"]:
+        model_entry["trusted"] = False
+    data["engines"][engine]["args"][spelling] = False
+    path.write_text(yaml.safe_dump(data))
+    load_stack(path)

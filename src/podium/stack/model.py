@@ -18,7 +18,7 @@ from podium.stack.sections import (
     Registry,
     Storage,
 )
-from podium.stack.types import Name
+from podium.stack.types import Name, Text, Url, Version, Word
 
 # Keys that were removed or renamed, and what replaced them: a stack using one gets told.
 RENAMED_KEYS: dict[tuple[str, ...], str] = {
@@ -33,9 +33,9 @@ RENAMED_KEYS: dict[tuple[str, ...], str] = {
 
 class Stack(Strict):
     name: Name
-    description: str = ""
+    description: Text = ""
     # Where packages and artifacts come from when nodes have no internet.
-    artifact_mirror: str | None = None
+    artifact_mirror: Url | None = None
     host_network: HostNetwork | None = None
     nodes: list[Node]
     network: Network = Network()
@@ -48,7 +48,7 @@ class Stack(Strict):
     gateway: Gateway | None = None
     kubernetes: Kubernetes | None = None
     # Per-component version overrides of stacks/versions.yaml.
-    versions: dict[str, str] = {}
+    versions: dict[Word, Version] = {}
 
     _folder: Path = PrivateAttr(default=Path("."))
 

@@ -7,7 +7,18 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from podium.stack.types import Address, Name, Size, Subnet
+from podium.stack.types import (
+    Address,
+    LabelKey,
+    LabelValue,
+    LocalPath,
+    Name,
+    Size,
+    Subnet,
+    Url,
+    User,
+    Word,
+)
 
 
 class Strict(BaseModel):
@@ -17,10 +28,10 @@ class Strict(BaseModel):
 
 
 class Ssh(Strict):
-    user: str = "root"
+    user: User = "root"
     port: Annotated[int, Field(ge=1, le=65535)] = 22
     # Private key on the control machine; the lab generates its own when unset.
-    key: str | None = None
+    key: LocalPath | None = None
 
 
 class Disk(Strict):
@@ -30,7 +41,7 @@ class Disk(Strict):
 
 class NetworkAttachment(Strict):
     # A libvirt network or host bridge the machine's NIC joins.
-    network: str
+    network: Word
     address: Address | None = None
     mtu: Annotated[int, Field(ge=576, le=9216)] | None = None
 
@@ -40,11 +51,11 @@ class Machine(Strict):
 
     driver: Literal["nspawn", "libvirt"]
     # libvirt URI of the hypervisor, e.g. qemu:///system or qemu+ssh://hv1/system.
-    hypervisor: str | None = None
+    hypervisor: Url | None = None
     cpus: Annotated[int, Field(ge=1, le=512)] = 1
     memory: Size = "1GiB"
     disks: list[Disk] = []
-    image: str = "debian-12"
+    image: Word = "debian-12"
     networks: list[NetworkAttachment] = []
     # PCI addresses of GPUs passed through to a VM (hostdev).
     pci_passthrough: list[Annotated[str, Field(pattern=r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")]] = []
@@ -54,7 +65,7 @@ class Node(Strict):
     name: Name
     address: Address
     ssh: Ssh = Ssh()
-    labels: dict[str, str] = {}
+    labels: dict[LabelKey, LabelValue] = {}
     gpus: Annotated[int, Field(ge=0, le=64)] = 0
     # NVSwitch systems need fabric manager next to the driver.
     nvswitch: bool = False

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from podium.stack.model import Stack
 from podium.stack.ports import listeners
+from podium.stack.sections import Engine, Model
 
 Path = tuple[str | int, ...]
 
@@ -29,6 +30,7 @@ def check(stack: Stack, components: frozenset[str]) -> list[Problem]:
     """Every broken cross-field rule, in the order the fields appear in the file."""
     return [
         *_unique_nodes(stack),
+        *_admin_sources(stack),
         *_node_refs(stack),
         *_machines(stack),
         *_storage(stack),
@@ -56,6 +58,32 @@ def _unique_nodes(stack: Stack) -> Iterator[Problem]:
                 f"is already the address of node {seen_addresses[address]}; give each node its own",
             )
         seen_addresses.setdefault(address, node.name)
+
+
+def _admin_sources(stack: Stack) -> Iterator[Problem]:
+    """Without a host network there is no lab host to stand for the administrators, and "anyone"
+    is never a default for SSH or the admin ports."""
+    if stack.host_network is None and not stack.network.admin_sources:
+        yield Problem(
+            ("network", "admin_sources"),
+            None,
+            "is required when the stack has no host_network: name the subnets or nodes "
+            "administrators connect from (e.g. [10.0.0.0/24]), so SSH and the admin ports are not "
+            "open to everyone",
+        )
+    # Sources name nodes or subnets (the schema checked the subnets); a name must be a node.
+    refs: list[tuple[Path, str]] = [
+        (("network", "admin_sources", i), s) for i, s in enumerate(stack.network.admin_sources)
+    ]
+    refs += [
+        (("network", "openings", o, "sources", i), s)
+        for o, opening in enumerate(stack.network.openings)
+        for i, s in enumerate(opening.sources)
+    ]
+    known = set(stack.node_names)
+    for path, source in refs:
+        if source[0].isalpha() and source not in known:
+            yield Problem(path, source, "is neither a node of this stack nor an IPv4 address or subnet")
 
 
 def _node_refs(stack: Stack) -> Iterator[Problem]:
@@ -177,6 +205,7 @@ def _engines(stack: Stack) -> Iterator[Problem]:
                 f"is not a model version or alias in models; declared: {', '.join(refs) or 'none'}",
             )
         else:
+            yield from _remote_code(engine, e, model)
             if model.format not in ENGINE_FORMATS[engine.kind]:
                 allowed = " or ".join(sorted(ENGINE_FORMATS[engine.kind]))
                 yield Problem(
@@ -185,6 +214,21 @@ def _engines(stack: Stack) -> Iterator[Problem]:
                     f"is {model.format}, but {engine.kind} serves {allowed}",
                 )
         yield from _engine_devices(stack, e)
+
+
+def _remote_code(engine: Engine, e: int, model: Model) -> Iterator[Problem]:
+    """vLLM and SGLang run Python files shipped beside the weights when asked to: like a pickle,
+    that is code from the model, so the model must be marked trusted as joblib ones are."""
+    if model.trusted:
+        return
+    for key, value in engine.args.items():
+        if key.replace("_", "-").lower() == "trust-remote-code" and value not in (False, "false", "False"):
+            yield Problem(
+                ("engines", e, "args", key),
+                value,
+                f"makes {engine.kind} engine {engine.name} run Python code that comes with model "
+                f"{model.name}; set trusted: true on that model if you trust its code, or drop the arg",
+            )
 
 
 def _engine_devices(stack: Stack, e: int) -> Iterator[Problem]:

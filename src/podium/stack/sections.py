@@ -9,17 +9,32 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from podium.stack.nodes import Strict
-from podium.stack.types import Duration, Name, Port, Subnet
+from podium.stack.types import (
+    AbsPath,
+    AptSource,
+    ArgKey,
+    Duration,
+    Host,
+    LocalPath,
+    Name,
+    Port,
+    PythonName,
+    Source,
+    Subnet,
+    Text,
+    Url,
+    Word,
+)
 
-NodeList = list[str]
+NodeList = list[Name]
 # Lists of nodes a thing runs on: at least one.
-Placement = Annotated[list[str], Field(min_length=1)]
+Placement = Annotated[list[Name], Field(min_length=1)]
 
 
 class Bridge(Strict):
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,14}$")]
     nodes: NodeList
-    interfaces: list[str] = []
+    interfaces: list[Word] = []
     mtu: Annotated[int, Field(ge=576, le=9216)] = 1500
 
 
@@ -27,7 +42,7 @@ class Vlan(Strict):
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,14}$")]
     id: Annotated[int, Field(ge=1, le=4094)]
     # The interface the VLAN rides on (host0 inside lab machines).
-    parent: str = "host0"
+    parent: Word = "host0"
     mtu: Annotated[int, Field(ge=576, le=9216)] = 1500
     nodes: NodeList
     # Node addresses are the subnet's hosts in node order unless given.
@@ -41,7 +56,7 @@ class Opening(Strict):
     protocol: Literal["tcp", "udp"] = "tcp"
     nodes: NodeList
     # CIDRs or node names allowed in; empty means every node of the stack.
-    sources: list[str] = []
+    sources: list[Source] = []
 
 
 class Network(Strict):
@@ -49,22 +64,23 @@ class Network(Strict):
     vlans: list[Vlan] = []
     openings: list[Opening] = []
     # NTP servers of the site; the lab syncs from its host. Never a public pool.
-    ntp_servers: list[str] = []
-    # Where the control machine connects from (CIDRs); SSH and admin ports open to it.
-    # Empty: the lab host's gateway for created machines, else anywhere for SSH.
-    admin_sources: list[str] = []
+    ntp_servers: list[Host] = []
+    # Where the control machine and administrators connect from (node names or CIDRs): SSH,
+    # Prometheus, Alertmanager and Grafana open to them only. Empty: the host_network's
+    # gateway (the lab host); a stack without host_network must name them.
+    admin_sources: list[Source] = []
 
 
 class Storage(Strict):
     driver: Literal["glusterfs", "nfs", "local"]
     nodes: Placement
     replicas: Annotated[int, Field(ge=1, le=16)] = 1
-    mount: Annotated[str, Field(pattern=r"^/[^\s]*$")] = "/srv/podium"
+    mount: AbsPath = "/srv/podium"
     volume: Name = "podium"
     # Nodes that mount the volume; every node of the stack when unset.
     clients: NodeList | None = None
     # A VLAN name: storage traffic goes over it when set.
-    network: str | None = None
+    network: Name | None = None
 
 
 class Gpu(Strict):
@@ -76,9 +92,9 @@ class Gpu(Strict):
 
 
 class Registry(Strict):
-    node: str
+    node: Name
     port: Port = 5000
-    path: Annotated[str, Field(pattern=r"^/[^\s]*$")] = "/srv/podium/registry"
+    path: AbsPath = "/srv/podium/registry"
     tls: bool = True
 
 
@@ -87,14 +103,14 @@ class Model(Strict):
     version: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
     format: Literal["gguf", "safetensors", "skops", "joblib"]
     # A path relative to the stack folder, or tiny:gguf|hf|sklearn for a generated test model.
-    source: str
+    source: LocalPath
     aliases: list[Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")]] = []
     trusted: bool = False
     # Completion tokens a request gets when it names no max_tokens; the gateway sends this
     # cap to the engine and reserves it against the key's limits until the request ends.
     default_max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] = 1024
     # Types a skops file may contain beyond skops' own safe list.
-    trusted_types: list[str] = []
+    trusted_types: list[PythonName] = []
 
 
 class Engine(Strict):
@@ -108,25 +124,25 @@ class Engine(Strict):
     port: Port = 8080
     device: Literal["auto", "cpu", "gpu"] = "auto"
     gpus_per_replica: Annotated[int, Field(ge=0, le=16)] = 0
-    args: dict[str, str | int | float | bool] = {}
+    args: dict[ArgKey, Text | int | float | bool] = {}
 
 
 class Monitoring(Strict):
-    node: str
+    node: Name
     port: Port = 9090
     retention: Duration = "15d"
     scrape_interval: Duration = "15s"
     ttft_slo_seconds: Annotated[float, Field(gt=0)] = 2.0
     # How long a condition holds before an alert fires; the lab shortens it.
     alert_for: Duration = "5m"
-    webhook: str | None = None
+    webhook: Url | None = None
     # Grafana comes from a repository or mirror the site names; skipped when unset.
-    grafana_repository: str | None = None
+    grafana_repository: AptSource | None = None
 
 
 class ApiKey(Strict):
     name: Name
-    models: list[str] | Literal["*"] = "*"
+    models: list[Name] | Literal["*"] = "*"
     rpm: Annotated[int, Field(ge=1)] | None = None
     tpm: Annotated[int, Field(ge=1)] | None = None
     quota: Annotated[str, Field(pattern=r"^\d+/(day|month)$")] | None = None
@@ -152,10 +168,10 @@ class Gateway(Strict):
     tls: bool = True
     store: Literal["sqlite", "postgresql"] = "sqlite"
     # The PostgreSQL node when store is postgresql.
-    store_node: str | None = None
+    store_node: Name | None = None
     keys: list[ApiKey] = []
     # Price per 1K tokens, by model name.
-    prices: dict[str, Price] = {}
+    prices: dict[Name, Price] = {}
 
     @property
     def scrape_port(self) -> int:
@@ -165,10 +181,10 @@ class Gateway(Strict):
 
 class Kubernetes(Strict):
     distribution: Literal["k3s", "existing"] = "k3s"
-    server: str | None = None
+    server: Name | None = None
     agents: NodeList = []
-    kubeconfig: str | None = None
+    kubeconfig: LocalPath | None = None
     namespace: Name = "podium"
     # Engines (by name) that run as Deployments instead of systemd units.
-    engines: list[str] = []
+    engines: list[Name] = []
     gateway: bool = False
