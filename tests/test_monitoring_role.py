@@ -258,9 +258,34 @@ def test_grafana_is_provisioned_only_with_a_repository(tmp_path: Path) -> None:
 
 
 def test_a_grafana_repository_that_is_not_a_url_is_refused(tmp_path: Path) -> None:
-    stack = stack_with(tmp_path, "lab", grafana_repository="apt.grafana.com stable main")
+    # Refused when the stack loads now, before any file is built.
     with pytest.raises(InvalidInput, match="monitoring.grafana_repository"):
-        files_for("monitoring", "ctrl", settings_of(stack, "ctrl"))
+        stack_with(tmp_path, "lab", grafana_repository="apt.grafana.com stable main")
+
+
+def test_grafana_takes_its_admin_password_from_the_stack_secrets_and_admits_admins_only(
+    tmp_path: Path,
+) -> None:
+    stack = stack_with(tmp_path, "lab", grafana_repository="https://mirror.example.internal/grafana")
+    dropin = files_for("monitoring", "ctrl", settings_of(stack, "ctrl"))[rf.GRAFANA_DROPIN]
+    env = dict(
+        line.removeprefix("Environment=").split("=", 1)
+        for line in dropin.splitlines()
+        if line.startswith("Environment=")
+    )
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert env["GF_USERS_ALLOW_SIGN_UP"] == "false"
+    assert env["GF_USERS_ALLOW_ORG_CREATE"] == "false"
+    # The password itself is never in a unit (units are world-readable): Grafana reads a file.
+    assert env["GF_SECURITY_ADMIN_PASSWORD__FILE"] == rf.GRAFANA_PASSWORD_FILE
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in env
+    tasks = (REPO / "roles" / "monitoring" / "tasks.py").read_text()
+    assert "StackSecrets(settings[\"stack\"]).token(rf.GRAFANA_SECRET)" in tasks
+    assert "--password-from-stdin" in tasks, "the password reaches grafana-cli on stdin, not argv"
+    # Port 3000 opens to the stack's admin sources (the lab host), never to everyone.
+    base = BY_NAME["base"].settings(stack, "ctrl")
+    grafana = [o for o in base["openings"] if o["what"] == "grafana"]
+    assert grafana == [{"port": rf.GRAFANA_PORT, "protocol": "tcp", "sources": ["10.77.0.1"], "what": "grafana"}]
 
 
 def test_node_exporter_hosts_are_not_reconfigured_when_an_engine_moves(tmp_path: Path) -> None:

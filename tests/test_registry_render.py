@@ -46,16 +46,33 @@ def test_registry_keeps_data_on_the_storage_path_with_deletes_and_metrics(
     assert config["http"]["net"] == "unix"
     assert config["http"]["addr"] == "/run/docker-registry/registry.sock"
     assert config["http"]["debug"] == {
-        "addr": "0.0.0.0:5001",
+        "addr": "127.0.0.1:5002",
         "prometheus": {"enabled": True, "path": "/metrics"},
     }
     assert "auth" not in config, "accounts are nginx's job: the registry's own auth has no rights"
 
 
+def test_debug_listener_stays_on_loopback_and_nginx_passes_on_metrics_alone(
+    rendered: dict[str, str],
+) -> None:
+    # docker-registry's debug listener also serves expvar and pprof: never on the network.
+    assert yaml.safe_load(rendered["config.yml"])["http"]["debug"]["addr"].startswith("127.0.0.1:")
+    site = rendered["podium-registry.conf"]
+    metrics = site[site.index("listen 5001;") :]
+    assert "location = /metrics {\n        proxy_pass http://127.0.0.1:5002/metrics;" in metrics
+    assert "location / {\n        return 404;" in metrics
+
+
 def test_metrics_port_is_open_to_monitoring_only() -> None:
     stack = load_stack(str(LABREG))
     found = {(i.port, i.what): i.audience for i in listeners(stack) if i.component == "registry"}
-    assert found == {(5000, "registry"): ("stack", "admin"), (5001, "registry metrics"): ("monitoring",)}
+    assert found == {
+        (5000, "registry"): ("stack", "admin"),
+        (5001, "registry metrics"): ("monitoring",),
+        (5002, "registry debug"): ("local",),
+    }
+    openings = {o["port"] for o in BY_NAME["base"].settings(stack, "ctrl")["openings"]}
+    assert {5000, 5001} <= openings and 5002 not in openings, "the loopback debug port is never opened"
 
 
 def test_nginx_reads_with_either_account_and_writes_with_the_push_account_only(

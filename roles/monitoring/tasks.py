@@ -11,6 +11,7 @@ from pyinfra.operations.util import any_changed
 
 from podium.files import files_for
 from podium.monitoring import role_files as rf
+from podium.secrets import StackSecrets
 from podium.stack.versions import load_versions
 from roles.monitoring.defaults import DEFAULTS
 
@@ -194,6 +195,16 @@ def _grafana(settings: dict[str, Any], rendered: dict[str, str]) -> None:
         for path in sorted(rendered)
         if path.startswith((rf.GRAFANA_PROVISIONING, rf.GRAFANA_DASHBOARDS))
     ]
+    # The admin password is the stack's secret (made once, 0600 on the control machine); Grafana
+    # reads it from a file only it and root can read, never from a unit or a command line.
+    password = files.put(
+        name="Grafana admin password",
+        src=StringIO(StackSecrets(settings["stack"]).token(rf.GRAFANA_SECRET) + "\n"),
+        dest=rf.GRAFANA_PASSWORD_FILE,
+        user="root",
+        group="grafana",
+        mode="640",
+    )
     dropin = _put(rendered, rf.GRAFANA_DROPIN)
     systemd.daemon_reload(name="Reload systemd for the Grafana drop-in", _if=dropin.did_change)
     systemd.service(
@@ -201,9 +212,19 @@ def _grafana(settings: dict[str, Any], rendered: dict[str, str]) -> None:
         service="grafana-server",
         running=True,
         restarted=True,
-        _if=any_changed(dropin, *provisioned),
+        _if=any_changed(dropin, password, *provisioned),
     )
     systemd.service(name="Keep Grafana running", service="grafana-server", running=True, enabled=True)
+    # Grafana takes the password file only when it first creates its database: set it on the
+    # running one too, through stdin so it never shows in a process list.
+    server.shell(
+        name="Grafana's admin account has the stack's password",
+        commands=[
+            "grafana-cli --homepath /usr/share/grafana admin reset-admin-password --password-from-stdin "
+            f"< {rf.GRAFANA_PASSWORD_FILE}"
+        ],
+        _if=password.did_change,
+    )
 
 
 @pyinfra_deploy("monitoring: check", data_defaults=DEFAULTS)

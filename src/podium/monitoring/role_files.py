@@ -33,6 +33,9 @@ GRAFANA_DROPIN = "etc/systemd/system/grafana-server.service.d/podium.conf"
 GRAFANA_PROVISIONING = "etc/grafana/provisioning"
 GRAFANA_DASHBOARDS = "var/lib/grafana/dashboards/podium"
 GRAFANA_PORT = 3000
+# The admin password, from the stack's secrets on the control machine (secret GRAFANA_SECRET).
+GRAFANA_PASSWORD_FILE = "/etc/grafana/podium-admin-password"
+GRAFANA_SECRET = "grafana-admin"
 # Debian's bundle of trusted CAs: Podium's CA joins it on every node, and Prometheus re-reads
 # the file when it changes, so a CA added after Prometheus started is still used.
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
@@ -168,7 +171,9 @@ def _grafana_files(settings: Mapping[str, Any]) -> dict[str, str]:
         GRAFANA_SOURCE: env.get_template("role/grafana.list.j2").render(
             keyring=GRAFANA_KEYRING, url=url, suite=suite
         ),
-        GRAFANA_DROPIN: env.get_template("role/grafana-server.conf.j2").render(port=GRAFANA_PORT),
+        GRAFANA_DROPIN: env.get_template("role/grafana-server.conf.j2").render(
+            port=GRAFANA_PORT, password_file=GRAFANA_PASSWORD_FILE
+        ),
     }
     files.update({f"{GRAFANA_PROVISIONING}/{k}": v for k, v in provisioning.items()})
     for name in DASHBOARDS:

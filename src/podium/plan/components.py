@@ -43,7 +43,7 @@ def _base_settings(stack: Stack, host: str) -> Settings:
     audiences = _audiences(stack)
     openings = []
     for item in listeners(stack):
-        if item.node == host:
+        if item.node == host and "local" not in item.audience:
             sources = sorted({s for who in item.audience for s in audiences[who]})
             if not sources and "any" not in item.audience:
                 # Nobody of that kind in the stack (no gateway, say): fall back to the control machine,
@@ -196,8 +196,11 @@ def _registry_settings(stack: Stack, host: str) -> Settings:
     return {
         **reg.model_dump(),
         "address": str(node.address),
-        # docker-registry's debug listener: /metrics for Prometheus, reached by monitoring only.
+        # nginx passes the registry's /metrics on here, for Prometheus (the firewall admits only
+        # the monitoring node); docker-registry's debug listener (metrics, expvar, pprof) binds
+        # 127.0.0.1 at the port after it.
         "debug_port": reg.port + 1,
+        "debug_local_port": reg.port + 2,
         # Names its TLS certificate carries: the node's name and address.
         "server_names": [reg.node],
         "server_addresses": [str(node.address)],

@@ -43,7 +43,8 @@ class Listener:
     # Field path in the stack that put the port there, for error messages.
     path: tuple[str | int, ...]
     what: str
-    # Who connects: anyone, the stack's nodes, gateway or monitoring nodes, or the control machine.
+    # Who connects: anyone, the stack's nodes, gateway or monitoring nodes, or the control machine;
+    # "local" binds 127.0.0.1 only: no firewall opening, but the port is still taken on the node.
     audience: tuple[str, ...] = ("stack", "admin")
 
 
@@ -97,6 +98,9 @@ def listeners(stack: Stack) -> list[Listener]:
                 reg.node, reg.port + 1, "registry", ("registry", "port"), "registry metrics", ("monitoring",)
             )
         )
+        out.append(
+            Listener(reg.node, reg.port + 2, "registry", ("registry", "port"), "registry debug", ("local",))
+        )
     out.extend(_storage_listeners(stack))
     for e, engine in enumerate(stack.engines):
         for rep in replicas(engine):
@@ -118,7 +122,8 @@ def listeners(stack: Stack) -> list[Listener]:
             Listener(mon.node, ALERTMANAGER_PORT, "monitoring", ("monitoring",), "alertmanager", ("admin",))
         )
         if mon.grafana_repository:
-            out.append(Listener(mon.node, GRAFANA_PORT, "monitoring", ("monitoring",), "grafana", ("any",)))
+            # Grafana's login is the only thing between a caller and every dashboard: admins only.
+            out.append(Listener(mon.node, GRAFANA_PORT, "monitoring", ("monitoring",), "grafana", ("admin",)))
         for i, node in enumerate(stack.nodes):
             where: tuple[str | int, ...] = ("nodes", i)
             only_monitoring: tuple[str, ...] = ("monitoring",)
