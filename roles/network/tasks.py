@@ -1,5 +1,6 @@
 """Role network, its verbs: deploy, check, remove."""
 
+import shlex
 from io import StringIO
 
 from pyinfra import host
@@ -53,11 +54,11 @@ def deploy() -> None:
         # networkd can drop a D-Bus call on a starved machine ("Message recipient disconnected
         # from message bus without replying", seen with a host's load at 70): try twice more.
         reload = "networkctl reload || { sleep 2; networkctl reload; } || { sleep 5; networkctl reload; }"
-        commands = [reload] + [f"networkctl reconfigure {p}" for p in parents]
+        commands = [reload] + [f"networkctl reconfigure {shlex.quote(p)}" for p in parents]
         server.shell(name="Apply the network files", commands=commands)
     server.shell(
         name="Wait for declared links",
-        commands=[f"networkctl status {n} >/dev/null" for n in _links(rendered)] or ["true"],
+        commands=[f"networkctl status {shlex.quote(n)} >/dev/null" for n in _links(rendered)] or ["true"],
         _if=lambda: bool(changed or missing),
     )
 

@@ -1,5 +1,6 @@
 """Role storage, its verbs: deploy, check, remove."""
 
+import shlex
 from collections.abc import Callable
 from io import StringIO
 from typing import Any
@@ -76,7 +77,7 @@ def _gluster_server(settings: dict[str, Any], rendered: dict[str, str], here: bo
 
     device = host.data.storage_brick_device if here else None
     folder = settings["brick"].rsplit("/", 1)[0]
-    fs = _fact(f"blkid -o value -s TYPE {device}").strip() if device else ""
+    fs = _fact(f"blkid -o value -s TYPE {shlex.quote(device)}").strip() if device else ""
     if fs not in ("", "xfs"):
         raise DeployError(
             f"{host.name}: brick disk {device} holds a {fs} file system; "
@@ -84,7 +85,7 @@ def _gluster_server(settings: dict[str, Any], rendered: dict[str, str], here: bo
         )
     server.shell(
         name="Format the brick disk (XFS)",
-        commands=[f"mkfs.xfs -i size=512 {device}"],
+        commands=[f"mkfs.xfs -i size=512 {shlex.quote(device or '')}"],
         _if=_when(bool(device) and not fs),
     )
     # Only the folder above the brick: gluster creates the brick itself and marks it with its
@@ -99,7 +100,7 @@ def _gluster_server(settings: dict[str, Any], rendered: dict[str, str], here: bo
     )
     server.shell(
         name="Mount the brick disk",
-        commands=[f"findmnt --mountpoint {folder} >/dev/null || mount {folder}"],
+        commands=[f"findmnt --mountpoint {shlex.quote(folder)} >/dev/null || mount {shlex.quote(folder)}"],
         _if=_when(bool(device)),
     )
 
@@ -111,7 +112,7 @@ def _gluster_server(settings: dict[str, Any], rendered: dict[str, str], here: bo
         commands=probes or ["true"],
         _if=_when(bool(probes)),
     )
-    info = _fact(f"gluster volume info {settings['volume']} --xml") if first else ""
+    info = _fact(f"gluster volume info {shlex.quote(settings['volume'])} --xml") if first else ""
     started = gluster.volume_info_started(info)
     server.shell(
         name=f"Create the volume {settings['volume']}",
@@ -169,11 +170,11 @@ def _mount(settings: dict[str, Any], rendered: dict[str, str], here: bool) -> No
         marker=FSTAB_MARKER,
         _if=_when(shared),
     )
-    source = _fact(f"findmnt -n -o SOURCE --mountpoint {mount}").strip() if shared else ""
+    source = _fact(f"findmnt -n -o SOURCE --mountpoint {shlex.quote(mount)}").strip() if shared else ""
     wanted = rendered["fstab"].split()[0] if shared else ""
     changed = shared and (source != wanted or fstab.will_change)
-    commands = [f"umount {mount}"] if source and changed else []
-    commands += ["systemctl daemon-reload", f"mount {mount}"]
+    commands = [f"umount {shlex.quote(mount)}"] if source and changed else []
+    commands += ["systemctl daemon-reload", f"mount {shlex.quote(mount)}"]
     server.shell(name=f"Mount {mount}", commands=commands, _if=_when(changed))
     if here and not shared:
         host.noop(f"{mount} is a folder of this node (storage driver local)")
@@ -182,9 +183,10 @@ def _mount(settings: dict[str, Any], rendered: dict[str, str], here: bool) -> No
 @pyinfra_deploy("storage: check", data_defaults=DEFAULTS)
 def check() -> None:
     settings = host.data.podium_storage
-    commands = [f"test -d {settings['mount']}"]
+    mount = shlex.quote(settings["mount"])
+    commands = [f"test -d {mount}"]
     if settings["client"] and settings["driver"] != "local":
-        commands.append(f"findmnt --mountpoint {settings['mount']} >/dev/null")
+        commands.append(f"findmnt --mountpoint {mount} >/dev/null")
     server.shell(name="The volume is mounted", commands=commands)
 
 
@@ -196,7 +198,7 @@ def remove() -> None:
     if settings["driver"] != "local":
         server.shell(
             name=f"Unmount {mount}",
-            commands=[f"if findmnt --mountpoint {mount} >/dev/null; then umount {mount}; fi"],
+            commands=[f"if findmnt --mountpoint {shlex.quote(mount)} >/dev/null; then umount {shlex.quote(mount)}; fi"],
         )
         files.block(
             name=f"Stop mounting {mount} at boot",
@@ -205,7 +207,7 @@ def remove() -> None:
             present=False,
         )
     if settings["server"] and settings["driver"] == "glusterfs" and host.name == settings["servers"][0]:
-        volume = settings["volume"]
+        volume = shlex.quote(settings["volume"])
         server.shell(
             name=f"Stop and delete the volume {volume} (bricks keep the data)",
             commands=[

@@ -63,7 +63,13 @@ def venv_name(kind: str, replica: Mapping[str, Any] | None = None) -> str:
 
 
 def systemd_quote(word: str) -> str:
-    """One ExecStart word: systemd expands % and $ and splits on blanks, so escape or quote them."""
+    """One ExecStart word: systemd expands % and $ and splits on blanks, so escape or quote them.
+
+    A line break cannot be quoted in a unit (it ends the setting), so it is refused; the stack's
+    schema refuses control characters before any value gets here.
+    """
+    if any(c in word for c in "\n\r\x00\x0b\x0c\x85\u2028\u2029"):
+        raise ValueError(f"{word!r} holds a line break or NUL, which no unit setting can carry")
     word = word.replace("%", "%%").replace("$", "$$")
     if word and not any(c in word for c in " \t\"'\\;"):
         return word
