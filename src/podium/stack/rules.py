@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from ipaddress import IPv4Network
 
 from podium.stack.model import Stack
 from podium.stack.ports import listeners
@@ -71,6 +72,15 @@ def _admin_sources(stack: Stack) -> Iterator[Problem]:
             "administrators connect from (e.g. [10.0.0.0/24]), so SSH and the admin ports are not "
             "open to everyone",
         )
+    for i, source in enumerate(stack.network.admin_sources):
+        # Prometheus and Alertmanager have no login of their own: the firewall is their only door.
+        if source[0].isdigit() and IPv4Network(source, strict=False).prefixlen == 0:
+            yield Problem(
+                ("network", "admin_sources", i),
+                source,
+                "opens SSH and the unauthenticated admin ports (Prometheus, Alertmanager) to every "
+                "address; name the subnets administrators connect from",
+            )
     # Sources name nodes or subnets (the schema checked the subnets); a name must be a node.
     refs: list[tuple[Path, str]] = [
         (("network", "admin_sources", i), s) for i, s in enumerate(stack.network.admin_sources)
