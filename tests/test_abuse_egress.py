@@ -87,8 +87,12 @@ def test_cluster_nodes_open_what_k3s_needs_and_reload_only_podiums_table(tmp_pat
 
 
 def test_a_mirror_that_is_not_a_host_name_is_refused_naming_the_field(tmp_path: Path) -> None:
-    stack = _stack(tmp_path, CLUSTER_STACK.replace("http://10.60.0.5:8080/podium", "http://a;b/podium"))
-    with pytest.raises(InvalidInput, match=r"artifact_mirror: 'a;b' is neither an address nor a host name"):
+    # Shell metacharacters never get past the stack's schema...
+    with pytest.raises(InvalidInput, match=r"artifact_mirror = 'http://a;b/podium': is a URL of"):
+        _stack(tmp_path, CLUSTER_STACK.replace("http://10.60.0.5:8080/podium", "http://a;b/podium"))
+    # ...and a URL the schema takes whose host is no host name is refused by the firewall's settings.
+    stack = _stack(tmp_path, CLUSTER_STACK.replace("http://10.60.0.5:8080/podium", "http://a_b/podium"))
+    with pytest.raises(InvalidInput, match=r"artifact_mirror: 'a_b' is neither an address nor a host name"):
         egress_settings(stack)
 
 
