@@ -133,13 +133,18 @@ def running_registry(
                 yield RunningRegistry(address, storage, log, proc.pid, user, password, ca)
                 return
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
     raise RuntimeError(f"docker-registry did not start; see {log}:\n{log.read_text()[-2000:]}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate a process this test started, killing it if it does not end within 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], port: int, ca: Path | None) -> bool:

@@ -3,10 +3,15 @@ htpasswd accounts, from the labreg stack's settings."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import stat
 import subprocess
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import bcrypt
@@ -21,6 +26,7 @@ from podium.registry import ca
 from podium.registry.access import Credential, pull_credential, push_credential
 from podium.stack import load_stack
 from podium.stack.ports import listeners
+from tests.fixtures_registry import stop
 
 LABREG = Path(__file__).parent / "stacks" / "labreg"
 
@@ -62,6 +68,86 @@ def test_debug_listener_stays_on_loopback_and_nginx_passes_on_metrics_alone(
     assert "location = /metrics {\n        proxy_pass http://127.0.0.1:5002/metrics;" in metrics
     assert "location / {\n        return 404;" in metrics
 
+
+
+def _free_run(width: int) -> int:
+    """A port P on 127.0.0.1 with P .. P+width-1 all free just now."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = int(probe.getsockname()[1])
+        if base + width > 65535:
+            continue
+        try:
+            with contextlib.ExitStack() as held:
+                for port in range(base, base + width):
+                    sock = held.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no run of free ports on 127.0.0.1")
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+
+
+def test_real_registry_and_nginx_serve_metrics_but_keep_the_debug_listener_on_loopback(
+    tmp_path: Path, state: Path
+) -> None:
+    """The rendered config.yml and nginx site, run for real on 127.0.0.1: Prometheus gets
+    /metrics through nginx; expvar and pprof stay on the registry's loopback listener."""
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(nginx).exists() or not Path("/usr/bin/docker-registry").exists():
+        pytest.skip("nginx and docker-registry run the rendered files (apt-get install nginx docker-registry)")
+    port = _free_run(3)
+    stack = load_stack(str(LABREG))
+    assert stack.registry is not None
+    stack = stack.model_copy(update={"registry": stack.registry.model_copy(update={"port": port})})
+    files = files_for("registry", "ctrl", BY_NAME["registry"].settings(stack, "ctrl"))
+    sock = tmp_path / "registry.sock"
+    config = files["config.yml"].replace("/srv/podium/registry", str(tmp_path / "storage"))
+    (tmp_path / "config.yml").write_text(config.replace("/run/docker-registry/registry.sock", str(sock)))
+    cert, key = ca.server_certificate("labreg", "registry", ["127.0.0.1"], ["ctrl"])
+    site = files["podium-registry.conf"].replace("/run/docker-registry/registry.sock", str(sock))
+    site = site.replace("/etc/podium/registry/tls.crt", str(cert)).replace("/etc/podium/registry/tls.key", str(key))
+    # Test traffic stays on 127.0.0.1: the site's listeners are pinned there.
+    site = site.replace(f"listen {port} ssl;", f"listen 127.0.0.1:{port} ssl;")
+    site = site.replace(f"listen {port + 1};", f"listen 127.0.0.1:{port + 1};")
+    (tmp_path / "site.conf").write_text(site)
+    (tmp_path / "nginx.conf").write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
+        f"http {{ access_log off; client_body_temp_path {tmp_path}/body; proxy_temp_path {tmp_path}/proxy; "
+        f"include {tmp_path}/site.conf; }}\n"
+    )
+    with (tmp_path / "registry.log").open("wb") as log:
+        registry = subprocess.Popen(["/usr/bin/docker-registry", "serve", str(tmp_path / "config.yml")],
+                                    stdout=log, stderr=subprocess.STDOUT)
+    front = subprocess.Popen([nginx, "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path), "-g", "daemon off;"],
+                             stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 15
+        status, body = 0, ""
+        while time.monotonic() < deadline and status != 200:
+            time.sleep(0.2)
+            status, body = _get(f"http://127.0.0.1:{port + 1}/metrics")
+        assert status == 200 and "registry_" in body, (
+            f"no registry metrics through nginx: {status}\n{(tmp_path / 'registry.log').read_text()[-1500:]}"
+        )
+        assert _get(f"http://127.0.0.1:{port + 1}/debug/vars")[0] == 404, "nginx passes on /metrics alone"
+        assert _get(f"http://127.0.0.1:{port + 2}/debug/vars")[0] == 200, "the registry's own debug listener"
+        listening = subprocess.run(["ss", "-Hltn", f"sport = :{port + 2}"], capture_output=True, text=True).stdout
+        assert listening.split() and all(
+            line.split()[3] == f"127.0.0.1:{port + 2}" for line in listening.strip().splitlines()
+        ), listening
+    finally:
+        stop(front)
+        stop(registry)
 
 def test_metrics_port_is_open_to_monitoring_only() -> None:
     stack = load_stack(str(LABREG))
