@@ -264,8 +264,13 @@ def test_a_grafana_repository_that_is_not_a_url_is_refused(tmp_path: Path) -> No
 
 
 def test_grafana_takes_its_admin_password_from_the_stack_secrets_and_admits_admins_only(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("PODIUM_STATE_DIR", str(tmp_path / "state"))
+    password = rf.grafana_admin_password("lab")
+    secret = tmp_path / "state" / "lab" / "secrets" / rf.GRAFANA_SECRET
+    assert len(password) >= 32 and rf.grafana_admin_password("lab") == password, "made once, then kept"
+    assert secret.stat().st_mode & 0o777 == 0o600
     stack = stack_with(tmp_path, "lab", grafana_repository="https://mirror.example.internal/grafana")
     dropin = files_for("monitoring", "ctrl", settings_of(stack, "ctrl"))[rf.GRAFANA_DROPIN]
     env = dict(
@@ -279,9 +284,11 @@ def test_grafana_takes_its_admin_password_from_the_stack_secrets_and_admits_admi
     # The password itself is never in a unit (units are world-readable): Grafana reads a file.
     assert env["GF_SECURITY_ADMIN_PASSWORD__FILE"] == rf.GRAFANA_PASSWORD_FILE
     assert "GF_SECURITY_ADMIN_PASSWORD" not in env
+    every_file = files_for("monitoring", "ctrl", settings_of(stack, "ctrl"))
+    assert not [p for p, text in every_file.items() if password in text], "the password is in a rendered file"
+    assert password not in json.dumps(settings_of(stack, "ctrl")), "the password is in the settings"
     tasks = (REPO / "roles" / "monitoring" / "tasks.py").read_text()
-    assert "StackSecrets(settings[\"stack\"]).token(rf.GRAFANA_SECRET)" in tasks
-    assert "--password-from-stdin" in tasks, "the password reaches grafana-cli on stdin, not argv"
+    assert "rf.grafana_admin_password(" in tasks and "--password-from-stdin" in tasks
     # Port 3000 opens to the stack's admin sources (the lab host), never to everyone.
     base = BY_NAME["base"].settings(stack, "ctrl")
     grafana = [o for o in base["openings"] if o["what"] == "grafana"]

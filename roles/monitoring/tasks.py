@@ -11,7 +11,6 @@ from pyinfra.operations.util import any_changed
 
 from podium.files import files_for
 from podium.monitoring import role_files as rf
-from podium.secrets import StackSecrets
 from podium.stack.versions import load_versions
 from roles.monitoring.defaults import DEFAULTS
 
@@ -199,7 +198,7 @@ def _grafana(settings: dict[str, Any], rendered: dict[str, str]) -> None:
     # reads it from a file only it and root can read, never from a unit or a command line.
     password = files.put(
         name="Grafana admin password",
-        src=StringIO(StackSecrets(settings["stack"]).token(rf.GRAFANA_SECRET) + "\n"),
+        src=StringIO(rf.grafana_admin_password(settings["stack"]) + "\n"),
         dest=rf.GRAFANA_PASSWORD_FILE,
         user="root",
         group="grafana",

@@ -17,6 +17,7 @@ from podium.monitoring.dashboards import (
 from podium.monitoring.rules import AlertThresholds, render_alert_rules, render_alertmanager_config
 from podium.monitoring.scrape import check_duration, render_prometheus_config
 from podium.monitoring.targets import DCGM_EXPORTER_PORT, NODE_EXPORTER_PORT, ScrapeTarget
+from podium.secrets import StackSecrets
 
 PROMETHEUS_CONFIG = "etc/prometheus/prometheus.yml"
 ALERT_RULES = "etc/prometheus/podium-alerts.yml"
@@ -98,6 +99,12 @@ def grafana_source(repository: str) -> tuple[str, str]:
             "write it like https://mirror.example.internal/grafana stable main"
         )
     return url.rstrip("/"), suite.strip() or "stable main"
+
+
+def grafana_admin_password(stack: str) -> str:
+    """Grafana's admin password: the stack's secret, made once and kept 0600 on the control
+    machine; never part of the settings or of a rendered file."""
+    return StackSecrets(stack).token(GRAFANA_SECRET)
 
 
 def build(host: str, settings: Mapping[str, Any]) -> dict[str, str]:
