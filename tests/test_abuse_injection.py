@@ -220,10 +220,16 @@ def check_refused_or_inert(tmp_path: Path, slot: tuple[str, ...], hostile: str) 
         assert lines and all(line.isprintable() for line in lines), f"{slot}: unprintable message {exc!s:.300}"
         assert all(line.startswith((str(path), "... and")) for line in lines), f"{slot}: {exc!s:.300}"
         return "refused"
+    try:
+        files = rendered(stack)
+    except InvalidInput as exc:
+        # Refused while files are built (a mirror URL without a host, say): `podium render`
+        # exits 2 with this one sentence, as good as validate refusing it.
+        assert len(str(exc).splitlines()) == 1 and str(exc).isprintable(), f"{slot}: {exc!s:.300}"
+        return "refused"
     assert not CONTROL.search(hostile), f"{slot}: a value with a control character was accepted: {hostile!r}"
     # The value as the schema keeps it (an engine flag loses its leading dashes, say).
     hostile = value_at(stack.model_dump(mode="json"), slot)
-    files = rendered(stack)
     base = base_files()
     assert {swapped(k, hostile, harmless) for k in files} == set(base), f"{slot}: {hostile!r} changed file names"
     for name, text in files.items():

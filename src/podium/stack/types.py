@@ -127,7 +127,10 @@ User = Annotated[
 # An absolute path on a node: it reaches mount, fstab and shell commands.
 AbsPath = Annotated[
     str,
-    _shaped(r"/[A-Za-z0-9._/+-]*", "is an absolute path of letters, digits and . _ / + - (e.g. /srv/podium)"),
+    _shaped(
+        r"(?!.*/\.\.?(/|$))/[A-Za-z0-9._/+-]*",
+        "is an absolute path of letters, digits and . _ / + -, without . or .. parts (e.g. /srv/podium)",
+    ),
 ]
 # A path on the control machine (an SSH key, a kubeconfig, a model folder or tiny:KIND).
 LocalPath = Annotated[
