@@ -93,7 +93,9 @@ def _size(n: int) -> str:
 @app.command()
 def push(
     path: Annotated[
-        Path, typer.Argument(help="Model file, or a directory (safetensors + tokenizer).")
+        # A str, not a Path: typer would turn "" into "." before it could be refused.
+        str,
+        typer.Argument(help="Model file, or a directory (safetensors + tokenizer)."),
     ],
     name: Annotated[str, typer.Option("--name", help="Model name, e.g. tinyllama.")],
     version: Annotated[str, typer.Option("--version", help="Version tag, e.g. v1.")],

@@ -56,6 +56,20 @@ def hash_file(path: Path, progress: Progress | None = None) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
+def model_path(given: Path | str) -> Path:
+    """The file or folder a push sends; an empty path is refused rather than read as ".".
+
+    Path("") is the current directory, so `podium model push ""` (an unset shell variable)
+    would push whatever folder the command ran in.
+    """
+    if isinstance(given, str) and not given.strip():
+        raise InvalidInput(
+            f"model path {given!r} is empty; give a model file or directory "
+            "(write . to push the current directory)"
+        )
+    return Path(given)
+
+
 def relative_files(path: Path) -> list[str]:
     """The files a push sends: the file itself, or every regular file under a directory."""
     if path.is_file():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -14,7 +15,13 @@ from urllib.parse import urljoin
 from podium.errors import InvalidInput, PodiumError
 from podium.registry import artifact, media
 from podium.registry.artifact import Progress
-from podium.registry.pull import fetch_blob, partial_path, place
+from podium.registry.pull import (
+    check_free_space,
+    fetch_blob,
+    leftover_bytes,
+    partial_path,
+    place,
+)
 from podium.registry.ref import REPOSITORY_PREFIX, ModelRef, check_name, check_tag
 from podium.registry.transport import Transport, raise_for
 from podium.registry.trust import check_trust
@@ -135,7 +142,7 @@ class Registry:
 
     def push(
         self,
-        path: Path,
+        path: Path | str,
         name: str,
         version: str,
         fmt: str | None = None,
@@ -150,7 +157,7 @@ class Registry:
         Pushing the same files again is a no-op with the same digest; pushing different files
         under an existing version is refused, since engines may already run that version.
         """
-        path = Path(path)
+        path = artifact.model_path(path)
         ref = ModelRef(check_name(name), tag=check_tag(version))
         files = artifact.relative_files(path)
         model_format = media.check_format(fmt) if fmt else media.guess_format(path, files)
@@ -376,8 +383,10 @@ class Registry:
         """Fetch a model's files into `dest` in their original relative paths; returns `dest`.
 
         Every blob is checked against its digest as it streams into a temp file in `dest`;
-        only when all of them are intact are they renamed into place. A pull that was cut
-        off resumes from its temp files.
+        only when all of them are intact are they renamed into place. Free space for all of
+        them is checked first. A transfer cut off midway is resumed within the pull; a pull
+        that fails removes its temp files, and one killed outright (no chance to clean up)
+        is resumed from them by the next pull.
         """
         manifest = self.manifest(ref)
         config = self.config(ref, manifest)
@@ -390,7 +399,37 @@ class Registry:
                     "but not in the model's config; refusing the model — push it again"
                 )
         dest = Path(dest)
+        sizes = {layer.sha256: layer.size for layer in layers}
+        # Each blob once (less what an interrupted pull left), plus a copy per extra path.
+        needed = sum(size - leftover_bytes(partial_path(dest, sha), size) for sha, size in sizes.items())
+        needed += sum(layer.size for layer in layers) - sum(sizes.values())
+        check_free_space(dest, needed, f"model {ref}")
+        created = not dest.exists()
         dest.mkdir(parents=True, exist_ok=True)
+        temps = [partial_path(dest, sha) for sha in sizes]
+        temps += [partial_path(dest, sha + "-copy") for sha in sizes]
+        try:
+            self._fetch_and_place(ref, layers, dest, progress)
+        except BaseException:
+            # Whatever stopped the pull, the folder keeps no temp files: a later pull starts
+            # clean, and nobody finds a stray .partial beside the model.
+            for temp in temps:
+                with contextlib.suppress(FileNotFoundError):
+                    temp.unlink()
+            if created:
+                with contextlib.suppress(OSError):
+                    dest.rmdir()  # only when nothing else landed in it
+            raise
+        return dest
+
+    def _fetch_and_place(
+        self,
+        ref: ModelRef,
+        layers: list[artifact.ModelFile],
+        dest: Path,
+        progress: Progress | None,
+    ) -> None:
+        """Fetch each distinct blob once, then give every path its file (copies for repeats)."""
         fetched: dict[str, Path] = {}
         for layer in layers:
             if layer.sha256 in fetched:
@@ -417,4 +456,3 @@ class Registry:
             else:
                 place(fetched[layer.sha256], final)
                 placed[layer.sha256] = final
-        return dest

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,10 @@ log = logging.getLogger(__name__)
 
 # GET the blob with these extra headers (a Range when resuming); the caller owns auth and URL.
 BlobGetter = Callable[[dict[str, str]], requests.Response]
+
+# A transfer cut off midway (a dropped connection, a registry restart) is resumed this many
+# times within one pull before the pull gives up and removes what it wrote.
+CUT_OFFS = 3
 
 
 @dataclass(frozen=True)
@@ -116,31 +121,40 @@ def fetch_blob(
     what: the file's name, for messages.
     progress: called with each number of bytes written.
 
-    A resumed download that ends with the wrong digest is thrown away and fetched once more
+    A transfer cut off midway is resumed from where it stopped, up to CUT_OFFS times. A
+    resumed download that ends with the wrong digest is thrown away and fetched once more
     from the start, since the leftover bytes may be what was wrong. A whole download with the
     wrong digest is refused and leaves nothing behind.
     """
-    for _ in range(2):
+    cut_offs = 0
+    restarted = False
+    while True:
         h, start = _hash_prefix(partial, size)
-        if start == size and h.hexdigest() == sha256:
+        # An empty blob has nothing to resume: its digest matches before any file exists.
+        if start == size and partial.exists() and h.hexdigest() == sha256:
             if progress:
                 progress(size)
             return Fetched(partial, start)
-        if start == size:
+        if start == size and partial.exists():
             partial.unlink()
             h, start = hashlib.sha256(), 0
         try:
             start, total, h = _stream(get, partial, start, h, size, what, progress)
         except requests.RequestException as exc:
+            cut_offs += 1
+            if cut_offs < CUT_OFFS:
+                log.warning("%s: the download was cut off (%s); resuming it", what, exc)
+                continue
             raise PodiumError(
-                f"download of {what!r} was cut off ({exc.__class__.__name__}); "
-                "run the same pull again to resume it"
+                f"download of {what!r} was cut off {cut_offs} times "
+                f"({exc.__class__.__name__}); check the network to the registry and pull again"
             ) from exc
         if total == size and h.hexdigest() == sha256:
             return Fetched(partial, start)
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
-        if start:
+        if start and not restarted:
+            restarted = True
             log.warning(
                 "%s: bytes kept from an interrupted pull were wrong; starting it over", what
             )
@@ -150,7 +164,31 @@ def fetch_blob(
             f"(got {total} bytes hashing to sha256:{h.hexdigest()}); refusing the model — "
             "the registry's copy is damaged, push the model again"
         )
-    raise PodiumError(f"file {what!r} could not be fetched intact; run the pull again")
+
+
+def leftover_bytes(partial: Path, size: int) -> int:
+    """Bytes of a blob an interrupted pull already wrote, which a resume need not fetch again."""
+    try:
+        return min(partial.stat().st_size, size)
+    except FileNotFoundError:
+        return 0
+
+
+def check_free_space(dest: Path, needed: int, what: str) -> None:
+    """Refuse a download the filesystem under `dest` cannot hold, before a byte is written.
+
+    Running out midway would leave a half-written model and, on a node, a full disk under
+    the engines and logs that share it.
+    """
+    probe = dest
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if needed > free:
+        raise PodiumError(
+            f"{dest} has {free} bytes free but {what} needs {needed} bytes; free space there "
+            "or pull into a folder on a larger disk"
+        )
 
 
 def place(fetched: Path, final: Path) -> None:

@@ -27,9 +27,11 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import ssl
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -55,6 +57,40 @@ class BadArguments(PullError):
     exit_code = 2
 
 
+def origin(url: str) -> tuple[str, str, int | None]:
+    """Scheme, host and port: the credential belongs to this triple, not to any URL."""
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), port
+
+
+class CredentialRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a registry's redirects, but keep its credential with the registry.
+
+    Registries that keep blobs in an object store (S3, GCS, Azure, MinIO) answer a blob GET
+    with a redirect to a pre-signed URL on another host: the signature in the URL is the
+    credential there, and the store refuses a request that carries a second one. So a
+    redirect to another scheme, host or port is followed without the Authorization header
+    (urllib would send it along), and one from HTTPS down to plain HTTP is refused.
+    """
+
+    max_redirections = 5
+
+    def redirect_request(
+        self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any, newurl: str
+    ) -> urllib.request.Request | None:
+        old, new = origin(req.full_url), origin(newurl)
+        if old[0] == "https" and new[0] != "https":
+            raise PullError(
+                f"the registry redirected {urllib.parse.urlsplit(req.full_url).path} to "
+                f"{new[0]}://{new[1]}, away from HTTPS; refusing it - serve blobs over HTTPS"
+            )
+        follow = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if follow is not None and new != old:
+            follow.remove_header("Authorization")
+        return follow
+
+
 class RegistryClient:
     """GETs against one registry with its CA and an optional Basic credential."""
 
@@ -66,6 +102,9 @@ class RegistryClient:
         self.headers: dict[str, str] = {}
         if auth:
             self.headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+        self.opener = urllib.request.build_opener(
+            CredentialRedirects(), urllib.request.HTTPSHandler(context=self.context)
+        )
 
     @contextlib.contextmanager
     def get(self, path: str, accept: str | None = None) -> Iterator[Any]:
@@ -73,9 +112,8 @@ class RegistryClient:
         if accept:
             headers["Accept"] = accept
         request = urllib.request.Request(f"{self.url}/v2/{path}", headers=headers)
-        context = self.context if self.url.startswith("https://") else None
         try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT_S, context=context) as response:
+            with self.opener.open(request, timeout=TIMEOUT_S) as response:
                 yield response
         except urllib.error.HTTPError as exc:
             if exc.code == 401:
@@ -189,6 +227,24 @@ def download(client: RegistryClient, repository: str, layer: dict[str, Any], des
     os.replace(part, dest)
 
 
+def check_free_space(root: Path, files: list[dict[str, Any]], work: Path, what: str) -> None:
+    """Refuse a pull the disk under `root` cannot hold, before a byte is written.
+
+    A disk filled midway stops the engines, logs and journal that share it, not only the pull.
+    """
+    needed = 0
+    for layer in files:
+        path = work / layer["path"]
+        have = path.stat().st_size if path.is_file() else 0  # left by an interrupted pull
+        needed += max(layer["size"] - have, 0)
+    free = shutil.disk_usage(root).free
+    if needed > free:
+        raise PullError(
+            f"{root} has {free} bytes free but {what} needs {needed} bytes; "
+            "free space there or give --root on a larger disk"
+        )
+
+
 def replace_link(link: Path, target: Path) -> bool:
     """Point `link` at `target` atomically; False when it already did."""
     if link.is_symlink() and os.readlink(link) == str(target):
@@ -225,6 +281,7 @@ def pull(client: RegistryClient, repository: str, digest: str, root: Path,
             manifest = fetch_manifest(client, repository, digest)
             files = layers(manifest)
             work = root / f".{digest}.pulling"
+            check_free_space(root, files, work, f"{repository}@{digest}")
             work.mkdir(exist_ok=True)
             for layer in files:
                 download(client, repository, layer, work / layer["path"])
