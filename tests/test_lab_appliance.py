@@ -1,8 +1,11 @@
-"""The whole lab appliance (stacks/lab) end to end on real machines: `podium lab up` provisions
-every component and verifies it, then the official `openai` client gets answers through the
-gateway over TLS, a predictive model answers Open Inference Protocol v2, every request is
-metered, Prometheus has the gateway's TTFT histogram, a stopped engine replica fires its alert,
-a second `podium up` changes nothing, and `lab down` leaves nothing behind."""
+"""The whole lab appliance (the content of stacks/lab) end to end on real machines: `podium lab
+up` provisions every component and verifies it, then the official `openai` client gets answers
+through the gateway over TLS, a predictive model answers Open Inference Protocol v2, every
+request is metered, Prometheus has the gateway's TTFT histogram, a stopped engine replica fires
+its alert, a second `podium up` changes nothing, and `lab down` leaves nothing behind.
+
+It runs a copy of stacks/lab under a name and subnet of its own, so a lab the user is running
+from stacks/lab (its machines, keys and usage) is never touched."""
 
 import json
 import ssl
@@ -17,12 +20,10 @@ import pytest
 
 from podium.monitoring.query import PrometheusClient
 from podium.registry.sync import tiny_cache
-from tests.fixtures_lab import podium, require_lab_host
+from podium.render import REPO
+from tests.fixtures_lab import UniqueStack, podium, remove_stack_state, require_lab_host, unique_stack
 
 pytestmark = pytest.mark.lab
-STACK = "stacks/lab"
-PROMETHEUS = "http://10.77.0.10:9090"
-
 
 
 def line(output: str, prefix: str) -> str:
@@ -32,23 +33,35 @@ def line(output: str, prefix: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def lab():
+def appliance(tmp_path_factory: pytest.TempPathFactory) -> UniqueStack:
     require_lab_host()
+    return unique_stack(REPO / "stacks" / "lab", tmp_path_factory.mktemp("appliance"))
+
+
+@pytest.fixture(scope="module")
+def lab(appliance: UniqueStack):
+    stack = str(appliance.folder)
     try:
-        result = podium("lab", "up", STACK)
+        result = podium("lab", "up", stack)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
         yield {
             "url": line(result.stdout, "gateway: "),
             "key": line(result.stdout, "key: "),
             "ca": line(result.stdout, "ca: "),
             "output": result.stdout,
+            "stack": stack,
+            "name": appliance.name,
+            "prometheus": f"http://{appliance.address('10.77.0.10')}:9090",
         }
     finally:
-        down = podium("lab", "down", STACK)
-        assert down.returncode == 0, down.stderr
+        down = podium("lab", "down", stack)
         netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-        assert "pdm-lab-" not in netns
-        assert subprocess.run(["ip", "link", "show", "pdm-lab"], capture_output=True).returncode != 0
+        bridge = subprocess.run(["ip", "link", "show", f"pdm-{appliance.name}"], capture_output=True)
+        if down.returncode == 0:
+            remove_stack_state(appliance.name)
+        assert down.returncode == 0, down.stderr
+        assert f"pdm-{appliance.name}-" not in netns
+        assert bridge.returncode != 0
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +112,7 @@ def test_openai_client_sees_openai_errors(lab):
 
 
 def test_predictive_model_answers_v2_infer(lab):
-    sidecar = json.loads((tiny_cache("lab") / "iris-1" / "iris.json").read_text())
+    sidecar = json.loads((tiny_cache(lab["name"]) / "iris-1" / "iris.json").read_text())
     body = {"inputs": [{**sidecar["input"], "shape": [1, 4], "data": sidecar["example_input"][0]}]}
     request = urllib.request.Request(
         lab["url"].removesuffix("/v1") + "/v2/models/iris/infer",
@@ -113,17 +126,17 @@ def test_predictive_model_answers_v2_infer(lab):
 
 def test_usage_is_metered_per_key(client, lab):
     client.completions.create(model="tiny-llama", prompt="count me", max_tokens=3)
-    result = podium("usage", STACK, "--by", "model", "--json")
+    result = podium("usage", lab["stack"], "--by", "model", "--json")
     assert result.returncode == 0, result.stderr
     rows = {r["model"]: r for r in json.loads(result.stdout)}
     assert rows["tiny-llama"]["requests"] >= 1
     assert rows["tiny-llama"]["completion_tokens"] >= 3
 
 
-def test_prometheus_has_the_gateways_ttft_histogram(client):
+def test_prometheus_has_the_gateways_ttft_histogram(client, lab):
     for _ in range(3):
         client.completions.create(model="tiny-llama", prompt="measure", max_tokens=2)
-    prometheus = PrometheusClient(PROMETHEUS)
+    prometheus = PrometheusClient(lab["prometheus"])
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         samples = prometheus.query('sum(podium_gateway_ttft_seconds_count{model="tiny-llama"})')
@@ -135,9 +148,9 @@ def test_prometheus_has_the_gateways_ttft_histogram(client):
 
 def test_stopped_engine_replica_fires_its_alert(lab):
     unit = "podium-llamacpp-tiny-llama-cpp-1"
-    assert podium("lab", "ssh", "node2", "--", "systemctl", "stop", unit).returncode == 0
+    assert podium("lab", "ssh", "node2", "--stack", lab["stack"], "--", "systemctl", "stop", unit).returncode == 0
     try:
-        prometheus = PrometheusClient(PROMETHEUS)
+        prometheus = PrometheusClient(lab["prometheus"])
         deadline = time.monotonic() + 150
         while time.monotonic() < deadline:
             firing = [s for s in prometheus.query('ALERTS{alertname="EngineReplicaDown",alertstate="firing"}')
@@ -148,11 +161,11 @@ def test_stopped_engine_replica_fires_its_alert(lab):
         else:
             raise AssertionError("EngineReplicaDown did not fire for node2 within 150 s")
     finally:
-        podium("lab", "ssh", "node2", "--", "systemctl", "start", unit)
+        podium("lab", "ssh", "node2", "--stack", lab["stack"], "--", "systemctl", "start", unit)
 
 
 def test_second_up_changes_nothing(lab):
-    result = podium("up", STACK)
+    result = podium("up", lab["stack"])
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("changes: 0")
 
@@ -161,7 +174,7 @@ def test_inventory_runs_with_plain_pyinfra(lab):
     """The roles are plain pyinfra deploys: the generated inventory runs without Podium's CLI."""
     pyinfra = Path(sys.executable).with_name("pyinfra")
     result = subprocess.run(
-        [str(pyinfra), "-y", "--limit", "node1", "inventory/lab.py", "roles/base/deploy.py"],
+        [str(pyinfra), "-y", "--limit", "node1", f"inventory/{lab['name']}.py", "roles/base/deploy.py"],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

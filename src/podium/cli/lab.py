@@ -44,6 +44,7 @@ def lab_up(
     from podium.verify import run_verify
 
     loaded = load_stack(stack)
+    lab.reserve_network(loaded)
     parts = lab.lab_parts(loaded, machines, online=online)
     lab.machines_up(parts, err)
     inventory = lab.write_lab_inventory(loaded)

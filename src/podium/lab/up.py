@@ -14,6 +14,7 @@ from rich.console import Console
 from podium.drivers.base import LabNetwork, MachineDriver, MachineSpec, get_driver
 from podium.errors import InvalidInput, PodiumError
 from podium.inventory import write_inventory
+from podium.lab import conflicts
 from podium.lab.apt_proxy import pid_alive, start_apt_proxy, stop_apt_proxy
 from podium.plan.actions import make_plan
 from podium.render import REPO
@@ -33,18 +34,22 @@ class LabParts:
     specs: list[MachineSpec]
 
 
-def lab_parts(stack: Stack, machines: str | None = None, online: bool = False) -> LabParts:
+def lab_network(stack: Stack, online: bool = False) -> LabNetwork:
     if stack.host_network is None:
         raise InvalidInput(f"stack {stack.name}: host_network is required for a lab (subnet and gateway)")
+    return LabNetwork(
+        stack.name, str(stack.host_network.subnet), str(stack.host_network.gateway), online=online
+    )
+
+
+def lab_parts(stack: Stack, machines: str | None = None, online: bool = False) -> LabParts:
+    network = lab_network(stack, online)
     created = [n for n in stack.nodes if n.machine is not None]
     if not created:
         raise InvalidInput(f"stack {stack.name}: no node has a machine: section; a lab creates its machines")
     kinds = {n.machine.driver for n in created if n.machine}
     driver_name = machines or (kinds.pop() if len(kinds) == 1 else "nspawn")
     driver = get_driver(driver_name)()
-    network = LabNetwork(
-        stack.name, str(stack.host_network.subnet), str(stack.host_network.gateway), online=online
-    )
     public = StackSecrets(stack.name).ssh_public_key
     # GlusterFS needs FUSE inside the machines that mount it.
     fuse = bool(stack.storage and stack.storage.driver == "glusterfs")
@@ -61,6 +66,18 @@ def lab_parts(stack: Stack, machines: str | None = None, online: bool = False) -
         if n.machine
     ]
     return LabParts(stack, network, driver, specs)
+
+
+def reserve_network(stack: Stack) -> None:
+    """Before `lab up` creates anything (even the stack's secrets): refuse a subnet or bridge
+    another lab, link or route holds, then record this stack as the holder of its lab name."""
+    network = lab_network(stack)
+    conflicts.check_network_free(network, stack_file(stack), LAB_STATE)
+    conflicts.claim(network, stack_file(stack), LAB_STATE)
+
+
+def stack_file(stack: Stack) -> Path:
+    return stack.folder / "stack.yaml"
 
 
 def machines_up(parts: LabParts, console: Console) -> None:
@@ -86,11 +103,14 @@ def write_lab_inventory(stack: Stack) -> Path:
 
 
 def lab_down(stack: Stack, console: Console, machines: str | None = None) -> None:
+    # Another stack file with the same name may not remove a lab it did not bring up.
+    conflicts.check_holder(lab_network(stack), stack_file(stack), LAB_STATE)
     parts = lab_parts(stack, machines)
     stop_time_server(parts.network)
     stop_apt_proxy(parts.network)
     with console.status("removing machines, overlays, namespaces, bridge and NAT rules"):
         parts.driver.destroy(parts.network, None)
+    conflicts.release(parts.network, LAB_STATE)
     console.print(f"[green]✓[/] lab {stack.name} removed")
 
 
