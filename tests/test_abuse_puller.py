@@ -214,6 +214,20 @@ def test_node_puller_refuses_a_redirect_from_https_down_to_plain_http(
     assert not (tmp_path / "models" / digest).exists()
 
 
+def test_client_refuses_a_redirect_from_https_down_to_plain_http(
+    registry_auth: RunningRegistry, credentialed_model: tuple[Path, str], tmp_path: Path
+) -> None:
+    _, digest = credentialed_model
+    ca, cert, key = make_tls(tmp_path)
+    with object_store(registry_auth) as (store, at_store), \
+            redirecting_registry(registry_auth, store, (cert, key)) as (port, _):
+        reg = Registry(f"127.0.0.1:{port}", ca=ca, user=registry_auth.user, password=registry_auth.password)
+        with pytest.raises(PodiumError, match="away from HTTPS"):
+            reg.pull(ModelRef.parse(f"redirected@{digest}"), tmp_path / "out")
+    assert at_store.requests == [], "a blob was fetched over plain HTTP after an HTTPS registry"
+    assert not (tmp_path / "out").exists()
+
+
 # -- free space -----------------------------------------------------------------------------------
 
 

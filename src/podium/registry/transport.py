@@ -7,6 +7,7 @@ import re
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import oras.provider
 import requests
@@ -85,6 +86,7 @@ class Transport(oras.provider.Registry):  # type: ignore[misc]  # oras ships no 
                     stream=stream,
                     verify=self._tls_verify,
                     timeout=TIMEOUT,
+                    hooks={"response": [self._refuse_downgrade]},
                 )
                 break
             except requests.exceptions.SSLError as exc:
@@ -125,6 +127,25 @@ class Transport(oras.provider.Registry):  # type: ignore[misc]  # oras ships no 
                 f"{url.removeprefix(self.base)} (HTTP {response.status_code}); see its log"
             )
         return response
+
+    def _refuse_downgrade(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        """Stop a redirect from HTTPS to plain HTTP before it is followed.
+
+        Redirects to another host are followed (registries that keep blobs in an object store
+        send blob GETs to a pre-signed URL there), and requests drops the Authorization header
+        when the scheme, host or port changes, since the URL's signature is the credential
+        there; what it would still do is follow HTTPS down to plain HTTP.
+        """
+        if not (response.is_redirect and response.url.startswith("https://")):
+            return
+        target = urljoin(response.url, response.headers.get("Location", ""))
+        if not target.startswith("https://"):
+            response.close()
+            raise PodiumError(
+                f"the registry at {self.address} redirected {urlsplit(response.url).path} to "
+                f"{urlsplit(target).scheme}://{urlsplit(target).netloc}, away from HTTPS; "
+                "refusing it - serve blobs over HTTPS"
+            )
 
     def v2(self, path: str) -> str:
         """The URL of a registry API path under /v2/."""
