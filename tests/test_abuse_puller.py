@@ -199,18 +199,26 @@ def test_client_follows_a_blob_redirect_to_another_server_without_the_credential
     assert at_store.requests and not [p for p, a in at_store.requests if a]
 
 
+@contextmanager
+def https_registry_redirecting_to_http(
+    reg: RunningRegistry, tmp_path: Path
+) -> Iterator[tuple[int, Path, Seen]]:
+    """An HTTPS registry (port, its CA) whose blobs redirect to a plain-HTTP object store."""
+    ca, cert, key = make_tls(tmp_path)
+    with object_store(reg) as (store, at_store), redirecting_registry(reg, store, (cert, key)) as (port, _):
+        yield port, ca, at_store
+    assert at_store.requests == [], "a blob was fetched over plain HTTP after an HTTPS registry"
+
+
 def test_node_puller_refuses_a_redirect_from_https_down_to_plain_http(
     registry_auth: RunningRegistry, credentialed_model: tuple[Path, str], tmp_path: Path
 ) -> None:
     _, digest = credentialed_model
-    ca, cert, key = make_tls(tmp_path)
-    with object_store(registry_auth) as (store, at_store), \
-            redirecting_registry(registry_auth, store, (cert, key)) as (port, _):
+    with https_registry_redirecting_to_http(registry_auth, tmp_path) as (port, ca, _):
         done = node_pull(f"https://127.0.0.1:{port}", "models/redirected", digest, tmp_path / "models",
                          "--ca", str(ca), "--auth-file", str(auth_file(tmp_path, registry_auth)))
     assert done.returncode == 1
     assert "away from HTTPS" in done.stderr and "Traceback" not in done.stderr
-    assert at_store.requests == [], "a blob was fetched over plain HTTP after an HTTPS registry"
     assert not (tmp_path / "models" / digest).exists()
 
 
@@ -218,13 +226,10 @@ def test_client_refuses_a_redirect_from_https_down_to_plain_http(
     registry_auth: RunningRegistry, credentialed_model: tuple[Path, str], tmp_path: Path
 ) -> None:
     _, digest = credentialed_model
-    ca, cert, key = make_tls(tmp_path)
-    with object_store(registry_auth) as (store, at_store), \
-            redirecting_registry(registry_auth, store, (cert, key)) as (port, _):
+    with https_registry_redirecting_to_http(registry_auth, tmp_path) as (port, ca, _):
         reg = Registry(f"127.0.0.1:{port}", ca=ca, user=registry_auth.user, password=registry_auth.password)
         with pytest.raises(PodiumError, match="away from HTTPS"):
             reg.pull(ModelRef.parse(f"redirected@{digest}"), tmp_path / "out")
-    assert at_store.requests == [], "a blob was fetched over plain HTTP after an HTTPS registry"
     assert not (tmp_path / "out").exists()
 
 
