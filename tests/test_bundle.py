@@ -118,6 +118,26 @@ def test_verify_of_a_folder_without_manifest_exits_2(tmp_path: Path) -> None:
     assert done.returncode == 2 and "needs --out DIR" in done.stderr
 
 
+def test_bundle_writes_only_into_a_new_empty_or_bundle_folder(tmp_path: Path) -> None:
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "notes.txt").write_text("mine")
+    done = podium("bundle", str(SMALL_STACK), "--out", str(tmp_path / "home"))
+    assert done.returncode == 2 and "is not empty and holds no bundle" in done.stderr
+    assert (tmp_path / "home" / "notes.txt").read_text() == "mine"
+    (tmp_path / "file").write_text("x")
+    done = podium("bundle", str(SMALL_STACK), "--out", str(tmp_path / "file"))
+    assert done.returncode == 2 and "is a file" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_stack_override_of_the_registry_version_pins_its_package(tmp_path: Path) -> None:
+    text = (SMALL_STACK / "stack.yaml").read_text() + 'versions:\n  registry: "2.8.1+ds1-9"\n'
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "stack.yaml").write_text(text)
+    contents = bundle_contents(load_stack(tmp_path / "s"), load_versions())
+    assert contents.debs["docker-registry"] == "2.8.1+ds1-9"
+    assert contents.debs["nginx"] == load_versions().components["registry"].packages["nginx"]
+
+
 def test_slots_are_the_operator_supplied_artifacts_of_the_stack() -> None:
     table = load_versions()
     hybrid = bundle_contents(load_stack(ROOT / "stacks" / "hybrid"), table)

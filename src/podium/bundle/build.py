@@ -23,8 +23,9 @@ from rich.console import Console
 from podium import artifacts
 from podium.bundle import debs, wheels
 from podium.bundle.contents import Contents, bundle_contents
-from podium.bundle.manifest import SLOTS, write_manifest
+from podium.bundle.manifest import MARKER, SLOTS, write_manifest
 from podium.bundle.models import write_models
+from podium.errors import InvalidInput
 from podium.secrets import StackSecrets
 from podium.stack.model import Stack
 from podium.stack.versions import DEFAULT_TABLE, VersionTable
@@ -64,8 +65,11 @@ def build_bundle(
         >>> build_bundle(load_stack("stacks/lab"), load_versions(), Path("/srv/bundle"))  # doctest: +SKIP
     """
     start = time.monotonic()
+    _check_out(out)
     contents = bundle_contents(stack, table, lab_image)
     out.mkdir(parents=True, exist_ok=True)
+    # Written first, so a run that failed halfway is taken up again rather than refused.
+    (out / MARKER).touch()
     shutil.copyfile(table_file, out / "versions.yaml")
     downloads = _apt(stack, contents, out / "apt")
     downloads += _wheels(contents, out / "wheels")
@@ -80,6 +84,14 @@ def build_bundle(
         f"{report.seconds:.1f} s; {len(contents.slots)} slots for the operator under {out / SLOTS}"
     )
     return report
+
+
+def _check_out(out: Path) -> None:
+    """A bundle replaces what its folders hold, so it only writes into a new, empty or bundle folder."""
+    if out.exists() and not out.is_dir():
+        raise InvalidInput(f"--out {out} is a file; give a folder for the bundle")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists():
+        raise InvalidInput(f"--out {out} is not empty and holds no bundle; give a new or empty folder")
 
 
 def _apt(stack: Stack, contents: Contents, repo: Path) -> int:

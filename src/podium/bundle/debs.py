@@ -8,6 +8,7 @@ the manifest lists, and apt-utils comes from the same source as the apt that res
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from podium.artifacts import CACHE_ROOT, locked
+from podium.bundle.manifest import file_sha256
 from podium.commands import run_tool, tool_output
 from podium.errors import PodiumError
 
@@ -57,7 +59,7 @@ def up_to_date(repo: Path, key: str) -> bool:
     recorded = json.loads(lock.read_text())
     if recorded.get("key") != key:
         return False
-    return all(_sha256(repo / "pool" / d["file"]) == d["sha256"] for d in recorded["debs"])
+    return all(file_sha256(repo / "pool" / d["file"]) == d["sha256"] for d in recorded["debs"])
 
 
 def build_repository(repo: Path, pins: dict[str, str], extra: list[str], gnupg: Path) -> int:
@@ -86,17 +88,18 @@ def _build_repository(repo: Path, pins: dict[str, str], extra: list[str], gnupg:
     files = _archive_files(simulated)
     downloaded = len({f for f in files if f not in before})
     pool = repo / "pool"
-    shutil.rmtree(pool, ignore_errors=True)
-    pool.mkdir(parents=True)
+    pool.mkdir(parents=True, exist_ok=True)
+    for stale in pool.iterdir():
+        if stale.name not in files:
+            stale.unlink()
     debs = []
     for file in sorted(files):
-        # A hard link where the cache shares the disk: the bundle costs no second copy.
-        if _same_fs(archives, pool):
-            os.link(archives / file, pool / file)
-        else:
-            shutil.copy2(archives / file, pool / file)
+        cached = archives / file
+        # A copy, not a link: a byte changed in the bundle must not reach the shared cache.
+        if file_sha256(pool / file) != file_sha256(cached):
+            shutil.copy2(cached, pool / file)
         package, version = _deb_identity(pool / file)
-        debs.append(Deb(package, version, file, _sha256(pool / file)))
+        debs.append(Deb(package, version, file, file_sha256(pool / file)))
     _check_pins(debs, pins)
     _indexes(repo, gnupg)
     (repo / "lock.json").write_text(
@@ -195,7 +198,11 @@ def _indexes(repo: Path, gnupg: Path) -> None:
     shutil.rmtree(repo / "dists", ignore_errors=True)
     binary.mkdir(parents=True)
     # Run from the repository's root so Filename: fields are relative to it, as apt expects.
-    (binary / "Packages").write_text(_in(repo, ["apt-ftparchive", "packages", "pool"]))
+    packages = _in(repo, ["apt-ftparchive", "packages", "pool"])
+    (binary / "Packages").write_text(packages)
+    # debootstrap and older apts look for a compressed index first; mtime 0 keeps it reproducible.
+    with gzip.GzipFile(binary / "Packages.gz", "wb", mtime=0) as compressed:
+        compressed.write(packages.encode())
     release = _in(
         dist,
         [
@@ -246,17 +253,3 @@ def _in(folder: Path, command: list[str]) -> str:
         last = result.stderr.strip()[-300:]
         raise PodiumError(f"`{' '.join(command)}` failed (exit {result.returncode}): {last}")
     return result.stdout
-
-
-def _same_fs(a: Path, b: Path) -> bool:
-    return a.stat().st_dev == b.stat().st_dev
-
-
-def _sha256(path: Path) -> str:
-    if not path.exists():
-        return ""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -4,15 +4,17 @@ the version table records."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from podium.errors import InvalidInput
+from podium.registry.artifact import hash_file
 
 MANIFEST = "manifest.json"
+# Marks a folder `podium bundle` writes into; like the manifest, not listed in it.
+MARKER = ".podium-bundle"
 FORMAT = 1
 SLOTS = "slots"
 
@@ -37,20 +39,18 @@ class Problem:
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """The file's sha256 (hex), or "" when there is no such file."""
+    return hash_file(path)[0] if path.is_file() else ""
 
 
 def bundle_files(root: Path) -> list[str]:
-    """Every regular file of the bundle but the manifest and the slots, relative, sorted."""
-    return sorted(
-        p.relative_to(root).as_posix()
-        for p in root.rglob("*")
-        if p.is_file() and p.name != MANIFEST and p.relative_to(root).parts[0] != SLOTS
-    )
+    """Every regular file of the bundle but the manifest, its marker and the slots, relative, sorted."""
+    out = []
+    for path in root.rglob("*"):
+        rel = path.relative_to(root)
+        if path.is_file() and rel.as_posix() not in (MANIFEST, MARKER) and rel.parts[0] != SLOTS:
+            out.append(rel.as_posix())
+    return sorted(out)
 
 
 def write_manifest(root: Path, release: str, stack: str, slots: list[Slot]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+from podium.bundle.manifest import file_sha256
 from podium.registry import artifact, media
 from podium.registry.sync import model_source
 from podium.registry.trust import check_trust
@@ -58,8 +59,8 @@ def write_models(stack: Stack, out: Path) -> list[str]:
 
 
 def _place(target: Path, source: Path, size: int) -> None:
-    # Blobs are named by content: one that exists with the right size is already the file.
-    if target.exists() and target.stat().st_size == size:
+    # Blobs are named by their sha256: one whose bytes still hash to its name is the file.
+    if target.exists() and target.stat().st_size == size and file_sha256(target) == target.name:
         return
     shutil.copyfile(source, target)
 

@@ -9,11 +9,12 @@ files in the folder beside it, for the Python and platform of this control machi
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
 from packaging.utils import canonicalize_name, parse_sdist_filename, parse_wheel_filename
+
+from podium.bundle.manifest import file_sha256
 
 LOCK = "requirements.lock"
 
@@ -24,8 +25,7 @@ def lock_line(file: Path) -> str:
         name, version, _, _ = parse_wheel_filename(file.name)
     else:
         name, version = parse_sdist_filename(file.name)
-    digest = hashlib.sha256(file.read_bytes()).hexdigest()
-    return f"{canonicalize_name(name)}=={version} --hash=sha256:{digest}"
+    return f"{canonicalize_name(name)}=={version} --hash=sha256:{file_sha256(file)}"
 
 
 def write_wheelhouse(folder: Path, files: list[Path]) -> None:
@@ -37,7 +37,8 @@ def write_wheelhouse(folder: Path, files: list[Path]) -> None:
             stale.unlink()
     for file in files:
         target = folder / file.name
-        if not (target.exists() and target.stat().st_size == file.stat().st_size):
+        # Compared by content: a damaged copy in the bundle is replaced, never hashed into the lock.
+        if not (target.exists() and file_sha256(target) == file_sha256(file)):
             shutil.copy2(file, target)
     lines = sorted(lock_line(folder / name) for name in names)
     text = "\n".join(lines) + "\n"
