@@ -26,9 +26,14 @@ from podium.errors import PodiumError
 
 SUITE = "bookworm"
 ARCH = "amd64"
-# The host's own apt sources: Debian's archive as configured on this machine, nothing else.
+# Debian's archive as this machine's apt reaches it (its first `/debian` URI), and only the
+# suites stacks/versions.yaml pins from. bookworm-security is left out: apt takes a pinned
+# package's dependencies at their candidate version, and a security candidate beside a pin
+# from bookworm (nginx-common for nginx) leaves the pin unresolvable.
 HOST_SOURCES = Path("/etc/apt/sources.list.d")
-HOST_SOURCE_LIST = Path("/etc/apt/sources.list")
+DEBIAN_ARCHIVE = "http://deb.debian.org/debian"
+SUITES = (SUITE, f"{SUITE}-updates")
+DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 # Shared by every bundle built here, so a package is fetched once per machine.
 APT_CACHE = CACHE_ROOT / "apt"
 KEY_FILE = "podium-bundle.asc"
@@ -131,14 +136,25 @@ def _private_state(root: Path) -> Path:
     for sub in ("lists/partial", "archives/partial", "etc/sources.list.d", "etc/preferences.d"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     (root / "status").touch()
-    for source in sorted(HOST_SOURCES.glob("*")):
-        if source.suffix in (".list", ".sources"):
-            shutil.copy2(source, root / "etc" / "sources.list.d" / source.name)
-    if HOST_SOURCE_LIST.exists():
-        shutil.copy2(HOST_SOURCE_LIST, root / "etc" / "sources.list")
-    else:
-        (root / "etc" / "sources.list").touch()
+    (root / "etc" / "sources.list").touch()
+    for other in (root / "etc" / "sources.list.d").iterdir():
+        other.unlink()
+    (root / "etc" / "sources.list.d" / "debian.sources").write_text(
+        f"Types: deb\nURIs: {debian_archive()}\nSuites: {' '.join(SUITES)}\nComponents: main\n"
+        f"Signed-By: {DEBIAN_KEYRING}\n"
+    )
     return root
+
+
+def debian_archive() -> str:
+    """The Debian archive URI this machine's apt is configured with."""
+    for source in sorted(HOST_SOURCES.glob("*.sources")):
+        for line in source.read_text().splitlines():
+            if line.startswith("URIs:"):
+                for uri in line.split()[1:]:
+                    if uri.rstrip("/").endswith("/debian"):
+                        return uri.rstrip("/")
+    return DEBIAN_ARCHIVE
 
 
 def _apt(state: Path, *args: str, tool: str = "apt-get") -> str:
