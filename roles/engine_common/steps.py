@@ -22,6 +22,7 @@ import podium
 from podium import engine_files
 from podium.files import files_for
 from podium.services import model_pull
+from podium.stack.versions import load_versions
 
 PULL_TOOL = "/usr/local/sbin/podium-model-pull"
 REGISTRY_DIR = "/etc/podium/registry"
@@ -79,10 +80,11 @@ def _registry_digest(url: str, replica: Mapping[str, Any], what: str) -> str:
     return digest
 
 
-def base_packages(extra: Sequence[str] = ()) -> None:
+def base_packages(component: str, extra: Sequence[str] = ()) -> None:
     apt.packages(
         name="Packages engines need (python3-venv, curl)",
-        packages=["python3-venv", "curl", *extra],
+        # At the versions stacks/versions.yaml pins for the engine, the ones a bundle carries.
+        packages=load_versions().pinned(component, ["python3-venv", "curl", *extra]),
         cache_time=24 * 3600,
         update=True,
     )

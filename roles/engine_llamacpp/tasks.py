@@ -19,7 +19,7 @@ def deploy() -> None:
     settings = steps.checked_settings(KIND, host.data.podium_engine_llamacpp)
     # Built once on the control machine (cached); nodes only unpack it, never compile.
     wheel = llamacpp_wheel(version)
-    steps.base_packages(host.data.engine_llamacpp_packages)
+    steps.base_packages("engine-llamacpp", host.data.engine_llamacpp_packages)
     venv = f"/opt/podium/llamacpp-{version}"
     steps.venv_from_wheel(
         venv,

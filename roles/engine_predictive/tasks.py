@@ -20,7 +20,7 @@ def deploy() -> None:
     requirements = mlserver_requirements(version)
     # Downloaded once on the control machine; nodes install from it with no index.
     folder = wheelhouse(f"mlserver-{version}", requirements)
-    steps.base_packages(host.data.engine_predictive_packages)
+    steps.base_packages("engine-predictive", host.data.engine_predictive_packages)
     remote = steps.ship_wheelhouse(folder)
     venv = f"/opt/podium/mlserver-{version}"
     steps.venv_from_wheelhouse(venv, remote, requirements, what=f"MLServer {version}")

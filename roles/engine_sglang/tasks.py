@@ -24,7 +24,7 @@ def deploy() -> None:
                 f"engine {replica['engine']} on {host.name}: SGLang serves on GPUs only; "
                 "give it gpus_per_replica: 1 or more, or use kind vllm with device: cpu"
             )
-    steps.base_packages(host.data.engine_sglang_packages)
+    steps.base_packages("engine-sglang", host.data.engine_sglang_packages)
     pins = list(load_versions().extra("engine-sglang")["requirements"])
     folder = wheelhouse(f"sglang-{version}", pins)
     remote = steps.ship_wheelhouse(folder)

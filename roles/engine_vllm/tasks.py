@@ -23,7 +23,7 @@ def requirements(device: str) -> list[str]:
 def deploy() -> None:
     version = host.data.podium_engine_vllm_version
     settings = steps.checked_settings(KIND, host.data.podium_engine_vllm)
-    steps.base_packages(host.data.engine_vllm_packages)
+    steps.base_packages("engine-vllm", host.data.engine_vllm_packages)
     binaries = []
     for device in sorted({engine_files.device(r) for r in settings["replicas"]}):
         pins = requirements(device)

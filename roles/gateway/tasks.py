@@ -28,7 +28,10 @@ def deploy() -> None:
     rendered = files_for("gateway", host.name, settings)
     address = host.data.ssh_hostname
 
-    apt.packages(name="Python venv for the gateway", packages=["python3-venv", "curl"])
+    apt.packages(
+        name="Python venv for the gateway",
+        packages=load_versions().pinned("gateway", ["python3-venv", "curl"]),
+    )
     server.group(name="Gateway group", group=user, system=True)
     server.user(name="Gateway user", user=user, group=user, system=True, home=data, shell="/usr/sbin/nologin")
     for path, owner, mode in ((prefix, "root", "755"), (etc, user, "750"), (data, user, "750")):

@@ -44,6 +44,13 @@ def deploy() -> None:
             f"{host.name}: k3s is installed from the artifact mirror, but the stack sets no "
             "artifact_mirror; name the mirror that holds k3s and its air-gap images"
         )
+    for artifact in ("binary", "images"):
+        if not s[artifact]["sha256"]:
+            # files.download without a digest would install whatever the mirror holds.
+            raise DeployError(
+                f"{host.name}: k3s {artifact} for {s['version']} has no sha256 in stacks/versions.yaml; "
+                "put the file in the bundle's kubernetes slot and record its sha256 there"
+            )
     rendered = files_for("kubernetes", host.name, s)
     conf, binary = host.data.kubernetes_config_dir, host.data.kubernetes_binary
     files.directory(name="k3s config folder", path=conf, mode="755")

@@ -17,8 +17,7 @@ from roles.monitoring.defaults import DEFAULTS
 
 def _pinned(names: list[str]) -> list[str]:
     """`name=version` for each package, from the monitoring entry of stacks/versions.yaml."""
-    pins = load_versions().components["monitoring"].packages
-    return [f"{n}={pins[n]}" if n in pins else n for n in names]
+    return load_versions().pinned("monitoring", names)
 
 
 def _put(rendered: dict[str, str], path: str, mode: str = "644") -> OperationMeta:
@@ -188,7 +187,9 @@ def _grafana(settings: dict[str, Any], rendered: dict[str, str]) -> None:
     )
     source = _put(rendered, rf.GRAFANA_SOURCE)
     apt.update(name="Read the Grafana repository", _if=any_changed(key, source))
-    apt.packages(name="Install Grafana", packages=["grafana"], no_recommends=True)
+    # Grafana's own repository, so its pin is the table's `grafana` entry, not a Debian one.
+    grafana = f"grafana={load_versions().extra('monitoring')['grafana']}"
+    apt.packages(name="Install Grafana", packages=[grafana], no_recommends=True)
     provisioned = [
         _put(rendered, path)
         for path in sorted(rendered)

@@ -10,6 +10,7 @@ from pyinfra.operations import apt, files, server, systemd
 from podium.files import files_for
 from podium.registry.access import pull_credential, push_credential
 from podium.registry.ca import server_certificate
+from podium.stack.versions import load_versions
 from roles.registry import accounts
 from roles.registry.defaults import DEFAULTS
 
@@ -29,7 +30,10 @@ def deploy() -> None:
 
     apt.packages(
         name="Install docker-registry and nginx",
-        packages=[f"docker-registry={host.data.podium_registry_version}", "nginx"],
+        packages=[
+            f"docker-registry={host.data.podium_registry_version}",
+            *load_versions().pinned("registry", ["nginx"]),
+        ],
         update=True,
         cache_time=24 * 3600,
     )

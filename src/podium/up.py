@@ -41,6 +41,14 @@ def preflight(stack: Stack, actions: Sequence[Action]) -> None:
             f"stack {stack.name}: kubernetes.distribution k3s is installed from the artifact mirror, "
             "but artifact_mirror is not set; name the mirror that holds k3s and its air-gap images"
         )
+    if installs_k3s:
+        for key, art in load_versions().components["kubernetes"].artifacts.items():
+            if art.sha256 is None:
+                raise InvalidInput(
+                    f"stack {stack.name}: k3s file {art.file} is operator-supplied and stacks/versions.yaml "
+                    f"records no sha256 for it; put it in the bundle's slots/kubernetes/ and record its "
+                    f"digest as components.kubernetes.artifacts.{key}.sha256"
+                )
 
 
 def require_machines(stack: Stack) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from podium.errors import InvalidInput
 from podium.stack.model import Stack
@@ -16,9 +16,20 @@ DEFAULT_TABLE = Path(__file__).resolve().parents[3] / "stacks" / "versions.yaml"
 
 
 class Artifact(BaseModel):
+    """A file a role downloads onto a node. One that cannot be fetched where the table is kept
+    is `operator_supplied` and has no sha256 until the operator records the digest of the file
+    they put in the artifact mirror: a guessed checksum would only teach people to ignore it."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
     file: str
-    sha256: str
+    sha256: str | None = None
+    operator_supplied: bool = False
+
+    @model_validator(mode="after")
+    def _recorded_or_operator_supplied(self) -> Artifact:
+        if self.sha256 is None and not self.operator_supplied:
+            raise ValueError(f"artifact {self.file} has no sha256; record it, or mark it operator_supplied")
+        return self
 
 
 class ComponentVersion(BaseModel):
@@ -27,6 +38,9 @@ class ComponentVersion(BaseModel):
     packages: dict[str, str] = {}
     artifacts: dict[str, Artifact] = {}
     requirements: list[str] = []
+    # Where `packages` come from: Debian's archive, or a vendor's repository (nvidia) that the
+    # bundle cannot fetch and leaves to the operator.
+    repository: str = "debian"
 
 
 class VersionTable(BaseModel):
@@ -43,6 +57,25 @@ class VersionTable(BaseModel):
 
     def extra(self, component: str) -> dict[str, Any]:
         return self.components[component].model_dump()
+
+    def pinned(self, component: str, names: list[str]) -> list[str]:
+        """`name=version` for each package a role installs, as the table pins it for `component`.
+
+        A package the table does not pin is refused: nodes must install exactly what a
+        bundle carries.
+
+        Example:
+            >>> load_versions().pinned("registry", ["docker-registry"])
+            ['docker-registry=2.8.2+ds1-1']
+        """
+        pins = self.components[component].packages
+        missing = [n for n in names if n not in pins]
+        if missing:
+            raise InvalidInput(
+                f"package {missing[0]!r} of component {component} has no version in stacks/versions.yaml; "
+                f"add it under components.{component}.packages"
+            )
+        return [f"{n}={pins[n]}" for n in names]
 
 
 def load_versions(path: Path | None = None) -> VersionTable:
