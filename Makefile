@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := build-essential cmake pkg-config git python3-venv \
+APT_PACKAGES := build-essential cmake pkg-config git python3-venv apt-utils gnupg \
 	systemd-container debootstrap iproute2 nftables iptables openssh-client chrony \
 	docker-registry apache2-utils nginx postgresql \
 	prometheus prometheus-node-exporter prometheus-alertmanager \
