@@ -61,7 +61,9 @@ def deploy() -> None:
         dropin = files.put(
             name="Let chrony run in a container without setting the clock",
             src=StringIO(
-                "[Unit]\nConditionCapability=\n[Service]\nExecStart=\n"
+                "[Unit]\nConditionCapability=\n[Service]\n"
+                "# Root at start: chronyd drops to user _chrony itself once it holds its socket.\n"
+                "ExecStart=\n"
                 "ExecStart=!/usr/sbin/chronyd $DAEMON_OPTS -x\n"
             ),
             dest="/etc/systemd/system/chrony.service.d/podium.conf",

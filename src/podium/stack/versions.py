@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from podium.errors import InvalidInput
 from podium.stack.model import Stack
@@ -16,9 +16,35 @@ DEFAULT_TABLE = Path(__file__).resolve().parents[3] / "stacks" / "versions.yaml"
 
 
 class Artifact(BaseModel):
+    """A file a role downloads onto a node. One that cannot be fetched where the table is kept
+    is `operator_supplied` and has no sha256 until the operator records the digest of the file
+    they put in the artifact mirror: a guessed checksum would only teach people to ignore it."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
     file: str
-    sha256: str
+    sha256: str | None = None
+    operator_supplied: bool = False
+
+    @model_validator(mode="after")
+    def _recorded_or_operator_supplied(self) -> Artifact:
+        if self.sha256 is None and not self.operator_supplied:
+            raise ValueError(f"artifact {self.file} has no sha256; record it, or mark it operator_supplied")
+        return self
+
+
+class SigningKey(BaseModel):
+    """An apt repository's signing key: the node checks the fingerprint of the key it downloads
+    before apt is allowed to trust it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    fingerprint: str
+
+    @model_validator(mode="after")
+    def _full_fingerprint(self) -> SigningKey:
+        # A short key id can be forged by anyone; only the full v4 fingerprint pins a key.
+        if len(self.fingerprint) != 40 or any(c not in "0123456789ABCDEF" for c in self.fingerprint):
+            raise ValueError(f"key fingerprint {self.fingerprint!r} is not 40 upper-case hex digits")
+        return self
 
 
 class ComponentVersion(BaseModel):
@@ -26,6 +52,7 @@ class ComponentVersion(BaseModel):
     version: str
     packages: dict[str, str] = {}
     artifacts: dict[str, Artifact] = {}
+    keys: dict[str, SigningKey] = {}
     requirements: list[str] = []
 
 
