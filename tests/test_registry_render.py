@@ -40,6 +40,8 @@ def rendered() -> dict[str, str]:
 @pytest.fixture
 def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("PODIUM_STATE_DIR", str(tmp_path))
+    # As `podium up` does first: the CA, for the stack's names and addresses.
+    ca.ca_certificate("labreg", ca.CaScope.of(load_stack(str(LABREG))), replace=True)
     return tmp_path
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import shlex
 
-from pyinfra.context import host
 from pyinfra.api.exceptions import DeployError
 from pyinfra.api.operation import OperationMeta
+from pyinfra.context import host
 from pyinfra.facts.files import Sha256File
 from pyinfra.facts.server import Command
 from pyinfra.operations import server
