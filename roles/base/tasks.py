@@ -13,6 +13,7 @@ from roles.base.defaults import DEFAULTS
 
 NFTABLES_DROPIN = """\
 [Service]
+# Root: loading and removing the firewall's table needs CAP_NET_ADMIN; it runs once and exits.
 ExecStop=
 ExecStop=-/usr/sbin/nft delete table inet podium
 """
