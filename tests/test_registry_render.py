@@ -40,6 +40,8 @@ def rendered() -> dict[str, str]:
 @pytest.fixture
 def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("PODIUM_STATE_DIR", str(tmp_path))
+    # As `podium up` does first: the CA, for the stack's names and addresses.
+    ca.ca_certificate("labreg", ca.CaScope.of(load_stack(str(LABREG))), replace=True)
     return tmp_path
 
 
@@ -113,6 +115,8 @@ def test_real_registry_and_nginx_serve_metrics_but_keep_the_debug_listener_on_lo
     sock = tmp_path / "registry.sock"
     config = files["config.yml"].replace("/srv/podium/registry", str(tmp_path / "storage"))
     (tmp_path / "config.yml").write_text(config.replace("/run/docker-registry/registry.sock", str(sock)))
+    # This registry is reached on 127.0.0.1: a CA made for that address signs its certificate.
+    ca.ca_certificate("labreg", ca.CaScope(("ctrl",), ("127.0.0.1/32",)), replace=True)
     cert, key = ca.server_certificate("labreg", "registry", ["127.0.0.1"], ["ctrl"])
     site = files["podium-registry.conf"].replace("/run/docker-registry/registry.sock", str(sock))
     site = site.replace("/etc/podium/registry/tls.crt", str(cert)).replace("/etc/podium/registry/tls.key", str(key))

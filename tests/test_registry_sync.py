@@ -27,7 +27,7 @@ from podium.registry.access import (
     registry_ca,
     stack_registry,
 )
-from podium.registry.ca import server_certificate
+from podium.registry.ca import CaScope, ca_certificate, server_certificate
 from podium.registry.sync import sync_models, tiny_cache
 from podium.stack import load_stack
 from podium.stack.model import Stack
@@ -126,6 +126,7 @@ def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
         site = site.replace(f"listen {port} ssl", f"listen 127.0.0.1:{port} ssl")
         (tmp / "site.conf").write_text(site)
         (tmp / "nginx.conf").write_text(NGINX_MAIN.format(tmp=tmp))
+        ca_certificate(STACK, CaScope(("reg",), ("127.0.0.1/32",)), replace=True)
         cert, key = server_certificate(STACK, "registry", ["127.0.0.1"], ["reg"])
         shutil.copy(cert, etc / "tls.crt")
         shutil.copy(key, etc / "tls.key")
@@ -293,5 +294,6 @@ def test_a_registry_certificate_from_another_ca_is_refused(
     stack = _stack(env, "eta", models, [_engine("eta", "eta:1")])
     # Another control machine's state: another CA (and accounts) for a stack of the same name.
     monkeypatch.setenv("PODIUM_STATE_DIR", str(tmp_path))
+    ca_certificate(STACK, CaScope(("reg",), ("127.0.0.1/32",)), replace=True)
     with pytest.raises(PodiumError, match="TLS check of the registry"):
         sync_models(stack, push=False)

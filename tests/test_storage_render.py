@@ -76,7 +76,7 @@ def test_firewall_opens_gluster_ports_on_storage_nodes_to_the_stack_only(stack: 
 def test_nfs_exports_to_every_client_and_clients_mount_nfs4(stack: Stack) -> None:
     nfs = _variant(stack, driver="nfs", nodes=["node1"], replicas=1)
     exports = _files(nfs, "node1")["podium.exports"]
-    opts = "(rw,sync,no_subtree_check,no_root_squash)"
+    opts = "(rw,sync,no_subtree_check,root_squash)"
     line = [x for x in exports.splitlines() if x and not x.startswith("#")]
     assert line == [f"/srv/exports/podium 10.77.11.10{opts} 10.77.11.11{opts} 10.77.11.12{opts}"]
     assert _files(nfs, "node2")["podium.exports"] == ""

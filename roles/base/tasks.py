@@ -14,6 +14,7 @@ from roles.base.defaults import DEFAULTS
 
 NFTABLES_DROPIN = """\
 [Service]
+# Root: loading and removing the firewall's table needs CAP_NET_ADMIN; it runs once and exits.
 ExecStop=
 ExecStop=-/usr/sbin/nft delete table inet podium
 """
@@ -62,7 +63,9 @@ def deploy() -> None:
         dropin = files.put(
             name="Let chrony run in a container without setting the clock",
             src=StringIO(
-                "[Unit]\nConditionCapability=\n[Service]\nExecStart=\n"
+                "[Unit]\nConditionCapability=\n[Service]\n"
+                "# Root at start: chronyd drops to user _chrony itself once it holds its socket.\n"
+                "ExecStart=\n"
                 "ExecStart=!/usr/sbin/chronyd $DAEMON_OPTS -x\n"
             ),
             dest="/etc/systemd/system/chrony.service.d/podium.conf",

@@ -9,6 +9,7 @@ from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from podium.files import files_for
+from podium.pinned import pinned_key
 from podium.stack.versions import load_versions
 from roles.gpu import repos
 from roles.gpu.defaults import DEFAULTS
@@ -38,7 +39,8 @@ def deploy() -> None:
         return
     node = _node()
     defaults = {k: host.data.get(k) for k in DEFAULTS}
-    pins = load_versions().extra("gpu")["packages"]
+    table = load_versions()
+    pins = table.components["gpu"].packages
     wanted = repos.packages(settings, node, pins)  # refuses impossible combinations first
 
     rendered = files_for("gpu", host.name, settings)
@@ -47,9 +49,16 @@ def deploy() -> None:
         for name, dest in host.data.gpu_files.items()
     ]
     files.directory(name="apt keyrings folder", path=host.data.gpu_keyrings, mode="755")
+    # Each key is checked against its fingerprint in stacks/versions.yaml before apt trusts it:
+    # whoever can change a file on the way (or on the mirror) must not choose the driver.
+    apt.packages(name="Tools to fetch and check apt keys", packages=table.pinned("gpu", ["curl", "gpg"]),
+                 update=True, cache_time=24 * 3600)
+    fingerprints = table.components["gpu"].keys
     for keyring, url in repos.keys(settings, node, defaults).items():
         dest = f"{host.data.gpu_keyrings}/{keyring}"
-        changed.append(files.download(name=f"Key {keyring}", src=url, dest=dest))
+        key = pinned_key(keyring, url, dest, fingerprints[keyring].fingerprint)
+        if key is not None:
+            changed.append(key)
     for name, content in repos.sources(settings, node, defaults).items():
         changed.append(files.put(name=f"apt source {name}", src=StringIO(content),
                                  dest=f"/etc/apt/sources.list.d/{name}", mode="644"))

@@ -6,8 +6,6 @@ DEFAULTS = {
     "monitoring_server_packages": ["prometheus", "prometheus-alertmanager"],
     # NVIDIA's DCGM (host engine) comes from the NVIDIA repository the gpu role sets up.
     "monitoring_dcgm_packages": ["datacenter-gpu-manager"],
-    # Path of the dcgm-exporter binary under the stack's artifact mirror; {version} from the table.
-    "monitoring_dcgm_artifact": "dcgm-exporter/{version}/dcgm-exporter",
     # Where Grafana's repository keeps its signing key, relative to the repository URL.
     "monitoring_grafana_key": "gpg.key",
 }

@@ -11,6 +11,7 @@ from pyinfra.operations.util import any_changed
 
 from podium.files import files_for
 from podium.monitoring import role_files as rf
+from podium.pinned import pinned_artifact, pinned_key, recorded_sha256
 from podium.stack.versions import load_versions
 from roles.monitoring.defaults import DEFAULTS
 
@@ -144,20 +145,22 @@ def _dcgm_exporter(settings: dict[str, Any], rendered: dict[str, str]) -> None:
             "until one is set"
         )
         return
-    version = load_versions().extra("monitoring")["dcgm_exporter"]
+    table = load_versions()
+    url = f"{mirror.rstrip('/')}/{table.components['monitoring'].artifacts['dcgm-exporter'].file}"
+    # Refused before anything is installed: an unrecorded digest would let the mirror choose
+    # what runs next to the GPUs.
+    sha256 = recorded_sha256(table, "monitoring", "dcgm-exporter", url)
     apt.packages(
-        name="Install NVIDIA DCGM",
-        packages=host.data.monitoring_dcgm_packages,
+        name="Install NVIDIA DCGM and the tools to fetch and check dcgm-exporter",
+        packages=[*host.data.monitoring_dcgm_packages, *_pinned(["curl"])],
         no_recommends=True,
     )
     systemd.service(name="Run the DCGM host engine", service="nvidia-dcgm", running=True, enabled=True)
-    artifact = host.data.monitoring_dcgm_artifact.format(version=version)
-    binary = files.download(
-        name=f"Fetch dcgm-exporter {version} from the artifact mirror",
-        src=f"{mirror.rstrip('/')}/{artifact}",
-        dest=rf.DCGM_BINARY,
-        mode="755",
-    )
+    server.group(name="DCGM exporter group", group=rf.DCGM_USER, system=True)
+    server.user(name="DCGM exporter user", user=rf.DCGM_USER, group=rf.DCGM_USER, system=True,
+                home="/nonexistent", create_home=False, shell="/usr/sbin/nologin")
+    fetched = pinned_artifact("dcgm-exporter", url, rf.DCGM_BINARY, sha256)
+    binary = [fetched] if fetched is not None else []
     counters = _put(rendered, rf.DCGM_COUNTERS)
     unit = _put(rendered, rf.DCGM_UNIT)
     systemd.daemon_reload(name="Reload systemd for the DCGM exporter unit", _if=unit.did_change)
@@ -166,7 +169,7 @@ def _dcgm_exporter(settings: dict[str, Any], rendered: dict[str, str]) -> None:
         service="podium-dcgm-exporter",
         running=True,
         restarted=True,
-        _if=any_changed(binary, counters, unit),
+        _if=any_changed(*binary, counters, unit),
     )
     systemd.service(
         name="Keep the DCGM exporter running",
@@ -179,14 +182,12 @@ def _dcgm_exporter(settings: dict[str, Any], rendered: dict[str, str]) -> None:
 def _grafana(settings: dict[str, Any], rendered: dict[str, str]) -> None:
     url, _ = rf.grafana_source(settings["grafana_repository"])
     files.directory(name="Folder for apt keyrings", path="/etc/apt/keyrings", mode="755")
-    key = files.download(
-        name="Fetch the Grafana repository's signing key",
-        src=f"{url}/{host.data.monitoring_grafana_key}",
-        dest=rf.GRAFANA_KEYRING,
-        mode="644",
-    )
+    apt.packages(name="Tools to fetch and check apt keys", packages=_pinned(["curl", "gpg"]), no_recommends=True)
+    # Checked against its fingerprint in stacks/versions.yaml before apt trusts the repository.
+    fingerprint = load_versions().components["monitoring"].keys["podium-grafana.asc"].fingerprint
+    key = pinned_key("podium-grafana.asc", f"{url}/{host.data.monitoring_grafana_key}", rf.GRAFANA_KEYRING, fingerprint)
     source = _put(rendered, rf.GRAFANA_SOURCE)
-    apt.update(name="Read the Grafana repository", _if=any_changed(key, source))
+    apt.update(name="Read the Grafana repository", _if=any_changed(*([key] if key else []), source))
     # Grafana's own repository, so its pin is the table's `grafana` entry, not a Debian one.
     grafana = f"grafana={load_versions().extra('monitoring')['grafana']}"
     apt.packages(name="Install Grafana", packages=[grafana], no_recommends=True)

@@ -15,6 +15,7 @@ from podium.inventory import HostEntry, connection, host_entries
 from podium.plan.actions import Action, make_plan
 from podium.plan.components import COMPONENT_NAMES, COMPONENTS
 from podium.plan.state import HostState
+from podium.registry.ca import CaScope, ca_certificate
 from podium.stack.model import Stack
 from podium.stack.versions import load_versions
 
@@ -91,6 +92,9 @@ def up(
             raise InvalidInput(f"--only {name}: not a component; components: {', '.join(COMPONENT_NAMES)}")
     versions = load_versions()
     preflight(stack, make_plan(stack, versions))
+    # Before any role runs: base installs the CA on every node, registry and gateway sign with
+    # it; made (or remade, when nodes changed) for the stack's own names and addresses only.
+    ca_certificate(stack.name, CaScope.of(stack), replace=not (limit or only))
     with console.status("reading recorded state from the hosts"):
         states = recorded_states(stack)
     # Push models added since the registry was laid down; a dry run only resolves nothing.

@@ -28,6 +28,10 @@ NODE_EXPORTER_DEFAULTS = "etc/default/prometheus-node-exporter"
 DCGM_UNIT = "etc/systemd/system/podium-dcgm-exporter.service"
 DCGM_COUNTERS = "etc/podium/dcgm-exporter/counters.csv"
 DCGM_BINARY = "/usr/local/bin/dcgm-exporter"
+# The exporter reads the GPUs through the DCGM host engine (nvidia-dcgm, port 5555 on the node),
+# so it needs no device access and runs as this user.
+DCGM_USER = "podium-dcgm-exporter"
+DCGM_HOSTENGINE = "localhost:5555"
 GRAFANA_SOURCE = "etc/apt/sources.list.d/podium-grafana.list"
 GRAFANA_KEYRING = "/etc/apt/keyrings/podium-grafana.asc"
 GRAFANA_DROPIN = "etc/systemd/system/grafana-server.service.d/podium.conf"
@@ -123,7 +127,8 @@ def build(host: str, settings: Mapping[str, Any]) -> dict[str, str]:
     }
     if settings["gpu"]:
         files[DCGM_UNIT] = env.get_template("role/dcgm-exporter.service.j2").render(
-            binary=DCGM_BINARY, port=DCGM_EXPORTER_PORT, counters=f"/{DCGM_COUNTERS}"
+            binary=DCGM_BINARY, port=DCGM_EXPORTER_PORT, counters=f"/{DCGM_COUNTERS}",
+            user=DCGM_USER, hostengine=DCGM_HOSTENGINE,
         )
         files[DCGM_COUNTERS] = env.get_template("role/dcgm-counters.csv.j2").render()
     if settings["server"]:

@@ -22,9 +22,12 @@ def run_role(props: dict[str, Any], verb: str) -> None:
     from podium.errors import PodiumError
     from podium.inventory import connection
     from podium.plan.state import HostState
+    from podium.registry.ca import CaScope, ca_certificate
     from podium.stack.loader import load_stack
 
     stack = load_stack(props["stack"])
+    # Roles install and sign with the stack CA; it is made (or remade) for the stack's scope.
+    ca_certificate(stack.name, CaScope.of(stack))
     host, component = props["host"], props["component"]
     entry = (host, {**connection(stack, host), **_host_data(stack, component, host)})
     state = read_states([entry]).get(host) or HostState(host=host)

@@ -1,5 +1,6 @@
 """The stack's own certificate authority: made once per stack on the control machine, it signs
-the server certificates of the stack's services (the registry first) and every node trusts it."""
+the server certificates of the stack's services (the registry first) and every node trusts it,
+for the stack's own names and addresses only (name constraints)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import ipaddress
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -20,11 +23,39 @@ from cryptography.x509.oid import NameOID
 from podium.errors import PodiumError
 from podium.secrets import StackSecrets
 
+if TYPE_CHECKING:
+    from podium.stack.model import Stack
+
 CA_DAYS = 3650
 # Browsers and most TLS stacks cap server certificates at 398 days.
 SERVER_DAYS = 397
 # A server certificate this close to expiry is replaced on the next deploy.
 RENEW_BEFORE = dt.timedelta(days=30)
+
+
+@dataclass(frozen=True)
+class CaScope:
+    """What the stack CA may vouch for: its nodes' names (and names under them) and its
+    networks. A leaf for any other name fails verification even though the CA signed it, so
+    the CA's key, trusted by every node, cannot be used to impersonate a site's other hosts."""
+
+    dns_names: tuple[str, ...]
+    networks: tuple[str, ...]
+
+    @classmethod
+    def of(cls, stack: Stack) -> CaScope:
+        nets = [ipaddress.ip_network(str(stack.host_network.subnet))] if stack.host_network else []
+        nets += [ipaddress.ip_network(str(v.subnet)) for v in stack.network.vlans]
+        for node in stack.nodes:
+            address = ipaddress.ip_address(str(node.address))
+            if not any(address in net for net in nets if net.version == address.version):
+                nets.append(ipaddress.ip_network(address))
+        return cls(tuple(sorted({n.name for n in stack.nodes})), tuple(str(n) for n in nets))
+
+    def constraints(self) -> x509.NameConstraints:
+        permitted: list[x509.GeneralName] = [x509.DNSName(n) for n in self.dns_names]
+        permitted += [x509.IPAddress(ipaddress.ip_network(n)) for n in self.networks]
+        return x509.NameConstraints(permitted_subtrees=permitted, excluded_subtrees=None)
 
 
 def ca_folder(stack: str) -> Path:
@@ -35,15 +66,26 @@ def ca_folder(stack: str) -> Path:
     return folder
 
 
-def ca_certificate(stack: str) -> Path:
-    """The CA certificate (PEM) of the stack, created on first use; what `--ca` takes."""
+def ca_certificate(stack: str, scope: CaScope | None = None, *, replace: bool = False) -> Path:
+    """The CA certificate (PEM) of the stack; what `--ca` takes.
+
+    scope: the names and networks the CA may sign for (`CaScope.of(stack)`); a CA is only ever
+    made with one, by `podium up`.
+    replace: make a new CA when the existing one was made for another scope (or without name
+    constraints). Only a deploy of every component may: base gives the nodes the new CA and
+    every service's certificate is signed again on the same run.
+    """
     folder = ca_folder(stack)
     cert = folder / "ca.crt"
-    if cert.exists():
+    if cert.exists() and (scope is None or not replace or _constraints(cert) == scope.constraints()):
         return cert
+    if scope is None:
+        raise PodiumError(
+            f"stack {stack} has no CA yet; `podium up` makes it for the stack's names and addresses"
+        )
     with _locked(folder):
-        if cert.exists():  # another process made it while this one waited
-            return cert
+        if cert.exists() and (not replace or _constraints(cert) == scope.constraints()):
+            return cert  # another process made it while this one waited
         key = ec.generate_private_key(ec.SECP256R1())
         subject = _name(f"Podium CA {stack}")
         now = _now()
@@ -61,6 +103,7 @@ def ca_certificate(stack: str) -> Path:
                 critical=True,
             )
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+            .add_extension(scope.constraints(), critical=True)
             .sign(key, hashes.SHA256())
         )
         # Key first: a certificate on disk always has its key beside it.
@@ -86,6 +129,12 @@ def server_certificate(
     cert_path, key_path = folder / f"{name}.crt", folder / f"{name}.key"
     wanted = _alt_names(addresses, dns_names)
     ca_cert = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
+    outside = _outside(wanted, _constraints(ca_cert_path))
+    if outside:
+        raise PodiumError(
+            f"{name}: {', '.join(outside)} is not a name or address of stack {stack}, so its CA "
+            "cannot vouch for it; add the node to the stack, then run podium up"
+        )
     with _locked(folder):
         if _still_good(cert_path, key_path, wanted, ca_cert):
             return cert_path, key_path
@@ -111,6 +160,33 @@ def server_certificate(
         _write(key_path, _key_pem(key))
         _write(cert_path, certificate.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
+
+
+def _constraints(cert: Path) -> x509.NameConstraints | None:
+    try:
+        loaded = x509.load_pem_x509_certificate(cert.read_bytes())
+        return loaded.extensions.get_extension_for_class(x509.NameConstraints).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _outside(names: list[x509.GeneralName], constraints: x509.NameConstraints | None) -> list[str]:
+    """The names a certificate would carry that the CA's constraints do not permit."""
+    if constraints is None or constraints.permitted_subtrees is None:
+        return []
+    dns = [p.value for p in constraints.permitted_subtrees if isinstance(p, x509.DNSName)]
+    nets = [ipaddress.ip_network(p.value) for p in constraints.permitted_subtrees
+            if isinstance(p, x509.IPAddress)]
+    out = []
+    for n in names:
+        if isinstance(n, x509.DNSName):
+            if not any(n.value == d or n.value.endswith("." + d) for d in dns):
+                out.append(n.value)
+        elif isinstance(n, x509.IPAddress):
+            address = ipaddress.ip_address(str(n.value))
+            if not any(address in net for net in nets if net.version == address.version):
+                out.append(str(address))
+    return out
 
 
 def _alt_names(addresses: Sequence[str], dns_names: Sequence[str]) -> list[x509.GeneralName]:

@@ -32,11 +32,27 @@ class Artifact(BaseModel):
         return self
 
 
+class SigningKey(BaseModel):
+    """An apt repository's signing key: the node checks the fingerprint of the key it downloads
+    before apt is allowed to trust it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    fingerprint: str
+
+    @model_validator(mode="after")
+    def _full_fingerprint(self) -> SigningKey:
+        # A short key id can be forged by anyone; only the full v4 fingerprint pins a key.
+        if len(self.fingerprint) != 40 or any(c not in "0123456789ABCDEF" for c in self.fingerprint):
+            raise ValueError(f"key fingerprint {self.fingerprint!r} is not 40 upper-case hex digits")
+        return self
+
+
 class ComponentVersion(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
     version: str
     packages: dict[str, str] = {}
     artifacts: dict[str, Artifact] = {}
+    keys: dict[str, SigningKey] = {}
     requirements: list[str] = []
     # Where `packages` come from: Debian's archive, or a vendor's repository (nvidia) that the
     # bundle cannot fetch and leaves to the operator.

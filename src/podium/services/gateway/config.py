@@ -222,9 +222,13 @@ def load_config(path: Path) -> GatewayConfig:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        given = repr(first.get("input"))
+        if where == "store":  # its password must not reach a log
+            from podium.services.gateway.store import redacted
+
+            given = redacted(given)
         raise InvalidInput(
-            f"gateway config {str(path)!r}, field {where!r}: {first['msg']}"
-            f" (value given: {first.get('input')!r})"
+            f"gateway config {str(path)!r}, field {where!r}: {first['msg']} (value given: {given})"
         ) from exc
     base = path.parent
     updates: dict[str, object] = {}

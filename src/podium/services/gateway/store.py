@@ -13,6 +13,7 @@ import concurrent.futures
 import contextlib
 import logging
 import queue
+import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -37,6 +38,20 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from podium.errors import InvalidInput, PodiumError
+
+# user:PASSWORD@ in a URL, and password=PASSWORD in its query or a libpq keyword string.
+_URL_PASSWORD = re.compile(r"(://[^/?#:@\s]*:)([^@/?#\s]*)(@)")
+_KEYWORD_PASSWORD = re.compile(r"(password=)('[^']*'|\"[^\"]*\"|[^&\s]*)", re.IGNORECASE)
+
+
+def redacted(text: str, url: str = "") -> str:
+    """`text` with every store password hidden: in URLs and keyword strings it holds, and
+    wherever the password of `url` itself appears (a driver may quote it in its error)."""
+    secrets = [m.group(2) for pattern in (_URL_PASSWORD, _KEYWORD_PASSWORD) for m in pattern.finditer(url)]
+    for secret in filter(None, secrets):
+        text = text.replace(secret, "***")
+    text = _URL_PASSWORD.sub(r"\1***\3", text)
+    return _KEYWORD_PASSWORD.sub(r"\1***", text)
 
 log = logging.getLogger("podium.gateway.store")
 T = TypeVar("T")
@@ -178,7 +193,7 @@ def _engine(url: str) -> Engine:
         return create_engine(url, pool_size=8, max_overflow=4, pool_pre_ping=True,
                              connect_args={"connect_timeout": 5})
     raise InvalidInput(
-        f"store URL {url!r} is not supported; use sqlite:///PATH or postgresql+psycopg://..."
+        f"store URL {redacted(url)!r} is not supported; use sqlite:///PATH or postgresql+psycopg://..."
     )
 
 
@@ -195,7 +210,9 @@ class Store:
         try:
             self.engine = _engine(url)
         except (ImportError, SQLAlchemyError) as exc:
-            raise InvalidInput(f"store URL {url!r} cannot be opened: {exc}") from exc
+            raise InvalidInput(
+                f"store URL {redacted(url)!r} cannot be opened: {redacted(str(exc), url)}"
+            ) from None
         self.is_sqlite = url.startswith("sqlite")
         # SQLite has one writer at a time; PostgreSQL takes a few concurrent batches.
         self._nthreads = threads or (1 if self.is_sqlite else 4)
@@ -217,8 +234,8 @@ class Store:
                 # Two gateways creating the schema at once: the loser retries and finds it.
                 if attempt == 2:
                     raise PodiumError(
-                        f"store {self.safe_url()} schema cannot be created: {exc}"
-                    ) from exc
+                        f"store {self.safe_url()} schema cannot be created: {redacted(str(exc), self.url)}"
+                    ) from None
 
     def _migrate(self) -> None:
         """Bring a store created by an older gateway up to this schema (columns, indexes)."""
@@ -231,7 +248,7 @@ class Store:
                 index.create(conn, checkfirst=True)
 
     def safe_url(self) -> str:
-        return self.engine.url.render_as_string(hide_password=True)
+        return redacted(self.engine.url.render_as_string(hide_password=True), self.url)
 
     def run_sync(self, op: Callable[[Connection], T]) -> T:
         """Run one operation in its own transaction on the calling thread (CLI use)."""
@@ -239,7 +256,7 @@ class Store:
             with self.engine.begin() as conn:
                 return op(conn)
         except SQLAlchemyError as exc:
-            raise PodiumError(f"store {self.safe_url()} failed: {exc}") from exc
+            raise PodiumError(f"store {self.safe_url()} failed: {redacted(str(exc), self.url)}") from None
 
     def start(self) -> None:
         for i in range(self._nthreads):
