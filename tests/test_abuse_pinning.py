@@ -118,13 +118,17 @@ def _gpg_key(home: Path, uid: str) -> tuple[bytes, str]:
     """A fresh signing key: (armored public key, its fingerprint)."""
     home.mkdir(mode=0o700)
     env = {**os.environ, "GNUPGHOME": str(home)}
-    subprocess.run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key", uid, "ed25519", "sign", "never"],
-                   env=env, check=True, capture_output=True, timeout=60)
-    listed = subprocess.run(["gpg", "--batch", "--with-colons", "--list-keys", uid],
-                            env=env, check=True, capture_output=True, text=True).stdout
-    fingerprint = next(line.split(":")[9] for line in listed.splitlines() if line.startswith("fpr:"))
-    armored = subprocess.run(["gpg", "--batch", "--armor", "--export", uid],
-                             env=env, check=True, capture_output=True).stdout
+    try:
+        subprocess.run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key", uid, "ed25519", "sign", "never"],
+                       env=env, check=True, capture_output=True, timeout=60)
+        listed = subprocess.run(["gpg", "--batch", "--with-colons", "--list-keys", uid],
+                                env=env, check=True, capture_output=True, text=True).stdout
+        fingerprint = next(line.split(":")[9] for line in listed.splitlines() if line.startswith("fpr:"))
+        armored = subprocess.run(["gpg", "--batch", "--armor", "--export", uid],
+                                 env=env, check=True, capture_output=True).stdout
+    finally:
+        # Key generation starts a gpg-agent for the home folder: leave none running.
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], capture_output=True)
     return armored, fingerprint
 
 
