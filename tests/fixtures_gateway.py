@@ -35,6 +35,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_port_pair() -> int:
+    """A port free on 127.0.0.1 whose successor is free too (a gateway's default metrics port)."""
+    for _ in range(100):
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no two neighbouring ports are free on 127.0.0.1")
+
+
 def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -192,14 +205,14 @@ class GatewayFactory:
     def config(self, *, models: dict[str, Any], store: str | None = None, port: int | None = None,
                **settings: Any) -> GatewayProcess:
         n = len(self.started) + 1
-        port = port or free_port()
+        # metrics_listen=None leaves the gateway to its default, the port after the API's.
+        metrics = settings.pop("metrics_listen", {"host": "127.0.0.1", "port": free_port()})
+        port = port or (free_port() if metrics else free_port_pair())
         token = "pdm-admin-" + secrets.token_urlsafe(16)
         token_file = self.root / f"admin-{n}.token"
         token_file.write_text(token + "\n")
         os.chmod(token_file, 0o600)
         store = store or f"sqlite:///{self.root / 'gateway.db'}"
-        # metrics_listen=None leaves the gateway to its default, the port after the API's.
-        metrics = settings.pop("metrics_listen", {"host": "127.0.0.1", "port": free_port()})
         metrics_port = metrics["port"] if metrics else port + 1
         document = {
             "listen": {"host": "127.0.0.1", "port": port},
