@@ -151,3 +151,17 @@ def test_plan_says_when_engines_differ_only_for_want_of_digests(tmp_path):
     assert "reconfigure" in out
     assert "note: engines are planned without model digests" in out
     assert "podium up --dry-run stacks/lab" in out
+
+
+def test_a_stack_without_host_network_or_admin_sources_is_never_planned_open():
+    # Validation refuses such a stack; one built past it (model_copy skips the rules) must not
+    # get SSH and the admin ports opened to 0.0.0.0/0 by the plan either.
+    from podium.errors import InvalidInput
+
+    stack = load_stack("stacks/single-gpu")
+    bare = stack.model_copy(update={
+        "host_network": None,
+        "network": stack.network.model_copy(update={"admin_sources": []}),
+    })
+    with pytest.raises(InvalidInput, match="admin_sources"):
+        make_plan(bare, load_versions())

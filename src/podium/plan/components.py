@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network
 from typing import Any
 
+from podium.errors import InvalidInput
 from podium.monitoring.targets import EngineEndpoint, GatewayEndpoint, targets_from_components
 from podium.plan.egress import cluster_settings, egress_settings, ntp_servers
 from podium.stack.model import Stack
@@ -84,7 +85,14 @@ def _audiences(stack: Stack) -> dict[str, list[str]]:
 
     admin = [_source(stack, s) for s in stack.network.admin_sources]
     if not admin:
-        admin = [str(stack.host_network.gateway)] if stack.host_network else ["0.0.0.0/0"]
+        if stack.host_network is None:
+            # Validation refuses this already; the plan fails closed too rather than open SSH
+            # and the admin ports to everyone for a stack that reached it some other way.
+            raise InvalidInput(
+                f"stack {stack.name!r}: network.admin_sources is required when the stack has no"
+                " host_network; name the subnets or nodes administrators connect from"
+            )
+        admin = [str(stack.host_network.gateway)]
     return {
         "any": [],
         "stack": addresses(stack.node_names),
