@@ -17,6 +17,7 @@ from podium.cluster.shapes import (
     model_pull,
     service,
 )
+from podium.stack.devices import gpu_count, uses_gpu
 from podium.stack.model import Stack
 from podium.stack.ports import Replica, replicas
 from podium.stack.sections import Engine, Model
@@ -36,16 +37,6 @@ RESOURCES: dict[str, dict[str, dict[str, str]]] = {
 }
 # Loading weights can take minutes: the startup probe allows this long before liveness counts.
 STARTUP_SECONDS = {"llamacpp": 300, "vllm": 1800, "sglang": 1800, "predictive": 300}
-
-
-def uses_gpu(engine: Engine) -> bool:
-    return engine.device == "gpu" or engine.gpus_per_replica > 0 or (
-        engine.device == "auto" and engine.kind in ("vllm", "sglang")
-    )
-
-
-def gpu_count(engine: Engine) -> int:
-    return max(engine.gpus_per_replica, 1) if uses_gpu(engine) else 0
 
 
 def cli_args(args: dict[str, str | int | float | bool]) -> list[str]:

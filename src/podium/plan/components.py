@@ -11,6 +11,7 @@ from typing import Any
 from podium.errors import InvalidInput
 from podium.monitoring.targets import EngineEndpoint, GatewayEndpoint, targets_from_components
 from podium.plan.egress import cluster_settings, egress_settings, ntp_servers
+from podium.stack.devices import device, gpu_count, uses_gpu
 from podium.stack.model import Stack
 from podium.stack.ports import ALERTMANAGER_PORT, listeners, replicas
 
@@ -241,8 +242,8 @@ def _engine_component(kind: str) -> Component:
                         "model_format": model.format,
                         "trusted": model.trusted,
                         "trusted_types": model.trusted_types,
-                        "device": engine.device,
-                        "gpus": engine.gpus_per_replica,
+                        "device": device(engine),
+                        "gpus": gpu_count(engine),
                         "args": engine.args,
                         "gpu_ids": gpu_ids.get((engine.name, rep.index), []),
                     }
@@ -265,12 +266,12 @@ def _gpu_ids(stack: Stack, host: str) -> dict[tuple[str, int], list[int]]:
     taken = 0
     on_cluster = set(stack.kubernetes.engines) if stack.kubernetes else set()
     for engine in stack.engines:
-        if engine.name in on_cluster or engine.device == "cpu" or engine.gpus_per_replica == 0:
+        if engine.name in on_cluster or not uses_gpu(engine):
             continue
         for rep in replicas(engine):
             if rep.node == host:
-                out[(engine.name, rep.index)] = list(range(taken, taken + engine.gpus_per_replica))
-                taken += engine.gpus_per_replica
+                out[(engine.name, rep.index)] = list(range(taken, taken + gpu_count(engine)))
+                taken += gpu_count(engine)
     return out
 
 

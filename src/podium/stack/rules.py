@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 
+from podium.stack.devices import gpu_count, gpus_wanted, uses_gpu
 from podium.stack.model import Stack
 from podium.stack.ports import listeners
 from podium.stack.sections import Engine, Model
@@ -37,6 +38,7 @@ def check(stack: Stack, components: frozenset[str]) -> list[Problem]:
         *_storage(stack),
         *_models(stack),
         *_engines(stack),
+        *_gpu_capacity(stack),
         *_gateway(stack),
         *_kubernetes(stack),
         *_ports(stack),
@@ -244,16 +246,16 @@ def _remote_code(engine: Engine, e: int, model: Model) -> Iterator[Problem]:
 def _engine_devices(stack: Stack, e: int) -> Iterator[Problem]:
     engine = stack.engines[e]
     known = {n.name: n for n in stack.nodes}
-    gpu_kind = engine.kind in ("vllm", "sglang")
     if engine.kind == "sglang" and engine.device == "cpu":
         yield Problem(("engines", e, "device"), "cpu", "is not supported by SGLang; use gpu or vllm")
         return
     if engine.kind == "predictive" and engine.device == "gpu":
         yield Problem(("engines", e, "device"), "gpu", "is not used by scikit-learn; use cpu")
-    wants_gpu = engine.device == "gpu" or (gpu_kind and engine.device == "auto")
+    if not uses_gpu(engine):
+        return
     for i, name in enumerate(engine.nodes):
         node = known.get(name)
-        if node is None or not wants_gpu:
+        if node is None:
             continue
         if node.gpus == 0:
             fix = "set device: cpu on the engine" if engine.kind == "vllm" else "place it on a GPU node"
@@ -262,12 +264,32 @@ def _engine_devices(stack: Stack, e: int) -> Iterator[Problem]:
                 name,
                 f"has no GPUs but {engine.kind} needs one; {fix}",
             )
-        elif engine.gpus_per_replica > node.gpus:
+        elif gpu_count(engine) > node.gpus:
             yield Problem(
                 ("engines", e, "gpus_per_replica"),
                 engine.gpus_per_replica,
                 f"is more than the {node.gpus} GPUs of node {name}",
             )
+
+
+def _gpu_capacity(stack: Stack) -> Iterator[Problem]:
+    """Replicas on one node never share a GPU: what the engines placed there hold together must
+    fit the node, or a replica would start on a GPU another one already fills."""
+    on_cluster = set(stack.kubernetes.engines) if stack.kubernetes else set()
+    engines = [e for e in stack.engines if e.name not in on_cluster]
+    for node in stack.nodes:
+        wanted = gpus_wanted(engines, node.name)
+        total = sum(wanted.values())
+        if node.gpus == 0 or total <= node.gpus:
+            continue
+        e = next(i for i, eng in enumerate(stack.engines) if eng.name in wanted)
+        holders = ", ".join(f"{name} {count}" for name, count in wanted.items())
+        yield Problem(
+            ("engines", e, "replicas"),
+            stack.engines[e].replicas,
+            f"places engines needing {total} GPUs on node {node.name} ({holders}), which has "
+            f"{node.gpus}; lower replicas or gpus_per_replica, or spread the engines over more nodes",
+        )
 
 
 def _gateway(stack: Stack) -> Iterator[Problem]:
