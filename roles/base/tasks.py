@@ -8,8 +8,8 @@ from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
 
 from podium.files import files_for
+from podium.pinned import node_versions
 from podium.registry.ca import ca_certificate
-from podium.stack.versions import load_versions
 from roles.base.defaults import DEFAULTS
 
 NFTABLES_DROPIN = """\
@@ -34,7 +34,7 @@ def deploy() -> None:
     files.put(name="Write /etc/hosts", src=StringIO(rendered["hosts"]), dest="/etc/hosts", mode="644")
     apt.packages(
         name="Install base packages",
-        packages=load_versions().pinned("base", host.data.base_packages),
+        packages=node_versions().pinned("base", host.data.base_packages),
         update=True,
         cache_time=24 * 3600,
     )

@@ -351,10 +351,26 @@ def _ports(stack: Stack) -> Iterator[Problem]:
 
 
 def _versions(stack: Stack, components: frozenset[str]) -> Iterator[Problem]:
-    for name in stack.versions:
+    from podium.stack.versions import load_versions
+
+    table = load_versions()
+    for name, version in stack.versions.items():
         if name not in components:
             yield Problem(
                 ("versions", name),
                 None,
-                f"is not a component; known: {', '.join(sorted(components))}",
+                f"is not a component; known: {', '.join(sorted(components))}; override one of these",
             )
+            continue
+        entry = table.components.get(name)
+        why = entry.why_unpinnable(name, version) if entry and version != entry.version else None
+        if why:
+            yield Problem(("versions", name), version, f"cannot be pinned: {why}")
+    branch = stack.gpu.driver_branch
+    if "driver_branch" in stack.gpu.model_fields_set and stack.versions.get("gpu", branch) != branch:
+        yield Problem(
+            ("versions", "gpu"),
+            stack.versions["gpu"],
+            f"differs from gpu.driver_branch {branch!r}: the gpu component's version is its driver "
+            "branch; set one of the two",
+        )
