@@ -4,6 +4,7 @@ through the plan's inventory, and a version the table cannot pin is refused in o
 
 from __future__ import annotations
 
+import doctest
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -35,6 +36,7 @@ from podium.pinned import node_versions
 from podium.plan.actions import make_plan
 from podium.render import REPO
 from podium.stack import load_stack
+from podium.stack import versions as versions_module
 from podium.stack.model import Stack
 from podium.stack.versions import load_versions
 
@@ -263,3 +265,8 @@ def test_only_pins_at_the_components_version_follow_an_override(tmp_path: Path) 
     assert entry.model_dump()["cpu_requirements"] == ["vllm==2.0"]
     same = load_versions(table).with_versions({"engine-vllm": "1.0"})
     assert same.components["engine-vllm"].requirements[0] == "vllm==1.0"
+
+
+def test_the_examples_in_the_docstrings_run() -> None:
+    result = doctest.testmod(versions_module)
+    assert result.attempted >= 2 and result.failed == 0

@@ -82,7 +82,7 @@ class ComponentVersion(BaseModel):
             return self
         why = self.why_unpinnable(component, version)
         if why:
-            raise InvalidInput(f"versions.{component} = {version!r} cannot be pinned: {why}")
+            raise InvalidInput(f"versions.{component} = {version!r}: cannot be pinned: {why}")
         lists = {key: [_repin(r, self.version, version) for r in value]
                  for key, value in self._requirement_lists().items()}
         packages = {n: version if v == self.version else v for n, v in self.packages.items()}
