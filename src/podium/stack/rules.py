@@ -363,7 +363,13 @@ def _versions(stack: Stack, components: frozenset[str]) -> Iterator[Problem]:
             )
             continue
         entry = table.components.get(name)
-        why = entry.why_unpinnable(name, version) if entry and version != entry.version else None
+        if entry is None or version == entry.version:
+            continue
+        why = entry.why_unpinnable(name, version)
+        cpu = (entry.model_extra or {}).get("cpu_requirements")
+        if not why and cpu and _on_cpu(stack, name) and not entry.moves("cpu_requirements"):
+            why = (f"{name}'s CPU build, which this stack runs, is pinned apart ({', '.join(cpu)}); "
+                   f"change cpu_requirements under components.{name} in stacks/versions.yaml instead")
         if why:
             yield Problem(("versions", name), version, f"cannot be pinned: {why}")
     branch = stack.gpu.driver_branch
@@ -374,3 +380,13 @@ def _versions(stack: Stack, components: frozenset[str]) -> Iterator[Problem]:
             f"differs from gpu.driver_branch {branch!r}: the gpu component's version is its driver "
             "branch; set one of the two",
         )
+
+
+def _on_cpu(stack: Stack, component: str) -> bool:
+    """Whether an engine of this component runs without GPUs on a host (its CPU build)."""
+    on_cluster = set(stack.kubernetes.engines) if stack.kubernetes else set()
+    return any(
+        f"engine-{e.kind}" == component and e.name not in on_cluster
+        and (e.device == "cpu" or (e.device == "auto" and e.gpus_per_replica == 0))
+        for e in stack.engines
+    )

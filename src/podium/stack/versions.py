@@ -88,6 +88,10 @@ class ComponentVersion(BaseModel):
         packages = {n: version if v == self.version else v for n, v in self.packages.items()}
         return self.model_copy(update={"version": version, "packages": packages, **lists})
 
+    def moves(self, key: str) -> bool:
+        """Whether an override moves a pin of the requirement list `key` (e.g. cpu_requirements)."""
+        return any(_pinned_name(r, self.version) for r in self._requirement_lists().get(key, []))
+
     def _requirement_lists(self) -> dict[str, list[str]]:
         # `requirements`, and any other list of pip requirements (vLLM's cpu_requirements).
         out = {"requirements": list(self.requirements)}
@@ -112,9 +116,7 @@ class ComponentVersion(BaseModel):
         follows_apt = any(v == self.version for v in self.packages.values())
         if follows_apt and not _DEBIAN_VERSION.fullmatch(version):
             return f"it is not a Debian package version apt can pin (like {self.version}); give one"
-        follows_pip = any(_pinned_name(r, self.version)
-                          for value in self._requirement_lists().values() for r in value)
-        if follows_pip:
+        if any(self.moves(key) for key in self._requirement_lists()):
             try:
                 Version(version)
             except InvalidVersion:
