@@ -28,13 +28,15 @@ def node_versions(data: Mapping[str, Any] | None = None) -> VersionTable:
     version its inventory names (`podium_<role>_version`, the stack's override or the table's),
     with the pins that follow that version moved too. Every role reads its pins from here.
 
-    data: host data to read instead of the current pyinfra host's (a plan's inventory entry).
+    data: host data to read instead of the current pyinfra host's (a plan's inventory entry);
+        outside a pyinfra run, with no host, the table's own pins.
     """
     table = load_versions()
     chosen: dict[str, str] = {}
     for name in table.components:
         key = f"podium_{name.replace('-', '_')}_version"
-        version = data.get(key) if data is not None else host.data.get(key)
+        # Outside a pyinfra run `host` is pyinfra's Host class, which has no data.
+        version = data.get(key) if data is not None else getattr(getattr(host, "data", None), key, None)
         if version:
             chosen[name] = str(version)
     try:

@@ -387,6 +387,6 @@ def _on_cpu(stack: Stack, component: str) -> bool:
     on_cluster = set(stack.kubernetes.engines) if stack.kubernetes else set()
     return any(
         f"engine-{e.kind}" == component and e.name not in on_cluster
-        and (e.device == "cpu" or (e.device == "auto" and e.gpus_per_replica == 0))
+        and not uses_gpu(e)
         for e in stack.engines
     )
