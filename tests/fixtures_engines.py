@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 import podium
+from podium import engine_files
 from podium.artifacts import llamacpp_server, mlserver_venv
 from podium.models import make_tiny
 from podium.models.tiny_gguf import served_name
@@ -33,8 +34,9 @@ LLAMACPP_VERSION = "11434.0.0"
 SKOPS_RUNTIME = "podium.services.mlserver_skops.SkopsModel"
 SKLEARN_MODEL = "iris"
 START_TIMEOUT_S = 90.0
-# Nothing started here may reach out: no hub downloads, no telemetry.
-QUIET_ENV = {"HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1", "NO_PROXY": "*", "no_proxy": "*"}
+# Nothing started here may reach out: the engines' own quiet environment, as their units and
+# pods carry it, and no proxy.
+QUIET_ENV = {**engine_files.QUIET_ENV, "NO_PROXY": "*", "no_proxy": "*"}
 
 
 @dataclass

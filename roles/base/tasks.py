@@ -8,9 +8,9 @@ from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
 
 from podium.files import files_for
+from podium.pinned import node_versions
 from podium.registry.ca import ca_certificate
-from podium.stack.versions import load_versions
-from roles.base.defaults import DEFAULTS
+from roles.base.defaults import APT_TIMERS, DEFAULTS
 
 NFTABLES_DROPIN = """\
 [Service]
@@ -18,6 +18,31 @@ NFTABLES_DROPIN = """\
 ExecStop=
 ExecStop=-/usr/sbin/nft delete table inet podium
 """
+
+
+def unit_states(output: str) -> dict[str, str]:
+    """`unit state` lines → {unit: state}; a unit printed without a state is left out."""
+    return {words[0]: words[1] for words in map(str.split, output.splitlines()) if len(words) == 2}
+
+
+def quiet_apt() -> None:
+    """Mask apt's timers and unattended-upgrades (see APT_TIMERS): nothing installed reaches a
+    mirror on its own."""
+    # `systemctl is-enabled` prints nothing for a unit that is not installed.
+    probe = "; ".join(f"echo {u} $(systemctl is-enabled {u} 2>/dev/null)" for u in APT_TIMERS)
+    states = unit_states(host.get_fact(Command, command=probe) or "")
+    installed = [u for u in APT_TIMERS if states.get(u) not in (None, "masked")]
+    absent = [u for u in APT_TIMERS if states.get(u) is None]
+    if not installed and not absent:
+        host.noop("apt's timers and unattended-upgrades are masked")
+        return
+    commands = []
+    if installed:
+        commands.append(f"systemctl mask --now {' '.join(installed)}")
+    if absent:
+        # Masked before it is installed: the package's own enabling then has no effect.
+        commands.append(f"systemctl mask {' '.join(absent)}")
+    server.shell(name="Mask apt's timers and unattended-upgrades", commands=commands)
 
 
 def _in_container() -> bool:
@@ -34,10 +59,11 @@ def deploy() -> None:
     files.put(name="Write /etc/hosts", src=StringIO(rendered["hosts"]), dest="/etc/hosts", mode="644")
     apt.packages(
         name="Install base packages",
-        packages=load_versions().pinned("base", host.data.base_packages),
+        packages=node_versions().pinned("base", host.data.base_packages),
         update=True,
         cache_time=24 * 3600,
     )
+    quiet_apt()
 
     # Every node trusts the stack's own CA (made once on the control machine), so engines reach
     # the registry, and anything else it signs, over verified TLS.
@@ -181,3 +207,5 @@ def remove() -> None:
     )
     systemd.daemon_reload(name="Reload systemd without the nftables drop-in")
     systemd.service(name="Reload sshd", service="ssh", reloaded=True)
+    server.shell(name="Unmask apt's timers and unattended-upgrades",
+                 commands=[f"systemctl unmask {' '.join(APT_TIMERS)}"])

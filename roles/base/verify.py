@@ -1,7 +1,9 @@
-"""Role base, proved on each host: names, time sync, keys-only SSH and a default-drop firewall
-that lets through exactly the declared ports, in and out."""
+"""Role base, proved on each host: names, time sync, keys-only SSH, a default-drop firewall
+that lets through exactly the declared ports, in and out, and apt that fetches nothing on its own."""
 
 import shlex
+
+from roles.base.defaults import APT_TIMERS
 
 
 def test_010_hostname(host, settings):
@@ -81,3 +83,12 @@ def test_070_trusts_the_stacks_ca(host, stack):
     pem = ca_certificate(stack.name).read_text(encoding="utf-8").strip()
     bundle = host.file("/etc/ssl/certs/ca-certificates.crt").content_string
     assert pem in bundle, f"the CA of stack {stack.name} is not in the node's trust store"
+
+
+def test_080_apt_fetches_nothing_on_its_own(host):
+    """apt's daily timers and unattended-upgrades are masked and stopped: packages change only
+    when `podium up` changes them, and no timer reaches a mirror."""
+    for unit in APT_TIMERS:
+        state = host.run(f"systemctl is-enabled {unit}").stdout.strip() or "not masked (not installed)"
+        assert state == "masked", f"{unit} is {state}, not masked: it would reach the apt sources on its own"
+        assert not host.service(unit).is_running, f"{unit} is still running"

@@ -30,6 +30,12 @@ def unit_runs_with(host, kind, replica, environment=()):
         assert needed in env, f"{unit} runs without {needed}"
 
 
+def runs_quiet(host, kind, replica):
+    """The unit runs with every setting of the engines' quiet environment: no usage reports, no
+    model hub."""
+    unit_runs_with(host, kind, replica, [f"{k}={v}" for k, v in engine_files.QUIET_ENV.items()])
+
+
 def serves_its_name(host, replica):
     body = json.loads(get(host, f"{base_url(replica)}/v1/models"))
     names = [m["id"] for m in body.get("data", [])]

@@ -21,8 +21,8 @@ from pyinfra.operations.util import any_changed
 import podium
 from podium import engine_files
 from podium.files import files_for
+from podium.pinned import node_versions
 from podium.services import model_pull
-from podium.stack.versions import load_versions
 
 PULL_TOOL = "/usr/local/sbin/podium-model-pull"
 REGISTRY_DIR = "/etc/podium/registry"
@@ -84,7 +84,7 @@ def base_packages(component: str, extra: Sequence[str] = ()) -> None:
     apt.packages(
         name="Packages engines need (python3-venv, curl)",
         # At the versions stacks/versions.yaml pins for the engine, the ones a bundle carries.
-        packages=load_versions().pinned(component, ["python3-venv", "curl", *extra]),
+        packages=node_versions().pinned(component, ["python3-venv", "curl", *extra]),
         cache_time=24 * 3600,
         update=True,
     )

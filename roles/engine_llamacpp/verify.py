@@ -1,4 +1,4 @@
-"""Role engine-llamacpp, proved on each host: every replica's unit runs, answers /health, lists
+"""Role engine-llamacpp, proved on each host: every replica's unit runs quiet, answers /health, lists
 its served model name, completes a prompt with tokens and exposes /metrics, all asked on the
 node itself."""
 
@@ -9,9 +9,9 @@ from podium import engine_files
 from roles.engine_common import checks
 
 
-def test_010_units_run(host, settings):
+def test_010_units_run_quiet(host, settings):
     for replica in settings["replicas"]:
-        checks.unit_runs_with(host, "llamacpp", replica)
+        checks.runs_quiet(host, "llamacpp", replica)
 
 
 def test_020_health(host, settings):

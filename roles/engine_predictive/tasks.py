@@ -5,25 +5,31 @@ from pyinfra.api import deploy as pyinfra_deploy
 from pyinfra.operations import server
 
 from podium import engine_files
-from podium.artifacts import mlserver_requirements, wheelhouse
+from podium.artifacts import wheelhouse
+from podium.pinned import node_versions
 from roles.engine_common import steps
 from roles.engine_predictive.defaults import DEFAULTS
 
 KIND = "predictive"
 
 
+def requirements() -> list[str]:
+    """MLServer, its scikit-learn runtime and skops, pinned by stacks/versions.yaml at the host's
+    MLServer version (skops matches the version that writes Podium's models)."""
+    return list(node_versions().components["engine-predictive"].requirements)
+
+
 @pyinfra_deploy("engine-predictive: deploy", data_defaults=DEFAULTS)
 def deploy() -> None:
     version = host.data.podium_engine_predictive_version
     settings = steps.checked_settings(KIND, host.data.podium_engine_predictive)
-    # The same pins as the MLServer venv Podium's own tests run (skops matches the writer).
-    requirements = mlserver_requirements(version)
+    pins = requirements()
     # Downloaded once on the control machine; nodes install from it with no index.
-    folder = wheelhouse(f"mlserver-{version}", requirements)
+    folder = wheelhouse(f"mlserver-{version}", pins)
     steps.base_packages("engine-predictive", host.data.engine_predictive_packages)
     remote = steps.ship_wheelhouse(folder)
     venv = f"/opt/podium/mlserver-{version}"
-    steps.venv_from_wheelhouse(venv, remote, requirements, what=f"MLServer {version}")
+    steps.venv_from_wheelhouse(venv, remote, pins, what=f"MLServer {version}")
     binaries = steps.point_venv(engine_files.venv_name(KIND), venv)
     runtime = steps.runtime_files()
     steps.registry_access(settings)

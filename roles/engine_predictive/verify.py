@@ -1,4 +1,4 @@
-"""Role engine-predictive, proved on each host: every replica's unit runs, MLServer is ready with
+"""Role engine-predictive, proved on each host: every replica's unit runs quiet, MLServer is ready with
 the model loaded, a v2 infer call on the model's own example returns its known prediction, and
 the metrics port answers, all asked on the node itself."""
 
@@ -8,6 +8,7 @@ import shlex
 import pytest
 
 from podium import engine_files
+from roles.engine_common import checks
 
 
 def _get(host, url):
@@ -29,11 +30,9 @@ def _sidecar(host, replica):
     return json.loads(host.file(sidecar).content_string)
 
 
-def test_010_units_run(host, settings):
+def test_010_units_run_quiet(host, settings):
     for replica in settings["replicas"]:
-        unit = engine_files.unit_name("predictive", replica)
-        assert host.service(unit).is_running, f"{unit} is not running"
-        assert host.service(unit).is_enabled, f"{unit} is not enabled"
+        checks.runs_quiet(host, "predictive", replica)
 
 
 def test_020_server_and_model_ready(host, settings):

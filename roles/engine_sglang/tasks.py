@@ -7,11 +7,16 @@ from pyinfra.operations import server
 
 from podium import engine_files
 from podium.artifacts import wheelhouse
-from podium.stack.versions import load_versions
+from podium.pinned import node_versions
 from roles.engine_common import steps
 from roles.engine_sglang.defaults import DEFAULTS
 
 KIND = "sglang"
+
+
+def requirements() -> list[str]:
+    """The pins of stacks/versions.yaml at the host's SGLang version."""
+    return list(node_versions().components["engine-sglang"].requirements)
 
 
 @pyinfra_deploy("engine-sglang: deploy", data_defaults=DEFAULTS)
@@ -25,7 +30,7 @@ def deploy() -> None:
                 "give it gpus_per_replica: 1 or more, or use kind vllm with device: cpu"
             )
     steps.base_packages("engine-sglang", host.data.engine_sglang_packages)
-    pins = list(load_versions().extra("engine-sglang")["requirements"])
+    pins = requirements()
     folder = wheelhouse(f"sglang-{version}", pins)
     remote = steps.ship_wheelhouse(folder)
     venv = f"/opt/podium/sglang-{version}"

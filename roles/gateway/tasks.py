@@ -9,9 +9,9 @@ from pyinfra.operations import apt, files, python, server, systemd
 from podium.artifacts import podium_wheel, wheelhouse
 from podium.files import files_for
 from podium.gateway_access import ADMIN_TOKEN, ensure_declared_keys
+from podium.pinned import node_versions
 from podium.registry.ca import ca_certificate, server_certificate
 from podium.secrets import StackSecrets
-from podium.stack.versions import load_versions
 from roles.gateway.defaults import DEFAULTS
 
 
@@ -30,7 +30,7 @@ def deploy() -> None:
 
     apt.packages(
         name="Python venv for the gateway",
-        packages=load_versions().pinned("gateway", ["python3-venv", "curl"]),
+        packages=node_versions().pinned("gateway", ["python3-venv", "curl"]),
     )
     server.group(name="Gateway group", group=user, system=True)
     server.user(name="Gateway user", user=user, group=user, system=True, home=data, shell="/usr/sbin/nologin")
@@ -39,7 +39,7 @@ def deploy() -> None:
 
     # Podium's own wheel and its pinned requirements come from the control machine: the
     # gateway node needs no package index.
-    requirements = load_versions().components["gateway"].requirements
+    requirements = node_versions().components["gateway"].requirements
     house = wheelhouse("gateway", requirements)
     wheel = podium_wheel()
     shipped_house = files.sync(

@@ -9,8 +9,7 @@ from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from podium.files import files_for
-from podium.pinned import pinned_key
-from podium.stack.versions import load_versions
+from podium.pinned import node_versions, pinned_key
 from roles.gpu import repos
 from roles.gpu.defaults import DEFAULTS
 from roles.gpu.facts import NvidiaPci
@@ -39,7 +38,7 @@ def deploy() -> None:
         return
     node = _node()
     defaults = {k: host.data.get(k) for k in DEFAULTS}
-    table = load_versions()
+    table = node_versions()
     pins = table.components["gpu"].packages
     wanted = repos.packages(settings, node, pins)  # refuses impossible combinations first
 

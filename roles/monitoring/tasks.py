@@ -11,14 +11,14 @@ from pyinfra.operations.util import any_changed
 
 from podium.files import files_for
 from podium.monitoring import role_files as rf
-from podium.pinned import pinned_artifact, pinned_key, recorded_sha256
-from podium.stack.versions import load_versions
+from podium.pinned import node_versions, pinned_artifact, pinned_key, recorded_sha256
 from roles.monitoring.defaults import DEFAULTS
 
 
-def _pinned(names: list[str]) -> list[str]:
-    """`name=version` for each package, from the monitoring entry of stacks/versions.yaml."""
-    return load_versions().pinned("monitoring", names)
+def pinned(names: list[str]) -> list[str]:
+    """`name=version` for each package, from the monitoring entry of stacks/versions.yaml at the
+    host's monitoring version."""
+    return node_versions().pinned("monitoring", names)
 
 
 def _put(rendered: dict[str, str], path: str, mode: str = "644") -> OperationMeta:
@@ -38,7 +38,7 @@ def deploy() -> None:
 
     apt.packages(
         name="Install the node exporter",
-        packages=_pinned(host.data.monitoring_node_packages),
+        packages=pinned(host.data.monitoring_node_packages),
         update=True,
         cache_time=24 * 3600,
         # Its recommended collectors pull in smartmontools and timers an appliance does not need.
@@ -76,7 +76,7 @@ def deploy() -> None:
 def _prometheus(rendered: dict[str, str]) -> None:
     apt.packages(
         name="Install Prometheus and Alertmanager",
-        packages=_pinned(host.data.monitoring_server_packages),
+        packages=pinned(host.data.monitoring_server_packages),
         no_recommends=True,
     )
     flags = _put(rendered, rf.PROMETHEUS_DEFAULTS)
@@ -145,14 +145,14 @@ def _dcgm_exporter(settings: dict[str, Any], rendered: dict[str, str]) -> None:
             "until one is set"
         )
         return
-    table = load_versions()
+    table = node_versions()
     url = f"{mirror.rstrip('/')}/{table.components['monitoring'].artifacts['dcgm-exporter'].file}"
     # Refused before anything is installed: an unrecorded digest would let the mirror choose
     # what runs next to the GPUs.
     sha256 = recorded_sha256(table, "monitoring", "dcgm-exporter", url)
     apt.packages(
         name="Install NVIDIA DCGM and the tools to fetch and check dcgm-exporter",
-        packages=[*host.data.monitoring_dcgm_packages, *_pinned(["curl"])],
+        packages=[*host.data.monitoring_dcgm_packages, *pinned(["curl"])],
         no_recommends=True,
     )
     systemd.service(name="Run the DCGM host engine", service="nvidia-dcgm", running=True, enabled=True)
@@ -182,14 +182,14 @@ def _dcgm_exporter(settings: dict[str, Any], rendered: dict[str, str]) -> None:
 def _grafana(settings: dict[str, Any], rendered: dict[str, str]) -> None:
     url, _ = rf.grafana_source(settings["grafana_repository"])
     files.directory(name="Folder for apt keyrings", path="/etc/apt/keyrings", mode="755")
-    apt.packages(name="Tools to fetch and check apt keys", packages=_pinned(["curl", "gpg"]), no_recommends=True)
+    apt.packages(name="Tools to fetch and check apt keys", packages=pinned(["curl", "gpg"]), no_recommends=True)
     # Checked against its fingerprint in stacks/versions.yaml before apt trusts the repository.
-    fingerprint = load_versions().components["monitoring"].keys["podium-grafana.asc"].fingerprint
+    fingerprint = node_versions().components["monitoring"].keys["podium-grafana.asc"].fingerprint
     key = pinned_key("podium-grafana.asc", f"{url}/{host.data.monitoring_grafana_key}", rf.GRAFANA_KEYRING, fingerprint)
     source = _put(rendered, rf.GRAFANA_SOURCE)
     apt.update(name="Read the Grafana repository", _if=any_changed(*([key] if key else []), source))
     # Grafana's own repository, so its pin is the table's `grafana` entry, not a Debian one.
-    grafana = f"grafana={load_versions().extra('monitoring')['grafana']}"
+    grafana = f"grafana={node_versions().extra('monitoring')['grafana']}"
     apt.packages(name="Install Grafana", packages=[grafana], no_recommends=True)
     provisioned = [
         _put(rendered, path)

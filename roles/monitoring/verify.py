@@ -1,12 +1,13 @@
 """Role monitoring, proved on each host: the node exporter answers, only the monitoring node
 reaches it, and on the monitoring node Prometheus is ready with the stack's retention, scrapes
-every target it was given, has Podium's rules loaded and talks to a ready Alertmanager."""
+every target it was given, has Podium's rules loaded and talks to a ready Alertmanager; Grafana,
+where the stack has it, serves the dashboards and calls nobody."""
 
 import json
 import shlex
 import time
 
-from podium.monitoring.role_files import seconds
+from podium.monitoring.role_files import GRAFANA_QUIET, seconds
 
 PODIUM_GROUPS = {"podium-nodes", "podium-gpus", "podium-serving"}
 
@@ -117,3 +118,12 @@ def test_080_grafana_serves_the_podium_dashboards(host, settings):
     assert host.service("grafana-server").is_running, "Grafana is not running"
     health = host.run("curl -sf --max-time 5 http://127.0.0.1:3000/api/health")
     assert health.rc == 0, "Grafana does not answer on :3000"
+
+
+def test_090_grafana_calls_nobody(host, settings):
+    """Grafana runs with every setting that would call out switched off."""
+    if not settings["server"] or not settings["grafana_repository"]:
+        return
+    env = host.check_output("systemctl show -p Environment --value grafana-server").split()
+    missing = [f"{k}={v}" for k, v in GRAFANA_QUIET.items() if f"{k}={v}" not in env]
+    assert not missing, f"grafana-server runs without {', '.join(missing)}"

@@ -8,13 +8,18 @@ from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
 
 from podium.files import files_for
+from podium.pinned import node_versions
 from podium.registry.access import pull_credential, push_credential
 from podium.registry.ca import server_certificate
-from podium.stack.versions import load_versions
 from roles.registry import accounts
 from roles.registry.defaults import DEFAULTS
 
 GC_UNIT = "podium-registry-gc"
+
+
+def packages() -> list[str]:
+    """docker-registry at the host's registry version and nginx, as stacks/versions.yaml pins them."""
+    return node_versions().pinned("registry", ["docker-registry", "nginx"])
 
 
 def _fact(command: str) -> str:
@@ -30,10 +35,7 @@ def deploy() -> None:
 
     apt.packages(
         name="Install docker-registry and nginx",
-        packages=[
-            f"docker-registry={host.data.podium_registry_version}",
-            *load_versions().pinned("registry", ["nginx"]),
-        ],
+        packages=packages(),
         update=True,
         cache_time=24 * 3600,
     )

@@ -12,16 +12,16 @@ from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
 
 from podium.files import files_for
-from podium.stack.versions import load_versions
+from podium.pinned import node_versions
 from roles.storage import gluster
 from roles.storage.defaults import DEFAULTS
 
 FSTAB_MARKER = "# {mark} podium storage"
 
 
-def _package(name: str) -> str:
-    """`name=version` as stacks/versions.yaml pins it for the storage component."""
-    return load_versions().pinned("storage", [name])[0]
+def package(name: str) -> str:
+    """`name=version` as stacks/versions.yaml pins it for the host's storage version."""
+    return node_versions().pinned("storage", [name])[0]
 
 
 def _fact(command: str) -> str:
@@ -52,7 +52,7 @@ def _gluster_server(settings: dict[str, Any], rendered: dict[str, str], here: bo
     on = _when(here)
     apt.packages(
         name="Install GlusterFS server",
-        packages=[_package("glusterfs-server"), _package("attr")],
+        packages=[package("glusterfs-server"), package("attr")],
         update=True,
         cache_time=24 * 3600,
         _if=on,
@@ -131,7 +131,7 @@ def _nfs_server(settings: dict[str, Any], rendered: dict[str, str], here: bool) 
     on = _when(here)
     apt.packages(
         name="Install the NFS server",
-        packages=[_package("nfs-kernel-server")],
+        packages=[package("nfs-kernel-server")],
         update=True,
         cache_time=24 * 3600,
         _if=on,
@@ -156,7 +156,7 @@ def _mount(settings: dict[str, Any], rendered: dict[str, str], here: bool) -> No
     shared = here and client is not None
     apt.packages(
         name="Install the storage client",
-        packages=[_package(client or "glusterfs-client")],
+        packages=[package(client or "glusterfs-client")],
         update=True,
         cache_time=24 * 3600,
         _if=_when(shared and not (driver == "glusterfs" and settings["server"])),

@@ -16,8 +16,24 @@ PREDICTIVE_CONFIG = "etc/podium/engines"
 VENV_LINK = "/opt/podium/{name}"
 RUNTIME_PATH = "/opt/podium/runtime"
 ENGINE_USER = "podium-engine"
-# Telemetry stays off and nothing is fetched from a model hub: models come from the registry only.
-QUIET_ENV = {"DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+# Every engine's environment, in its systemd unit and in its pod alike: nothing installed calls
+# out. Usage reports stay off and nothing is fetched from a model hub (models come from the
+# registry only). SGLang and MLServer report nothing of their own; they reach the Hugging Face
+# hub through its libraries, which the HF_* settings keep offline.
+QUIET_ENV = {
+    # The cross-tool opt-out; vLLM reads it as well as its own two.
+    "DO_NOT_TRACK": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "VLLM_DO_NOT_TRACK": "1",
+    # Ray, vLLM's multi-node executor, reports cluster usage unless told not to.
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "HF_HUB_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    # llama-server's --offline: a model named by URL or hub repository is never downloaded.
+    "LLAMA_ARG_OFFLINE": "1",
+}
 # The args Podium sets itself; a stack giving them would start the engine twice on one port.
 OWNED_ARGS = {
     "llamacpp": {"model", "alias", "host", "port", "metrics"},
@@ -121,10 +137,7 @@ def _command(kind: str, replica: Mapping[str, Any]) -> list[str]:
 
 
 def _environment(kind: str, replica: Mapping[str, Any]) -> dict[str, str]:
-    env: dict[str, str] = {}
-    if kind in ("vllm", "sglang"):
-        env.update(QUIET_ENV)
-        env["VLLM_NO_USAGE_STATS"] = "1"
+    env = dict(QUIET_ENV)
     if kind == "predictive":
         # Podium's skops runtime (podium.services.mlserver_skops) lives outside MLServer's venv.
         env["PYTHONPATH"] = RUNTIME_PATH

@@ -1,9 +1,12 @@
-"""Downloads onto a node that must match stacks/versions.yaml: a binary by its sha256, an apt
-signing key by its fingerprint, both checked on the node before anything trusts them."""
+"""What a node installs must match stacks/versions.yaml: the table as the plan pinned it for the
+host, and downloads (a binary by its sha256, an apt signing key by its fingerprint) checked on
+the node before anything trusts them."""
 
 from __future__ import annotations
 
 import shlex
+from collections.abc import Mapping
+from typing import Any
 
 from pyinfra.api.exceptions import DeployError
 from pyinfra.api.operation import OperationMeta
@@ -12,11 +15,35 @@ from pyinfra.facts.files import Sha256File
 from pyinfra.facts.server import Command
 from pyinfra.operations import server
 
-from podium.stack.versions import VersionTable
+from podium.errors import InvalidInput
+from podium.stack.versions import VersionTable, load_versions
 
 # The fingerprint of the first primary key a key file holds; a second one (a key appended by
 # whoever tampered with the file) prints a second line and so cannot match.
 _FINGERPRINTS = "awk -F: '$1==\"pub\"{p=1;next} $1==\"fpr\"&&p{print $10;p=0}'"
+
+
+def node_versions(data: Mapping[str, Any] | None = None) -> VersionTable:
+    """The version table as the plan pinned it for this host: each component the host runs at the
+    version its inventory names (`podium_<role>_version`, the stack's override or the table's),
+    with the pins that follow that version moved too. Every role reads its pins from here.
+
+    data: host data to read instead of the current pyinfra host's (a plan's inventory entry);
+        outside a pyinfra run, with no host, the table's own pins.
+    """
+    table = load_versions()
+    chosen: dict[str, str] = {}
+    for name in table.components:
+        key = f"podium_{name.replace('-', '_')}_version"
+        # Outside a pyinfra run `host` is pyinfra's Host class, which has no data.
+        version = data.get(key) if data is not None else getattr(getattr(host, "data", None), key, None)
+        if version:
+            chosen[name] = str(version)
+    try:
+        return table.with_versions(chosen)
+    except InvalidInput as exc:
+        # A hand-written inventory can name what `podium validate` refuses in a stack.
+        raise DeployError(str(exc)) from None
 
 
 def recorded_sha256(table: VersionTable, component: str, name: str, url: str) -> str:

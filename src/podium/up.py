@@ -43,7 +43,7 @@ def preflight(stack: Stack, actions: Sequence[Action]) -> None:
             "but artifact_mirror is not set; name the mirror that holds k3s and its air-gap images"
         )
     if installs_k3s:
-        for key, art in load_versions().components["kubernetes"].artifacts.items():
+        for key, art in load_versions().for_stack(stack).components["kubernetes"].artifacts.items():
             if art.sha256 is None:
                 raise InvalidInput(
                     f"stack {stack.name}: k3s file {art.file} is operator-supplied and stacks/versions.yaml "
@@ -90,7 +90,7 @@ def up(
     for name in only:
         if name not in COMPONENT_NAMES:
             raise InvalidInput(f"--only {name}: not a component; components: {', '.join(COMPONENT_NAMES)}")
-    versions = load_versions()
+    versions = load_versions().for_stack(stack)
     preflight(stack, make_plan(stack, versions))
     # Before any role runs: base installs the CA on every node, registry and gateway sign with
     # it; made (or remade, when nodes changed) for the stack's own names and addresses only.

@@ -29,13 +29,12 @@ def stack_components(stack: Stack) -> list[str]:
 
 
 def package_pins(table: VersionTable, stack: Stack, component: str) -> dict[str, str]:
-    """The component's Debian packages at their pins; where a package's pin is the component's
-    own version (docker-registry is the registry), the stack's override of that version wins."""
-    entry = table.components.get(component)
+    """The component's Debian packages at their pins in the stack's effective table (where a
+    package's pin is the component's own version, docker-registry's, the override moves it)."""
+    entry = table.for_stack(stack).components.get(component)
     if entry is None or entry.repository != "debian":
         return {}
-    chosen = table.version(component, stack)
-    return {name: chosen if version == entry.version else version for name, version in entry.packages.items()}
+    return dict(entry.packages)
 
 
 def bundle_contents(stack: Stack, table: VersionTable, lab_image: bool | None = None) -> Contents:
@@ -47,6 +46,7 @@ def bundle_contents(stack: Stack, table: VersionTable, lab_image: bool | None = 
         lab_image: carry debootstrap's base system too; by default when a node is a lab machine.
     """
     names = stack_components(stack)
+    table = table.for_stack(stack)
     if lab_image is None:
         lab_image = any(n.machine is not None for n in stack.nodes)
     debs: dict[str, str] = {}

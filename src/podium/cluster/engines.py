@@ -17,6 +17,7 @@ from podium.cluster.shapes import (
     model_pull,
     service,
 )
+from podium.engine_files import QUIET_ENV
 from podium.stack.devices import gpu_count, uses_gpu
 from podium.stack.model import Stack
 from podium.stack.ports import Replica, replicas
@@ -142,8 +143,8 @@ def engine_objects(stack: Stack, versions: VersionTable, engine: Engine,
             "name": engine.kind,
             "image": image(stack, versions, component),
             "command": command,
-            "env": [{"name": "HF_HUB_OFFLINE", "value": "1"},
-                    {"name": "DO_NOT_TRACK", "value": "1"}],
+            # The same quiet environment as the engine's systemd unit on a host.
+            "env": [{"name": k, "value": v} for k, v in sorted(QUIET_ENV.items())],
             "ports": _ports(rep),
             "resources": resources,
             "volumeMounts": mounts,

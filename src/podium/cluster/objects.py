@@ -34,6 +34,8 @@ def workloads(stack: Stack, versions: VersionTable,
     if kube is None:
         return []
     given = given or ClusterInputs()
+    # Images are tagged with each component's version: the stack's override where it has one.
+    versions = versions.for_stack(stack)
     namespace: Manifest = {
         "apiVersion": "v1",
         "kind": "Namespace",

@@ -38,6 +38,25 @@ GRAFANA_DROPIN = "etc/systemd/system/grafana-server.service.d/podium.conf"
 GRAFANA_PROVISIONING = "etc/grafana/provisioning"
 GRAFANA_DASHBOARDS = "var/lib/grafana/dashboards/podium"
 GRAFANA_PORT = 3000
+# Grafana's settings that would call out, all off: usage reports, update and plugin-update
+# checks, the news feed, gravatar images, feedback links. No plugin is fetched at runtime:
+# Podium's dashboards use only plugins built into Grafana (the Prometheus data source; time
+# series, stat, table and row panels), so nothing is preinstalled (Grafana 12 preinstalls and
+# updates plugins from grafana.com by default), the catalog cannot install one, and plugin
+# signatures are checked with the keys Grafana ships. Snapshots are never published outside.
+GRAFANA_QUIET = {
+    "GF_ANALYTICS_REPORTING_ENABLED": "false",
+    "GF_ANALYTICS_CHECK_FOR_UPDATES": "false",
+    "GF_ANALYTICS_CHECK_FOR_PLUGIN_UPDATES": "false",
+    "GF_ANALYTICS_FEEDBACK_LINKS_ENABLED": "false",
+    "GF_NEWS_NEWS_FEED_ENABLED": "false",
+    "GF_SECURITY_DISABLE_GRAVATAR": "true",
+    "GF_PLUGINS_PREINSTALL_DISABLED": "true",
+    "GF_PLUGINS_PREINSTALL_AUTO_UPDATE": "false",
+    "GF_PLUGINS_PLUGIN_ADMIN_ENABLED": "false",
+    "GF_PLUGINS_PUBLIC_KEY_RETRIEVAL_DISABLED": "true",
+    "GF_SNAPSHOTS_EXTERNAL_ENABLED": "false",
+}
 # The admin password, from the stack's secrets on the control machine (secret GRAFANA_SECRET).
 GRAFANA_PASSWORD_FILE = "/etc/grafana/podium-admin-password"
 GRAFANA_SECRET = "grafana-admin"
@@ -184,7 +203,7 @@ def _grafana_files(settings: Mapping[str, Any]) -> dict[str, str]:
             keyring=GRAFANA_KEYRING, url=url, suite=suite
         ),
         GRAFANA_DROPIN: env.get_template("role/grafana-server.conf.j2").render(
-            port=GRAFANA_PORT, password_file=GRAFANA_PASSWORD_FILE
+            port=GRAFANA_PORT, password_file=GRAFANA_PASSWORD_FILE, quiet=GRAFANA_QUIET
         ),
     }
     files.update({f"{GRAFANA_PROVISIONING}/{k}": v for k, v in provisioning.items()})

@@ -189,11 +189,16 @@ def _storage_address(stack: Stack, name: str) -> str:
 
 
 def _gpu_settings(stack: Stack, host: str) -> Settings:
+    from podium.stack.versions import load_versions
+
     node = stack.node(host)
     return {
         "expected_gpus": node.gpus,
         "nvswitch": node.nvswitch,
         **stack.gpu.model_dump(),
+        # The gpu component's version is its driver branch: the stack's override (or its
+        # gpu.driver_branch), else the table's.
+        "driver_branch": load_versions().version("gpu", stack),
         "mirror": stack.artifact_mirror,
     }
 

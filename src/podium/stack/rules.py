@@ -351,10 +351,42 @@ def _ports(stack: Stack) -> Iterator[Problem]:
 
 
 def _versions(stack: Stack, components: frozenset[str]) -> Iterator[Problem]:
-    for name in stack.versions:
+    from podium.stack.versions import load_versions
+
+    table = load_versions()
+    for name, version in stack.versions.items():
         if name not in components:
             yield Problem(
                 ("versions", name),
                 None,
-                f"is not a component; known: {', '.join(sorted(components))}",
+                f"is not a component; known: {', '.join(sorted(components))}; override one of these",
             )
+            continue
+        entry = table.components.get(name)
+        if entry is None or version == entry.version:
+            continue
+        why = entry.why_unpinnable(name, version)
+        cpu = (entry.model_extra or {}).get("cpu_requirements")
+        if not why and cpu and _on_cpu(stack, name) and not entry.moves("cpu_requirements"):
+            why = (f"{name}'s CPU build, which this stack runs, is pinned apart ({', '.join(cpu)}); "
+                   f"change cpu_requirements under components.{name} in stacks/versions.yaml instead")
+        if why:
+            yield Problem(("versions", name), version, f"cannot be pinned: {why}")
+    branch = stack.gpu.driver_branch
+    if "driver_branch" in stack.gpu.model_fields_set and stack.versions.get("gpu", branch) != branch:
+        yield Problem(
+            ("versions", "gpu"),
+            stack.versions["gpu"],
+            f"differs from gpu.driver_branch {branch!r}: the gpu component's version is its driver "
+            "branch; set one of the two",
+        )
+
+
+def _on_cpu(stack: Stack, component: str) -> bool:
+    """Whether an engine of this component runs without GPUs on a host (its CPU build)."""
+    on_cluster = set(stack.kubernetes.engines) if stack.kubernetes else set()
+    return any(
+        f"engine-{e.kind}" == component and e.name not in on_cluster
+        and not uses_gpu(e)
+        for e in stack.engines
+    )

@@ -3,16 +3,24 @@ packages and artifacts (and their sha256) that version means."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
+from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from podium.errors import InvalidInput
 from podium.stack.model import Stack
 
 DEFAULT_TABLE = Path(__file__).resolve().parents[3] / "stacks" / "versions.yaml"
+# What a version must look like where no pin of the table can say: the gpu component's version is
+# the NVIDIA driver branch its apt preference and package names carry.
+VERSION_SHAPES = {"gpu": (re.compile(r"[0-9]{3}"), "an NVIDIA driver branch, three digits like 550")}
+# Debian policy: an optional epoch, then an upstream version that starts with a digit.
+_DEBIAN_VERSION = re.compile(r"([0-9]+:)?[0-9][A-Za-z0-9.+~-]*")
 
 
 class Artifact(BaseModel):
@@ -57,6 +65,63 @@ class ComponentVersion(BaseModel):
     # Where `packages` come from: Debian's archive, or a vendor's repository (nvidia) that the
     # bundle cannot fetch and leaves to the operator.
     repository: str = "debian"
+    # Podium's own release (its roles, its wheel): laid down from this checkout, so a stack
+    # cannot choose another version of it.
+    own: bool = False
+
+    def at(self, component: str, version: str) -> ComponentVersion:
+        """This entry pinned at `version`: every pin that is the entry's own version (a package
+        at it, a `name==<version>` requirement) follows; the other pins stay. A version the
+        table cannot pin is refused with one sentence naming `versions.<component>`.
+
+        Example:
+            >>> load_versions().components["engine-sglang"].at("engine-sglang", "0.5.24").requirements
+            ['sglang==0.5.24']
+        """
+        if version == self.version:
+            return self
+        why = self.why_unpinnable(component, version)
+        if why:
+            raise InvalidInput(f"versions.{component} = {version!r}: cannot be pinned: {why}")
+        lists = {key: [_repin(r, self.version, version) for r in value]
+                 for key, value in self._requirement_lists().items()}
+        packages = {n: version if v == self.version else v for n, v in self.packages.items()}
+        return self.model_copy(update={"version": version, "packages": packages, **lists})
+
+    def moves(self, key: str) -> bool:
+        """Whether an override moves a pin of the requirement list `key` (e.g. cpu_requirements)."""
+        return any(_pinned_name(r, self.version) for r in self._requirement_lists().get(key, []))
+
+    def _requirement_lists(self) -> dict[str, list[str]]:
+        # `requirements`, and any other list of pip requirements (vLLM's cpu_requirements).
+        out = {"requirements": list(self.requirements)}
+        for key, value in (self.model_extra or {}).items():
+            if key.endswith("requirements") and isinstance(value, list):
+                out[key] = [str(v) for v in value]
+        return out
+
+    def why_unpinnable(self, component: str, version: str) -> str | None:
+        """Why the table cannot pin `component` at `version`, and the fix; None when it can."""
+        table = f"components.{component} in stacks/versions.yaml"
+        if self.own:
+            return (f"{component} {self.version} is Podium's own, laid down from this checkout; "
+                    "remove the override")
+        shape = VERSION_SHAPES.get(component)
+        if shape and not shape[0].fullmatch(version):
+            return f"{component}'s version is {shape[1]}; give one"
+        for key, artifact in sorted(self.artifacts.items()):
+            if artifact.sha256 and self.version in artifact.file:
+                return (f"{table} records the sha256 of {artifact.file} ({self.version}) only; "
+                        f"record the {version} file and its sha256 under artifacts.{key} there instead")
+        follows_apt = any(v == self.version for v in self.packages.values())
+        if follows_apt and not _DEBIAN_VERSION.fullmatch(version):
+            return f"it is not a Debian package version apt can pin (like {self.version}); give one"
+        if any(self.moves(key) for key in self._requirement_lists()):
+            try:
+                Version(version)
+            except InvalidVersion:
+                return f"it is not a Python package version pip can pin (like {self.version}); give one"
+        return None
 
 
 class VersionTable(BaseModel):
@@ -67,9 +132,29 @@ class VersionTable(BaseModel):
 
     def version(self, component: str, stack: Stack | None = None) -> str:
         """The version a stack asks for: its override, else the table's pin."""
-        if stack is not None and component in stack.versions:
-            return stack.versions[component]
-        return self.components[component].version
+        chosen = chosen_versions(stack) if stack is not None else {}
+        return chosen.get(component, self.components[component].version)
+
+    def with_versions(self, chosen: Mapping[str, str]) -> VersionTable:
+        """The table with each named component pinned at the version given (see
+        `ComponentVersion.at`); a component the table does not know is refused."""
+        components = dict(self.components)
+        for name, version in chosen.items():
+            if name not in components:
+                raise InvalidInput(
+                    f"versions.{name} = {version!r}: {name} is not a component of stacks/versions.yaml; "
+                    f"name one of {', '.join(sorted(components))}"
+                )
+            components[name] = components[name].at(name, version)
+        return self.model_copy(update={"components": components})
+
+    def for_stack(self, stack: Stack) -> VersionTable:
+        """The effective table of a stack: this table with the stack's overrides pinned.
+
+        Example:
+            >>> load_versions().for_stack(load_stack("stacks/lab")).pinned("registry", ["nginx"])  # doctest: +SKIP
+        """
+        return self.with_versions(chosen_versions(stack))
 
     def extra(self, component: str) -> dict[str, Any]:
         return self.components[component].model_dump()
@@ -92,6 +177,27 @@ class VersionTable(BaseModel):
                 f"add it under components.{component}.packages"
             )
         return [f"{n}={pins[n]}" for n in names]
+
+
+def chosen_versions(stack: Stack) -> dict[str, str]:
+    """The versions a stack chooses over the table's: its `versions:`, and the gpu component's
+    when the stack names a driver branch in `gpu.driver_branch` (the branch is that version)."""
+    out = dict(stack.versions)
+    if "driver_branch" in stack.gpu.model_fields_set:
+        out.setdefault("gpu", stack.gpu.driver_branch)
+    return out
+
+
+def _pinned_name(requirement: str, version: str) -> str | None:
+    """`name` (with any extras) when `requirement` is exactly `name==version`, else None."""
+    match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,-]+\])?)==" + re.escape(version), requirement)
+    return match.group(1) if match else None
+
+
+def _repin(requirement: str, old: str, new: str) -> str:
+    """`name==old` becomes `name==new`; any other requirement stays."""
+    name = _pinned_name(requirement, old)
+    return f"{name}=={new}" if name else requirement
 
 
 def load_versions(path: Path | None = None) -> VersionTable:
