@@ -1,0 +1,160 @@
+"""The artifact mirror served from a bundle: the stack form and its checks, the plan's order
+(the mirror before base anywhere), the files its role and role base write, and egress."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from podium.bundle.manifest import write_manifest
+from podium.errors import InvalidInput
+from podium.files import files_for
+from podium.plan.actions import make_plan
+from podium.plan.components import BY_NAME, MIRROR_CA
+from podium.plan.egress import egress_settings
+from podium.render import REPO
+from podium.stack.loader import load_stack
+from podium.stack.model import Stack
+from podium.stack.reading import StackError
+from podium.stack.versions import load_versions
+from podium.up import preflight
+
+LAB = (REPO / "stacks" / "lab" / "stack.yaml").read_text(encoding="utf-8")
+
+
+def _stack(tmp_path: Path, mirror: str, text: str = LAB) -> Stack:
+    folder = tmp_path / "stack"
+    folder.mkdir(exist_ok=True)
+    (folder / "stack.yaml").write_text(text.replace("host_network:", f"{mirror}\nhost_network:", 1))
+    return load_stack(str(folder))
+
+
+def test_bundle_form_serves_from_the_registry_node_over_https(tmp_path: Path) -> None:
+    stack = _stack(tmp_path, "artifact_mirror: {bundle: ../bundle}")
+    assert stack.mirror_node == "ctrl"
+    assert stack.mirror_url == "https://10.77.0.10:8440"
+    assert stack.bundle_folder == (tmp_path / "bundle").resolve(), "the path is taken from the stack file"
+
+
+def test_bundle_node_defaults_to_the_control_node_without_a_registry(tmp_path: Path) -> None:
+    data = yaml.safe_load(LAB)
+    del data["registry"]
+    text = yaml.safe_dump(data, sort_keys=False)
+    assert _stack(tmp_path, "artifact_mirror: {bundle: b}", text).mirror_node == "ctrl"
+    data["nodes"][0]["labels"] = {"role": "worker"}
+    data["nodes"][2]["labels"] = {"role": "control"}
+    assert _stack(tmp_path, "artifact_mirror: {bundle: b}", yaml.safe_dump(data)).mirror_node == "node2"
+    stack = _stack(tmp_path, "artifact_mirror: {bundle: b, node: node1, port: 8441}", text)
+    assert (stack.mirror_node, stack.mirror_url) == ("node1", "https://10.77.0.11:8441")
+
+
+def test_url_form_keeps_working(tmp_path: Path) -> None:
+    stack = _stack(tmp_path, "artifact_mirror: https://10.77.0.1:8443/podium")
+    assert stack.mirror_bundle is None and stack.mirror_node is None
+    assert stack.mirror_url == "https://10.77.0.1:8443/podium"
+    assert "mirror" not in {a.component for a in make_plan(stack, load_versions())}
+
+
+def test_a_path_that_is_not_a_bundle_is_refused_in_one_sentence(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not a bundle")
+    with pytest.raises(StackError) as caught:
+        _stack(tmp_path, "artifact_mirror: {bundle: ../notes.txt}")
+    message = str(caught.value)
+    assert len(message.splitlines()) == 1, message
+    assert "artifact_mirror.bundle = '../notes.txt': is " in message
+    assert "which is not a bundle folder; give the folder `podium bundle" in message
+
+
+def test_a_bad_path_exits_2_from_the_cli_without_a_traceback(tmp_path: Path) -> None:
+    folder = tmp_path / "stack"
+    folder.mkdir()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "something").write_text("x")
+    (folder / "stack.yaml").write_text(LAB.replace("host_network:", "artifact_mirror: {bundle: ../full}\n"
+                                                                      "host_network:", 1))
+    done = subprocess.run([sys.executable, "-m", "podium", "plan", str(folder)], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "artifact_mirror.bundle = '../full'" in done.stderr
+
+
+def test_unknown_node_and_clashing_port_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(StackError, match=r"artifact_mirror\.node = 'nowhere': is not a node of this stack"):
+        _stack(tmp_path, "artifact_mirror: {bundle: b, node: nowhere}")
+    clash = r"artifact_mirror\.port = 5000: is already used on node ctrl by registry; pick another port"
+    with pytest.raises(StackError, match=clash):
+        _stack(tmp_path, "artifact_mirror: {bundle: b, port: 5000}")
+
+
+def test_the_mirror_is_laid_down_first_on_its_node_only(tmp_path: Path) -> None:
+    stack = _stack(tmp_path, "artifact_mirror: {bundle: b}")
+    order = [(a.component, a.host) for a in make_plan(stack, load_versions())]
+    assert order[0] == ("mirror", "ctrl")
+    assert [h for c, h in order if c == "mirror"] == ["ctrl"]
+    assert order.index(("mirror", "ctrl")) < min(order.index(("base", n)) for n in stack.node_names)
+
+
+def test_the_mirror_port_opens_to_the_stacks_nodes_only(tmp_path: Path) -> None:
+    stack = _stack(tmp_path, "artifact_mirror: {bundle: b}")
+    openings = BY_NAME["base"].settings(stack, "ctrl")["openings"]
+    mirror = [o for o in openings if o["what"] == "artifact mirror"]
+    assert mirror == [{"port": 8440, "protocol": "tcp", "sources": ["10.77.0.10", "10.77.0.11", "10.77.0.12"],
+                       "what": "artifact mirror"}]
+    assert not [o for o in BY_NAME["base"].settings(stack, "node1")["openings"] if o["port"] == 8440]
+
+
+def test_mirror_role_files_serve_the_bundle_over_tls_to_the_stack(tmp_path: Path) -> None:
+    stack = _stack(tmp_path, "artifact_mirror: {bundle: b}")
+    rendered = files_for("mirror", "ctrl", BY_NAME["mirror"].settings(stack, "ctrl"))
+    site = rendered["podium-mirror.conf"]
+    assert "listen 10.77.0.10:8440 ssl;" in site
+    assert "allow 10.77.0.11;" in site and site.index("allow 10.77.0.12;") < site.index("deny all;")
+    assert "root /srv/podium-mirror;" in site
+    source = [line for line in rendered["bundle.list"].splitlines() if line.startswith("deb")]
+    assert source == ["deb [signed-by=/srv/podium-mirror/apt/podium-bundle.asc] file:/srv/podium-mirror/apt "
+                      "bookworm main"]
+
+
+def test_every_node_reads_apt_from_the_mirror_alone(tmp_path: Path) -> None:
+    stack = _stack(tmp_path, "artifact_mirror: {bundle: b}")
+    for node in stack.node_names:
+        settings = BY_NAME["base"].settings(stack, node)
+        rendered = files_for("base", node, settings)
+        debs = [line for line in rendered["podium-mirror.list"].splitlines() if line and not line.startswith("#")]
+        assert debs == ["deb [signed-by=/etc/apt/keyrings/podium-bundle.asc] https://10.77.0.10:8440/apt "
+                        "bookworm main"], node
+        assert f'Acquire::https::10.77.0.10::CaInfo "{MIRROR_CA}";' in rendered["podium-mirror.apt.conf"]
+        assert settings["mirror"]["key"] == str(stack.bundle_folder / "apt" / "podium-bundle.asc")
+
+
+def test_without_a_bundle_base_writes_no_mirror_source(tmp_path: Path) -> None:
+    stack = _stack(tmp_path, "")
+    settings = BY_NAME["base"].settings(stack, "node1")
+    assert settings["mirror"] is None
+    assert not files_for("base", "node1", settings)["podium-mirror.list"].strip()
+
+
+def test_egress_opens_nothing_outside_the_stack_for_a_bundle(tmp_path: Path) -> None:
+    bundle = egress_settings(_stack(tmp_path, "artifact_mirror: {bundle: b}"))
+    assert bundle["mirrors"] == [] and bundle["networks"] == ["10.77.0.0/24"]
+    site = egress_settings(_stack(tmp_path, "artifact_mirror: https://10.77.0.1:8443/podium"))
+    assert site["mirrors"] == [{"family": "ip", "address": "10.77.0.1", "port": 8443, "what": "artifact_mirror"}]
+
+
+def test_up_refuses_a_missing_bundle_and_one_with_a_changed_byte(tmp_path: Path) -> None:
+    stack = _stack(tmp_path, "artifact_mirror: {bundle: ../bundle}")
+    with pytest.raises(InvalidInput, match=r"artifact_mirror\.bundle '\.\./bundle' \(.*\) holds no bundle yet; write"):
+        preflight(stack, [])
+    folder = tmp_path / "bundle"
+    (folder / "apt").mkdir(parents=True)
+    (folder / "apt" / "Packages").write_text("Package: nginx\n")
+    write_manifest(folder, "2026.11", stack.name, [])
+    preflight(stack, [])
+    (folder / "apt" / "Packages").write_text("Package: nginy\n")
+    with pytest.raises(InvalidInput, match=r"fails `podium bundle verify` \(apt/Packages: changed: sha256"):
+        preflight(stack, [])
