@@ -5,23 +5,30 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 import yaml
 
 from podium.bundle.manifest import write_manifest
+from podium.bundle.models import write_models
+from podium.bundle.wheels import locks_mark, pip_from_mirror
 from podium.errors import InvalidInput
 from podium.files import files_for
 from podium.plan.actions import make_plan
 from podium.plan.components import BY_NAME, MIRROR_CA
 from podium.plan.egress import egress_settings
+from podium.registry import ModelRef, Registry
 from podium.render import REPO
 from podium.stack.loader import load_stack
 from podium.stack.model import Stack
 from podium.stack.reading import StackError
 from podium.stack.versions import load_versions
 from podium.up import preflight
+from tests.fixtures_registry import RunningRegistry, registry
+
+__all__ = ["registry"]  # fixture, imported so pytest finds it
 
 LAB = (REPO / "stacks" / "lab" / "stack.yaml").read_text(encoding="utf-8")
 
@@ -158,3 +165,40 @@ def test_up_refuses_a_missing_bundle_and_one_with_a_changed_byte(tmp_path: Path)
     (folder / "apt" / "Packages").write_text("Package: nginy\n")
     with pytest.raises(InvalidInput, match=r"fails `podium bundle verify` \(apt/Packages: changed: sha256"):
         preflight(stack, [])
+
+
+def test_a_bundles_model_layout_loads_into_a_real_registry_with_its_digest(
+    registry: RunningRegistry, tmp_path: Path
+) -> None:
+    stack = _stack(tmp_path, "artifact_mirror: {bundle: ../bundle}")
+    digests = write_models(stack, tmp_path / "bundle" / "models")
+    layout = tmp_path / "bundle" / "models" / "iris" / "1"
+    client = Registry(registry.address, insecure=True)
+    name = f"iris{uuid.uuid4().hex[:6]}"
+    assert client.push_layout(layout, name, "1") == digests[1]
+    assert client.push_layout(layout, name, "1") == digests[1], "a second load is a no-op"
+    assert client.resolve(ModelRef.parse(f"{name}:1")) == digests[1]
+    blob = next(p for p in (layout / "blobs" / "sha256").iterdir() if p.stat().st_size > 1000)
+    blob.write_bytes(blob.read_bytes()[:-1] + b"!")
+    with pytest.raises(InvalidInput, match="its bytes do not hash to its name; rebuild the bundle"):
+        client.push_layout(layout, f"{name}x", "1")
+
+
+def test_engines_and_gateway_install_from_the_mirrors_wheelhouses_by_hash(tmp_path: Path) -> None:
+    stack = _stack(tmp_path, "artifact_mirror: {bundle: ../bundle}")
+    for component, node in (("engine-llamacpp", "node1"), ("engine-predictive", "node2"), ("gateway", "ctrl")):
+        assert BY_NAME[component].settings(stack, node)["mirror"]["url"] == "https://10.77.0.10:8440", component
+    mirror = BY_NAME["gateway"].settings(stack, "ctrl")["mirror"]
+    command = pip_from_mirror("/opt/v/bin/pip", mirror, "engine-predictive").split()
+    folder = "https://10.77.0.10:8440/wheels/engine-predictive/"
+    assert command[:2] == ["/opt/v/bin/pip", "install"]
+    assert {"--no-index", "--no-deps", "--require-hashes"} <= set(command)
+    assert command[command.index("--cert") + 1] == MIRROR_CA
+    assert command[command.index("--find-links") + 1] == folder
+    assert command[command.index("-r") + 1] == folder + "requirements.lock"
+    lock = tmp_path / "bundle" / "wheels" / "podium" / "requirements.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text("podium==0.1.0 --hash=sha256:00\n")
+    before = locks_mark(mirror, ["podium"])
+    lock.write_text("podium==0.1.0 --hash=sha256:01\n")
+    assert locks_mark(mirror, ["podium"]) != before, "a changed lock must reinstall the venv"

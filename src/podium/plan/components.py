@@ -150,6 +150,7 @@ def mirror_source(stack: Stack) -> Settings | None:
     return {
         "url": url,
         "host": urlsplit(url).hostname,
+        "bundle": str(folder),
         # The bundle's public key, from the control machine's copy of the bundle.
         "key": str(folder / "apt" / KEY_FILE),
         "keyring": f"/etc/apt/keyrings/{KEY_FILE}",
@@ -306,8 +307,9 @@ def _engine_component(kind: str) -> Component:
         if reg is not None:
             scheme = "https" if reg.tls else "http"
             registry = {"url": f"{scheme}://{stack.node(reg.node).address}:{reg.port}"}
-        # Nodes pull models from the registry by digest, with its CA and the pull account.
-        return {"replicas": out, "registry": registry}
+        # Nodes pull models from the registry by digest, with its CA and the pull account, and
+        # install the engine from the bundle's wheelhouse when the stack serves one.
+        return {"replicas": out, "registry": registry, "mirror": mirror_source(stack)}
 
     return Component(f"engine-{kind}", ("registry", "gpu", "storage"), hosts, settings)
 
@@ -430,6 +432,7 @@ def _gateway_settings(stack: Stack, host: str) -> Settings:
         "store_address": str(stack.node(gw.store_node).address) if gw.store_node else None,
         "models": models,
         "keys": [k.model_dump(mode="json") for k in gw.keys],
+        "mirror": mirror_source(stack),
         "prices": {k: v.model_dump() for k, v in gw.prices.items()},
     }
 
