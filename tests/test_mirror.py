@@ -14,8 +14,11 @@ import yaml
 from podium.bundle.manifest import write_manifest
 from podium.bundle.models import write_models
 from podium.bundle.wheels import locks_mark, pip_from_mirror
-from podium.errors import InvalidInput
+from podium.errors import InvalidInput, PodiumError
 from podium.files import files_for
+from podium.lab import network as labnet
+from podium.lab.image import ImageRecipe, bundle_recipe, debootstrap_command
+from podium.lab.up import lab_network
 from podium.plan.actions import make_plan
 from podium.plan.components import BY_NAME, MIRROR_CA
 from podium.plan.egress import egress_settings
@@ -30,7 +33,11 @@ from tests.fixtures_registry import RunningRegistry, registry
 
 __all__ = ["registry"]  # fixture, imported so pytest finds it
 
-LAB = (REPO / "stacks" / "lab" / "stack.yaml").read_text(encoding="utf-8")
+# stacks/lab without the bundle it declares: each test declares its own artifact_mirror.
+LAB = "\n".join(
+    line for line in (REPO / "stacks" / "lab" / "stack.yaml").read_text(encoding="utf-8").splitlines()
+    if not line.startswith("artifact_mirror:")
+) + "\n"
 
 
 def _stack(tmp_path: Path, mirror: str, text: str = LAB) -> Stack:
@@ -202,3 +209,35 @@ def test_engines_and_gateway_install_from_the_mirrors_wheelhouses_by_hash(tmp_pa
     before = locks_mark(mirror, ["podium"])
     lock.write_text("podium==0.1.0 --hash=sha256:01\n")
     assert locks_mark(mirror, ["podium"]) != before, "a changed lock must reinstall the venv"
+
+
+def test_offline_lab_machines_get_no_proxy_source_and_online_ones_keep_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PODIUM_STATE_DIR", str(tmp_path / "state"))
+    stack = _stack(tmp_path, "artifact_mirror: {bundle: b}")
+    offline, online = lab_network(stack), lab_network(stack, online=True)
+    assert offline.mirror and not offline.online
+    assert not [x for x in labnet.apt_sources(offline).splitlines() if not x.startswith("#")]
+    assert "masquerade" not in labnet.nft_ruleset(offline)
+    assert "nameserver" not in labnet.resolv_conf(offline), "a query to the host's resolver would leave the lab"
+    assert not online.mirror and "3142/debian" in labnet.apt_sources(online)
+    assert not lab_network(_stack(tmp_path, "")).mirror, "a stack without a bundle keeps the package proxy"
+
+
+def test_the_lab_image_is_debootstrapped_from_the_bundle_wherever_it_sits(tmp_path: Path) -> None:
+    repos = []
+    for where in ("one", "two"):
+        index = tmp_path / where / "apt" / "dists" / "bookworm" / "main" / "binary-amd64" / "Packages"
+        index.parent.mkdir(parents=True)
+        index.write_text("Package: systemd\nVersion: 252.39-1~deb12u1\n")
+        repos.append(tmp_path / where / "apt")
+    recipe = bundle_recipe(repos[0])
+    assert recipe == bundle_recipe(repos[1]), "the same packages must reuse the same image"
+    assert recipe.digest() != ImageRecipe().digest()
+    command = debootstrap_command(recipe, Path("/t"), repos[1], Path("/k.gpg"))
+    assert command[-4:] == ["--keyring=/k.gpg", "bookworm", "/t", f"file://{repos[1].resolve()}"]
+    with pytest.raises(PodiumError, match="is built from a bundle; give its apt folder"):
+        debootstrap_command(recipe, Path("/t"))
+    with pytest.raises(PodiumError, match="holds no apt repository"):
+        bundle_recipe(tmp_path)
