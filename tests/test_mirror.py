@@ -16,6 +16,7 @@ from podium.bundle.models import write_models
 from podium.bundle.wheels import locks_mark, pip_from_mirror
 from podium.errors import InvalidInput, PodiumError
 from podium.files import files_for
+from podium.inventory import host_entries
 from podium.lab import network as labnet
 from podium.lab.image import ImageRecipe, bundle_recipe, debootstrap_command
 from podium.lab.up import lab_network
@@ -30,6 +31,7 @@ from podium.stack.reading import StackError
 from podium.stack.versions import load_versions
 from podium.up import preflight
 from tests.fixtures_registry import RunningRegistry, registry
+from tests.test_plan import applied
 
 __all__ = ["registry"]  # fixture, imported so pytest finds it
 
@@ -143,7 +145,8 @@ def test_every_node_reads_apt_from_the_mirror_alone(tmp_path: Path) -> None:
         assert debs == ["deb [signed-by=/etc/apt/keyrings/podium-bundle.asc] https://10.77.0.10:8440/apt "
                         "bookworm main"], node
         assert f'Acquire::https::10.77.0.10::CaInfo "{MIRROR_CA}";' in rendered["podium-mirror.apt.conf"]
-        assert settings["mirror"]["key"] == str(stack.bundle_folder / "apt" / "podium-bundle.asc")
+    entry = dict(host_entries(stack, make_plan(stack, load_versions())))["node1"]
+    assert entry["podium_bundle"] == str(stack.bundle_folder), "roles find the bundle as host data"
 
 
 def test_without_a_bundle_base_writes_no_mirror_source(tmp_path: Path) -> None:
@@ -206,9 +209,9 @@ def test_engines_and_gateway_install_from_the_mirrors_wheelhouses_by_hash(tmp_pa
     lock = tmp_path / "bundle" / "wheels" / "podium" / "requirements.lock"
     lock.parent.mkdir(parents=True)
     lock.write_text("podium==0.1.0 --hash=sha256:00\n")
-    before = locks_mark(mirror, ["podium"])
+    before = locks_mark(tmp_path / "bundle", ["podium"])
     lock.write_text("podium==0.1.0 --hash=sha256:01\n")
-    assert locks_mark(mirror, ["podium"]) != before, "a changed lock must reinstall the venv"
+    assert locks_mark(tmp_path / "bundle", ["podium"]) != before, "a changed lock must reinstall the venv"
 
 
 def test_offline_lab_machines_get_no_proxy_source_and_online_ones_keep_it(
@@ -241,3 +244,23 @@ def test_the_lab_image_is_debootstrapped_from_the_bundle_wherever_it_sits(tmp_pa
         debootstrap_command(recipe, Path("/t"))
     with pytest.raises(PodiumError, match="holds no apt repository"):
         bundle_recipe(tmp_path)
+
+
+def test_a_new_bundle_reconfigures_what_installs_from_it_and_a_moved_one_nothing(tmp_path: Path) -> None:
+    versions = load_versions()
+    stack = _stack(tmp_path, "artifact_mirror: {bundle: ../bundle}")
+    folder = tmp_path / "bundle"
+    folder.mkdir()
+    (folder / "versions.yaml").write_text("release: one\n")
+    write_manifest(folder, "2026.11", stack.name, [])
+    state = applied(make_plan(stack, versions))
+    moved = tmp_path / "elsewhere" / "bundle"
+    moved.parent.mkdir()
+    folder.rename(moved)
+    text = (tmp_path / "stack" / "stack.yaml").read_text().replace("{bundle: ../bundle}", f"{{bundle: {moved}}}")
+    (tmp_path / "stack" / "stack.yaml").write_text(text)
+    assert {a.action for a in make_plan(load_stack(tmp_path / "stack"), versions, state)} == {"keep"}
+    (moved / "versions.yaml").write_text("release: two\n")
+    write_manifest(moved, "2026.11", stack.name, [])
+    changed = {a.component for a in make_plan(load_stack(tmp_path / "stack"), versions, state) if a.action != "keep"}
+    assert {"mirror", "base", "engine-llamacpp", "engine-predictive", "gateway"} <= changed

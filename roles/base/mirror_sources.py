@@ -8,6 +8,8 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.files import FindFiles
 from pyinfra.operations import files
 
+from podium.bundle.debs import KEY_FILE
+
 SOURCES = "/etc/apt/sources.list"
 SOURCE_PARTS = "/etc/apt/sources.list.d"
 APT_CONF = "/etc/apt/apt.conf.d/60podium-mirror"
@@ -16,7 +18,7 @@ APT_CONF = "/etc/apt/apt.conf.d/60podium-mirror"
 def only_the_mirror(mirror: dict[str, Any], rendered: dict[str, str], ca_file: str) -> list[OperationMeta]:
     """Point apt at the bundle's node alone; returns the operations whose change needs an update.
 
-    mirror: the plan's `mirror` settings (url, host, key, keyring, ca).
+    mirror: the plan's `mirror` settings (url, host, keyring, ca).
     rendered: role base's files for this host.
     ca_file: the stack CA's certificate on the control machine.
     """
@@ -25,7 +27,8 @@ def only_the_mirror(mirror: dict[str, Any], rendered: dict[str, str], ca_file: s
         # CA into the trust store further down.
         files.put(name="Stack CA for the mirror", src=ca_file,
                   dest=mirror["ca"], mode="644", create_remote_dir=True),
-        files.put(name="The bundle's signing key", src=mirror["key"], dest=mirror["keyring"], mode="644",
+        files.put(name="The bundle's signing key", src=f"{host.data.podium_bundle}/apt/{KEY_FILE}",
+                  dest=mirror["keyring"], mode="644",
                   create_remote_dir=True),
         files.put(name="apt trusts the stack CA for the mirror", src=StringIO(rendered["podium-mirror.apt.conf"]),
                   dest=APT_CONF, mode="644"),

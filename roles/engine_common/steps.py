@@ -195,7 +195,7 @@ def venv_from_mirror(
 ) -> None:
     """A venv installed from the bundle's wheelhouse on the mirror, by its lock's hashes; rebuilt
     when the lock changes."""
-    mark = locks_mark(mirror, [house]).strip()
+    mark = locks_mark(Path(host.data.podium_bundle), [house]).strip()
     if _ready_mark(venv) == mark:
         return
     server.shell(

@@ -1,6 +1,7 @@
 """Role gateway, its verbs: deploy, check, remove."""
 
 from io import StringIO
+from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import deploy as pyinfra_deploy
@@ -150,7 +151,7 @@ def _install_from_mirror(mirror: dict, prefix: str) -> OperationMeta:
     """The gateway's and Podium's wheelhouses of the bundle, from the stack's mirror by their
     locks' hashes; the locks' digests, kept on the node, say when to install again."""
     houses = ["gateway", "podium"]
-    locks = files.put(name="The gateway's wheel locks", src=StringIO(locks_mark(mirror, houses)),
+    locks = files.put(name="The gateway's wheel locks", src=StringIO(locks_mark(Path(host.data.podium_bundle), houses)),
                       dest=f"{prefix}/bundle-locks", mode="644")
     pip = f"{prefix}/venv/bin/pip"
     server.shell(

@@ -24,7 +24,7 @@ def deploy() -> None:
     settings = host.data.podium_mirror
     stack = host.data.podium_stack
     rendered = files_for("mirror", host.name, settings)
-    root, etc = settings["root"], settings["etc"]
+    root, etc, bundle = settings["root"], settings["etc"], host.data.podium_bundle
 
     # The manifest names every file with its sha256: the node's copy tells whether anything
     # changed, so an unchanged bundle costs one command. It is shipped last, so a ship cut off
@@ -34,13 +34,13 @@ def deploy() -> None:
     else:
         files.sync(
             name=f"Ship the bundle to {root} (changed files only)",
-            src=settings["bundle"],
+            src=bundle,
             dest=root,
             delete=True,
             exclude=[MANIFEST, ".podium-bundle"],
             add_deploy_dir=False,
         )
-        files.put(name="Ship the bundle's manifest", src=f"{settings['bundle']}/{MANIFEST}",
+        files.put(name="Ship the bundle's manifest", src=f"{bundle}/{MANIFEST}",
                   dest=f"{root}/{MANIFEST}", mode="644")
 
     # nginx comes from the bundle itself, through a file: source only this one apt run reads:

@@ -70,8 +70,7 @@ def pip_from_mirror(pip: str, mirror: Mapping[str, str], house: str, *, reinstal
     )
 
 
-def locks_mark(mirror: Mapping[str, str], houses: list[str]) -> str:
+def locks_mark(bundle: Path, houses: list[str]) -> str:
     """The wheelhouses' locks by sha256, from the control machine's bundle: kept on the node, it
     tells a role whether the venv it installed from them is still what the bundle holds."""
-    bundle = Path(mirror["bundle"])
     return "".join(f"{house} {file_sha256(bundle / 'wheels' / house / LOCK)}\n" for house in houses)

@@ -125,7 +125,8 @@ def _mirror_hosts(stack: Stack) -> list[str]:
 
 def _mirror_settings(stack: Stack, host: str) -> Settings:
     """The bundle's node: what it serves, where, to whom, and which bundle (its manifest's
-    digest, so a changed bundle is shipped again and an unchanged one is kept)."""
+    digest, so a changed bundle is shipped again and an unchanged one is kept, wherever it sits
+    on the control machine: roles find it as host data `podium_bundle`)."""
     bundle, folder = stack.mirror_bundle, stack.bundle_folder
     assert bundle is not None and folder is not None
     manifest = folder / MANIFEST
@@ -133,7 +134,6 @@ def _mirror_settings(stack: Stack, host: str) -> Settings:
         "port": bundle.port,
         "address": str(stack.node(host).address),
         "server_names": [host],
-        "bundle": str(folder),
         "bundle_digest": file_sha256(manifest),
         "sources": _audiences(stack)["stack"],
         "root": MIRROR_ROOT,
@@ -143,16 +143,15 @@ def _mirror_settings(stack: Stack, host: str) -> Settings:
 
 
 def mirror_source(stack: Stack) -> Settings | None:
-    """What every node's apt and pip take from the bundle's node; None without a bundle."""
+    """What every node's apt and pip take from the bundle's node; None without a bundle. The
+    manifest's digest is in it, so a new bundle reconfigures what installs from it."""
     url, folder = stack.mirror_url, stack.bundle_folder
     if not stack.mirror_bundle or url is None or folder is None:
         return None
     return {
         "url": url,
         "host": urlsplit(url).hostname,
-        "bundle": str(folder),
-        # The bundle's public key, from the control machine's copy of the bundle.
-        "key": str(folder / "apt" / KEY_FILE),
+        "bundle_digest": file_sha256(folder / MANIFEST),
         "keyring": f"/etc/apt/keyrings/{KEY_FILE}",
         "ca": MIRROR_CA,
     }
