@@ -10,8 +10,8 @@ from pyinfra.operations import files, server, systemd
 
 from podium.bundle.manifest import MANIFEST
 from podium.files import files_for
+from podium.pinned import node_versions
 from podium.registry.ca import ca_certificate, server_certificate
-from podium.stack.versions import load_versions
 from roles.mirror.defaults import DEFAULTS
 
 
@@ -49,7 +49,7 @@ def deploy() -> None:
     files.directory(name="No other sources for the bundle's apt run", path=f"{etc}/sources.d", mode="755")
     files.put(name="The bundle as a file: apt source", src=StringIO(rendered["bundle.list"]),
               dest=f"{etc}/bundle.list", mode="644")
-    nginx = load_versions().pinned("mirror", ["nginx"])[0]
+    nginx = node_versions().pinned("mirror", ["nginx"])[0]
     lists = host.data.mirror_apt_lists
     options = " ".join(
         f"-o {shlex.quote(o)}"
