@@ -43,12 +43,14 @@ def appliance(tmp_path_factory: pytest.TempPathFactory) -> UniqueStack:
 
 class OutboundCapture:
     """tcpdump on every interface of this host (the lab bridge and the nodes' veths among them)
-    for IPv4 packets from the lab's nodes to any address outside the lab subnet."""
+    for IPv4 packets from the lab's nodes to any address outside the lab subnet, and, to show the
+    capture sees the nodes at all, their time queries to the lab host's chronyd."""
 
     def __init__(self, appliance: UniqueStack, folder: Path) -> None:
-        subnet, gateway = f"{appliance.prefix}0/24", f"{appliance.prefix}1"
+        self.subnet, gateway = f"{appliance.prefix}0/24", f"{appliance.prefix}1"
         self.pcap = folder / "outbound.pcap"
-        self.filter = f"ip and src net {subnet} and not src host {gateway} and not dst net {subnet}"
+        self.filter = (f"ip and src net {self.subnet} and not src host {gateway} and "
+                       f"(not dst net {self.subnet} or (dst host {gateway} and udp dst port 123))")
         self.proc = subprocess.Popen(
             ["tcpdump", "-i", "any", "-n", "-U", "-w", str(self.pcap), self.filter],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -58,13 +60,18 @@ class OutboundCapture:
             time.sleep(0.1)
         assert self.proc.poll() is None and self.pcap.exists(), "tcpdump did not start"
 
-    def stop(self) -> list[str]:
-        """Stop the capture; the packets it caught, one line each."""
+    def stop(self) -> tuple[list[str], int]:
+        """Stop the capture: the packets that left the lab subnet, one line each, and how many
+        time queries from the nodes it saw."""
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=10)
-        read = subprocess.run(["tcpdump", "-r", str(self.pcap), "-n"], capture_output=True, text=True)
-        return read.stdout.splitlines()
+
+        def read(match: str) -> list[str]:
+            done = subprocess.run(["tcpdump", "-r", str(self.pcap), "-n", match], capture_output=True, text=True)
+            return done.stdout.splitlines()
+
+        return read(f"not dst net {self.subnet}"), len(read("udp dst port 123"))
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +127,8 @@ def test_nothing_leaves_the_lab_subnet_during_up_verify_and_100_requests(lab, cl
     for i in range(100):
         reply = client.completions.create(model="tiny-llama", prompt=f"offline {i}", max_tokens=1)
         assert reply.choices[0].text is not None
-    caught = lab["capture"].stop()
+    caught, time_queries = lab["capture"].stop()
+    assert time_queries > 0, "the capture saw no packet from the nodes at all"
     assert caught == [], f"{len(caught)} packets left the lab subnet, first: {caught[:5]}"
 
     subnet = lab["prefix"] + "0/24"
