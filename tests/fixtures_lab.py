@@ -102,7 +102,8 @@ def unique_stack(source: Path, into: Path) -> UniqueStack:
     old = str(original.host_network.subnet.network_address).rsplit(".", 1)[0] + "."
     name, prefix = short_lab_name(), free_test_subnet()
     folder = into / name
-    shutil.copytree(source, folder)
+    # The declaration only: a bundle the original built is built again for the copy's name.
+    shutil.copytree(source, folder, ignore=shutil.ignore_patterns("bundle"))
     text = (source / "stack.yaml").read_text(encoding="utf-8")
     text = re.sub(rf"^name: {re.escape(original.name)}$", f"name: {name}", text, count=1, flags=re.M)
     (folder / "stack.yaml").write_text(text.replace(old, prefix), encoding="utf-8")

@@ -5,7 +5,9 @@ request is metered, Prometheus has the gateway's TTFT histogram, a stopped engin
 its alert, a second `podium up` changes nothing, and `lab down` leaves nothing behind.
 
 It runs a copy of stacks/lab under a name and subnet of its own, so a lab the user is running
-from stacks/lab (its machines, keys and usage) is never touched."""
+from stacks/lab (its machines, keys and usage) is never touched. Like stacks/lab, the copy comes
+up offline from its own bundle (built from ~/.cache/podium's caches), and a capture proves that
+nothing from its nodes leaves the lab subnet."""
 
 import json
 import ssl
@@ -18,6 +20,7 @@ from pathlib import Path
 import openai
 import pytest
 
+from podium.lab.up import LAB_STATE
 from podium.monitoring.query import PrometheusClient
 from podium.registry.sync import tiny_cache
 from podium.render import REPO
@@ -38,22 +41,62 @@ def appliance(tmp_path_factory: pytest.TempPathFactory) -> UniqueStack:
     return unique_stack(REPO / "stacks" / "lab", tmp_path_factory.mktemp("appliance"))
 
 
+class OutboundCapture:
+    """tcpdump on every interface of this host (the lab bridge and the nodes' veths among them)
+    for IPv4 packets from the lab's nodes to any address outside the lab subnet, and, to show the
+    capture sees the nodes at all, their time queries to the lab host's chronyd."""
+
+    def __init__(self, appliance: UniqueStack, folder: Path) -> None:
+        self.subnet, gateway = f"{appliance.prefix}0/24", f"{appliance.prefix}1"
+        self.pcap = folder / "outbound.pcap"
+        self.filter = (f"ip and src net {self.subnet} and not src host {gateway} and "
+                       f"(not dst net {self.subnet} or (dst host {gateway} and udp dst port 123))")
+        self.proc = subprocess.Popen(
+            ["tcpdump", "-i", "any", "-n", "-U", "-w", str(self.pcap), self.filter],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 10
+        while not self.pcap.exists() and self.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert self.proc.poll() is None and self.pcap.exists(), "tcpdump did not start"
+
+    def stop(self) -> tuple[list[str], int]:
+        """Stop the capture: the packets that left the lab subnet, one line each, and how many
+        time queries from the nodes it saw."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+        def read(match: str) -> list[str]:
+            done = subprocess.run(["tcpdump", "-r", str(self.pcap), "-n", match], capture_output=True, text=True)
+            return done.stdout.splitlines()
+
+        return read(f"not dst net {self.subnet}"), len(read("udp dst port 123"))
+
+
 @pytest.fixture(scope="module")
-def lab(appliance: UniqueStack):
+def lab(appliance: UniqueStack, tmp_path_factory: pytest.TempPathFactory):
     stack = str(appliance.folder)
+    capture = OutboundCapture(appliance, tmp_path_factory.mktemp("capture"))
     try:
+        started = time.monotonic()
         result = podium("lab", "up", stack)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+        print(f"lab up from the bundle: {time.monotonic() - started:.0f} s; " +
+              " ".join(x for x in result.stderr.splitlines() if x.startswith(("bundle ", "lab image "))))
         yield {
+            "capture": capture,
             "url": line(result.stdout, "gateway: "),
             "key": line(result.stdout, "key: "),
             "ca": line(result.stdout, "ca: "),
             "output": result.stdout,
             "stack": stack,
             "name": appliance.name,
+            "prefix": appliance.prefix,
             "prometheus": f"http://{appliance.address('10.77.0.10')}:9090",
         }
     finally:
+        capture.stop()
         down = podium("lab", "down", stack)
         netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         bridge = subprocess.run(["ip", "link", "show", f"pdm-{appliance.name}"], capture_output=True)
@@ -75,6 +118,42 @@ def openai_client(lab, key: str) -> openai.OpenAI:
 
     trust = ssl.create_default_context(cafile=lab["ca"])
     return openai.OpenAI(base_url=lab["url"], api_key=key, http_client=httpx.Client(verify=trust))
+
+
+def test_nothing_leaves_the_lab_subnet_during_up_verify_and_100_requests(lab, client):
+    """The lab comes up from its bundle offline: `podium lab up` (which runs `podium up` and
+    `podium verify`) and 100 gateway requests send no packet from a node outside the lab subnet,
+    the host holds no NAT for it, and every node's apt reads only the mirror."""
+    for i in range(100):
+        reply = client.completions.create(model="tiny-llama", prompt=f"offline {i}", max_tokens=1)
+        assert reply.choices[0].text is not None
+    caught, time_queries = lab["capture"].stop()
+    assert time_queries > 0, "the capture saw no packet from the nodes at all"
+    assert caught == [], f"{len(caught)} packets left the lab subnet, first: {caught[:5]}"
+
+    subnet = lab["prefix"] + "0/24"
+    ruleset = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True, check=True).stdout
+    nat = [x.strip() for x in ruleset.splitlines()
+           if lab["prefix"] in x and any(w in x for w in ("masquerade", "snat", "dnat"))]
+    assert nat == [], f"the host NATs the lab subnet {subnet}: {nat}"
+    lab_table = subprocess.run(["nft", "list", "table", "ip", f"podium_{lab['name']}"], capture_output=True,
+                               text=True, check=True).stdout
+    assert "type nat" not in lab_table and f'iifname "pdm-{lab["name"]}" drop' in lab_table, lab_table
+    legacy = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True).stdout
+    assert lab["prefix"] not in legacy, f"iptables NATs the lab subnet: {legacy}"
+
+    assert not (LAB_STATE / lab["name"] / "apt-proxy").exists(), "an offline lab started the package proxy"
+
+    mirror = f"https://{lab['prefix']}10:8440"
+    for node in ("ctrl", "node1", "node2"):
+        listed = podium("lab", "ssh", node, "--stack", lab["stack"], "--",
+                        "grep -rhE '^(deb|URIs)' /etc/apt/sources.list /etc/apt/sources.list.d; "
+                        "apt-get indextargets --format '$(SITE)' | sort -u")
+        assert listed.returncode == 0, listed.stderr
+        lines = listed.stdout.split("\n")
+        assert lines[0] == f"deb [signed-by=/etc/apt/keyrings/podium-bundle.asc] {mirror}/apt bookworm main", listed
+        sites = [x for x in lines[1:] if x]
+        assert sites and all(x.startswith(f"{mirror}/apt") for x in sites), f"{node} reads apt from {sites}"
 
 
 def test_lab_up_prints_a_curl_line_that_works(lab):

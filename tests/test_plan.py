@@ -35,10 +35,11 @@ def test_example_stacks_load_and_plan_in_dependency_order(stack):
     assert order == sorted(order), "components out of dependency order"
 
 
-def test_lab_order_is_base_network_storage_registry_engines_monitoring_gateway():
+def test_lab_order_is_mirror_base_network_storage_registry_engines_monitoring_gateway():
     actions = make_plan(load_stack("stacks/lab"), load_versions())
     seen = list(dict.fromkeys(a.component for a in actions))
     assert seen == [
+        "mirror",
         "base",
         "network",
         "storage",

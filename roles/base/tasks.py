@@ -6,11 +6,13 @@ from pyinfra import host
 from pyinfra.api import deploy as pyinfra_deploy
 from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations.util import any_changed
 
 from podium.files import files_for
 from podium.pinned import node_versions
 from podium.registry.ca import ca_certificate
 from roles.base.defaults import APT_TIMERS, DEFAULTS
+from roles.base.mirror_sources import only_the_mirror
 
 NFTABLES_DROPIN = """\
 [Service]
@@ -57,6 +59,11 @@ def deploy() -> None:
 
     server.hostname(name="Set the hostname", hostname=settings["hostname"])
     files.put(name="Write /etc/hosts", src=StringIO(rendered["hosts"]), dest="/etc/hosts", mode="644")
+    stack = host.data.podium_stack
+    if settings.get("mirror"):
+        sources = only_the_mirror(settings["mirror"], rendered, str(ca_certificate(stack)))
+        # cache_time would keep the lists of the sources just replaced.
+        apt.update(name="Read the mirror's package lists", _if=any_changed(*sources))
     apt.packages(
         name="Install base packages",
         packages=node_versions().pinned("base", host.data.base_packages),
@@ -67,7 +74,6 @@ def deploy() -> None:
 
     # Every node trusts the stack's own CA (made once on the control machine), so engines reach
     # the registry, and anything else it signs, over verified TLS.
-    stack = host.data.podium_stack
     ca = files.put(
         name="Trust the stack's CA",
         src=str(ca_certificate(stack)),

@@ -92,3 +92,16 @@ def test_080_apt_fetches_nothing_on_its_own(host):
         state = host.run(f"systemctl is-enabled {unit}").stdout.strip() or "not masked (not installed)"
         assert state == "masked", f"{unit} is {state}, not masked: it would reach the apt sources on its own"
         assert not host.service(unit).is_running, f"{unit} is still running"
+
+
+def test_090_apt_sources_name_only_the_mirror(host, settings):
+    """Where the stack serves its bundle, apt on this node reads that mirror and nothing else."""
+    mirror = settings.get("mirror")
+    if not mirror:
+        return
+    sites = host.check_output("apt-get indextargets --format '$(SITE)' | sort -u").split()
+    assert sites, "apt on this node has no package lists"
+    outside = [s for s in sites if not s.startswith(f"{mirror['url']}/apt")]
+    assert not outside, f"apt reads {', '.join(outside)} besides the mirror {mirror['url']}"
+    listed = host.check_output("grep -rhE '^(deb|URIs)' /etc/apt/sources.list /etc/apt/sources.list.d || true")
+    assert listed.splitlines() == [f"deb [signed-by={mirror['keyring']}] {mirror['url']}/apt bookworm main"], listed

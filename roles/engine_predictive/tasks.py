@@ -23,13 +23,15 @@ def requirements() -> list[str]:
 def deploy() -> None:
     version = host.data.podium_engine_predictive_version
     settings = steps.checked_settings(KIND, host.data.podium_engine_predictive)
-    pins = requirements()
-    # Downloaded once on the control machine; nodes install from it with no index.
-    folder = wheelhouse(f"mlserver-{version}", pins)
     steps.base_packages("engine-predictive", host.data.engine_predictive_packages)
-    remote = steps.ship_wheelhouse(folder)
     venv = f"/opt/podium/mlserver-{version}"
-    steps.venv_from_wheelhouse(venv, remote, pins, what=f"MLServer {version}")
+    if settings["mirror"]:
+        steps.venv_from_mirror(venv, settings["mirror"], "engine-predictive", [], what=f"MLServer {version}")
+    else:
+        # Downloaded once on the control machine; nodes install from it with no index.
+        pins = requirements()
+        remote = steps.ship_wheelhouse(wheelhouse(f"mlserver-{version}", pins))
+        steps.venv_from_wheelhouse(venv, remote, pins, what=f"MLServer {version}")
     binaries = steps.point_venv(engine_files.venv_name(KIND), venv)
     runtime = steps.runtime_files()
     steps.registry_access(settings)

@@ -1,12 +1,15 @@
 """Role gateway, its verbs: deploy, check, remove."""
 
 from io import StringIO
+from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import deploy as pyinfra_deploy
+from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import apt, files, python, server, systemd
 
 from podium.artifacts import podium_wheel, wheelhouse
+from podium.bundle.wheels import locks_mark, pip_from_mirror
 from podium.files import files_for
 from podium.gateway_access import ADMIN_TOKEN, ensure_declared_keys
 from podium.pinned import node_versions
@@ -37,29 +40,10 @@ def deploy() -> None:
     for path, owner, mode in ((prefix, "root", "755"), (etc, user, "750"), (data, user, "750")):
         files.directory(name=f"Folder {path}", path=path, user=owner, group=user, mode=mode)
 
-    # Podium's own wheel and its pinned requirements come from the control machine: the
-    # gateway node needs no package index.
-    requirements = node_versions().components["gateway"].requirements
-    house = wheelhouse("gateway", requirements)
-    wheel = podium_wheel()
-    shipped_house = files.sync(
-        name="Ship the gateway's wheels", src=str(house), dest=f"{prefix}/wheels", delete=True
-    )
-    shipped_wheel = files.put(name="Ship Podium's wheel", src=str(wheel), dest=f"{prefix}/{wheel.name}")
-    server.shell(
-        name="Install the gateway into its venv",
-        commands=[
-            f"test -x {prefix}/venv/bin/python || python3 -m venv {prefix}/venv",
-            f"{prefix}/venv/bin/pip install -q --no-index --find-links {prefix}/wheels "
-            f"-r {prefix}/wheels/requirements.txt",
-            f"{prefix}/venv/bin/pip install -q --no-index --no-deps --force-reinstall {prefix}/{wheel.name}",
-        ],
-        _if=lambda: shipped_house.did_change() or shipped_wheel.did_change(),
-    )
-    server.shell(
-        name="Gateway venv is complete",
-        commands=[f"test -x {prefix}/venv/bin/python || (rm -f {prefix}/{wheel.name}; exit 1)"],
-    )
+    if settings["mirror"]:
+        shipped_house = shipped_wheel = _install_from_mirror(settings["mirror"], prefix)
+    else:
+        shipped_house, shipped_wheel = _install_from_control_machine(prefix)
 
     changed = []
     changed.append(
@@ -134,6 +118,57 @@ def deploy() -> None:
             url=gateway_url_for(address, settings),
             keys=settings["keys"],
         )
+
+
+def _install_from_control_machine(prefix: str) -> tuple[OperationMeta, OperationMeta]:
+    """Podium's own wheel and its pinned requirements come from the control machine: the
+    gateway node needs no package index."""
+    requirements = node_versions().components["gateway"].requirements
+    house = wheelhouse("gateway", requirements)
+    wheel = podium_wheel()
+    shipped_house = files.sync(
+        name="Ship the gateway's wheels", src=str(house), dest=f"{prefix}/wheels", delete=True
+    )
+    shipped_wheel = files.put(name="Ship Podium's wheel", src=str(wheel), dest=f"{prefix}/{wheel.name}")
+    server.shell(
+        name="Install the gateway into its venv",
+        commands=[
+            f"test -x {prefix}/venv/bin/python || python3 -m venv {prefix}/venv",
+            f"{prefix}/venv/bin/pip install -q --no-index --find-links {prefix}/wheels "
+            f"-r {prefix}/wheels/requirements.txt",
+            f"{prefix}/venv/bin/pip install -q --no-index --no-deps --force-reinstall {prefix}/{wheel.name}",
+        ],
+        _if=lambda: shipped_house.did_change() or shipped_wheel.did_change(),
+    )
+    server.shell(
+        name="Gateway venv is complete",
+        commands=[f"test -x {prefix}/venv/bin/python || (rm -f {prefix}/{wheel.name}; exit 1)"],
+    )
+    return shipped_house, shipped_wheel
+
+
+def _install_from_mirror(mirror: dict, prefix: str) -> OperationMeta:
+    """The gateway's and Podium's wheelhouses of the bundle, from the stack's mirror by their
+    locks' hashes; the locks' digests, kept on the node, say when to install again."""
+    houses = ["gateway", "podium"]
+    locks = files.put(name="The gateway's wheel locks", src=StringIO(locks_mark(Path(host.data.podium_bundle), houses)),
+                      dest=f"{prefix}/bundle-locks", mode="644")
+    pip = f"{prefix}/venv/bin/pip"
+    server.shell(
+        name="Install the gateway into its venv from the mirror's wheelhouses",
+        commands=[
+            f"test -x {prefix}/venv/bin/python || python3 -m venv {prefix}/venv",
+            pip_from_mirror(pip, mirror, "gateway"),
+            # Podium's wheel keeps its version when its code changes.
+            pip_from_mirror(pip, mirror, "podium", reinstall=True),
+        ],
+        _if=locks.did_change,
+    )
+    server.shell(
+        name="Gateway venv is complete",
+        commands=[f"test -x {prefix}/venv/bin/python || (rm -f {prefix}/bundle-locks; exit 1)"],
+    )
+    return locks
 
 
 def gateway_url_for(address: str, settings: dict) -> str:

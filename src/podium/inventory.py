@@ -30,6 +30,9 @@ def connection(stack: Stack, node_name: str, secrets: StackSecrets | None = None
         "podium_stack": stack.name,
         "podium_node": node_name,
         "podium_admin_keys": [public.read_text(encoding="utf-8").strip()] if public.exists() else [],
+        # The bundle on this control machine, read by the roles that ship or install from it; a
+        # path, so it stays out of the settings whose hash decides what is reconfigured.
+        "podium_bundle": str(stack.bundle_folder) if stack.bundle_folder else None,
     }
 
 

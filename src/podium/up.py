@@ -35,9 +35,10 @@ def recorded_states(stack: Stack) -> dict[str, HostState]:
 
 def preflight(stack: Stack, actions: Sequence[Action]) -> None:
     """Refuse, before touching a host, what a role would only find out halfway."""
+    _check_bundle(stack)
     kube = stack.kubernetes
     installs_k3s = any(a.component == "kubernetes" and a.action != "remove" for a in actions)
-    if installs_k3s and kube and kube.distribution == "k3s" and not stack.artifact_mirror:
+    if installs_k3s and kube and kube.distribution == "k3s" and not stack.mirror_url:
         raise InvalidInput(
             f"stack {stack.name}: kubernetes.distribution k3s is installed from the artifact mirror, "
             "but artifact_mirror is not set; name the mirror that holds k3s and its air-gap images"
@@ -50,6 +51,26 @@ def preflight(stack: Stack, actions: Sequence[Action]) -> None:
                     f"records no sha256 for it; put it in the bundle's slots/kubernetes/ and record its "
                     f"digest as components.kubernetes.artifacts.{key}.sha256"
                 )
+
+
+def _check_bundle(stack: Stack) -> None:
+    """A bundle is shipped only whole and as its manifest describes it: `podium bundle verify`."""
+    from podium.bundle.manifest import MANIFEST, recorded_slots, verify
+
+    folder, bundle = stack.bundle_folder, stack.mirror_bundle
+    if folder is None or bundle is None:
+        return
+    if not (folder / MANIFEST).is_file():
+        raise InvalidInput(
+            f"stack {stack.name}: artifact_mirror.bundle {bundle.bundle!r} ({folder}) holds no bundle yet; "
+            f"write it with `podium bundle {stack.folder} --out {folder}`"
+        )
+    problems = verify(folder, recorded_slots(folder, load_versions()))
+    if problems:
+        raise InvalidInput(
+            f"stack {stack.name}: bundle {folder} fails `podium bundle verify` ({problems[0]}"
+            f"{f' and {len(problems) - 1} more' if len(problems) > 1 else ''}); rebuild it or replace the file"
+        )
 
 
 def require_machines(stack: Stack) -> None:

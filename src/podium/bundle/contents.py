@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from podium.bundle.manifest import SLOTS, Slot
 from podium.errors import InvalidInput
+from podium.lab.image import DEBOOTSTRAP_BASE
 from podium.lab.image import PACKAGES as LAB_IMAGE_PACKAGES
 from podium.plan.components import COMPONENTS
 from podium.stack.model import Stack
@@ -72,7 +73,7 @@ def bundle_contents(stack: Stack, table: VersionTable, lab_image: bool | None = 
         components=names,
         debs=debs,
         lab_image=lab_image,
-        lab_packages=list(LAB_IMAGE_PACKAGES) if lab_image else [],
+        lab_packages=[*LAB_IMAGE_PACKAGES, *DEBOOTSTRAP_BASE] if lab_image else [],
         wheelhouses=houses,
         llamacpp=table.version("engine-llamacpp", stack) if "engine-llamacpp" in names else None,
         slots=slots,

@@ -7,10 +7,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from podium.errors import InvalidInput
 from podium.registry.artifact import hash_file
+
+if TYPE_CHECKING:
+    from podium.stack.versions import VersionTable
 
 MANIFEST = "manifest.json"
 # Marks a folder `podium bundle` writes into; like the manifest, not listed in it.
@@ -84,6 +87,16 @@ def read_manifest(root: Path) -> dict[str, Any]:
     if data.get("format") != FORMAT:
         raise InvalidInput(f"{target} has format {data.get('format')!r}; this Podium reads format {FORMAT}")
     return data
+
+
+def recorded_slots(root: Path, table: VersionTable) -> dict[str, str | None]:
+    """Slot path → the sha256 the version table records for it now (None: not yet)."""
+    recorded: dict[str, str | None] = {}
+    for slot in read_manifest(root)["slots"]:
+        entry = table.components.get(slot["component"])
+        art = entry.artifacts.get(slot["artifact"]) if entry else None
+        recorded[slot["path"]] = art.sha256 if art else None
+    return recorded
 
 
 def verify(root: Path, recorded: dict[str, str | None]) -> list[Problem]:

@@ -10,6 +10,7 @@ files in the folder beside it, for the Python and platform of this control machi
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 from packaging.utils import canonicalize_name, parse_sdist_filename, parse_wheel_filename
@@ -50,3 +51,26 @@ def write_wheelhouse(folder: Path, files: list[Path]) -> None:
 def downloaded_files(house: Path) -> list[Path]:
     """The distributions in a wheelhouse folder made by podium.artifacts.wheelhouse."""
     return sorted(p for p in house.iterdir() if p.name.endswith((".whl", ".tar.gz", ".zip")))
+
+
+def pip_from_mirror(pip: str, mirror: Mapping[str, str], house: str, *, reinstall: bool = False) -> str:
+    """A node's pip command that installs one of the bundle's wheelhouses from the mirror: no
+    index, no resolving (the lock is the whole closure), every file checked against its sha256.
+
+    pip: the venv's pip on the node.
+    mirror: the plan's mirror settings (url, and ca: the stack CA on the node).
+    house: the wheelhouse folder under wheels/ (a component, or podium).
+    reinstall: install again even at the same version (Podium's wheel changes without one).
+    """
+    folder = f"{mirror['url']}/wheels/{house}/"
+    return " ".join(
+        [pip, "install", "--quiet", "--disable-pip-version-check", "--no-index", "--no-deps", "--require-hashes",
+         *(["--force-reinstall"] if reinstall else []), "--cert", mirror["ca"], "--find-links", folder,
+         "-r", f"{folder}{LOCK}"]
+    )
+
+
+def locks_mark(bundle: Path, houses: list[str]) -> str:
+    """The wheelhouses' locks by sha256, from the control machine's bundle: kept on the node, it
+    tells a role whether the venv it installed from them is still what the bundle holds."""
+    return "".join(f"{house} {file_sha256(bundle / 'wheels' / house / LOCK)}\n" for house in houses)

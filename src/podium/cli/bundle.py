@@ -54,18 +54,12 @@ def bundle(
 
 
 def _verify(folder: Path, as_json: bool) -> None:
-    from podium.bundle.manifest import read_manifest, verify
+    from podium.bundle.manifest import recorded_slots, verify
     from podium.stack.versions import load_versions
 
     if not folder.is_dir():
         raise InvalidInput(f"bundle folder {folder} does not exist; give the folder `podium bundle --out` wrote")
-    table = load_versions()
-    recorded: dict[str, str | None] = {}
-    for slot in read_manifest(folder)["slots"]:
-        entry = table.components.get(slot["component"])
-        art = entry.artifacts.get(slot["artifact"]) if entry else None
-        recorded[slot["path"]] = art.sha256 if art else None
-    problems = verify(folder, recorded)
+    problems = verify(folder, recorded_slots(folder, load_versions()))
     if as_json:
         out.print_json(json.dumps({"ok": not problems, "problems": [p.__dict__ for p in problems]}))
     if problems:

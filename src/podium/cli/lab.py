@@ -31,13 +31,16 @@ def lab_up(
     skip_verify: Annotated[bool, typer.Option("--skip-verify", help="Do not run podium verify.")] = False,
     online: Annotated[
         bool,
-        typer.Option("--online", help="NAT the lab subnet out through this computer (default: none)."),
+        typer.Option("--online", help="NAT the lab subnet out, proxy Debian's archive (default: neither)."),
     ] = False,
 ) -> None:
     """Start the stack's machines, provision them with `podium up`, verify, print how to call it.
 
-    The machines reach only this computer: packages come through its package proxy on the lab
-    gateway and time from its chronyd; --online adds NAT to the outside.
+    The machines reach only this computer and each other: a stack that declares
+    `artifact_mirror: {bundle: PATH}` (stacks/lab does) gets its bundle built or brought up to
+    date here, its image debootstrapped from it and its packages from its mirror node; other
+    stacks take packages through this computer's package proxy. Time comes from its chronyd.
+    --online keeps NAT to the outside, the package proxy and the image from Debian's archive.
     """
     from podium.lab import up as lab
     from podium.up import up
@@ -45,6 +48,7 @@ def lab_up(
 
     loaded = load_stack(stack)
     lab.reserve_network(loaded)
+    lab.ensure_bundle(loaded, err)
     parts = lab.lab_parts(loaded, machines, online=online)
     lab.machines_up(parts, err)
     inventory = lab.write_lab_inventory(loaded)

@@ -57,10 +57,10 @@ def k3s_settings(stack: Stack, versions: VersionTable, host: str) -> dict[str, A
         # What verify expects to see Ready, and the GPUs each node must advertise.
         "cluster_nodes": cluster_nodes,
         "gpu_nodes": {n: stack.node(n).gpus for n in cluster_nodes if stack.node(n).gpus},
-        "mirror": stack.artifact_mirror,
-        "binary": {"url": artifact_url(stack.artifact_mirror, version, table["k3s"].file),
+        "mirror": stack.mirror_url,
+        "binary": {"url": artifact_url(stack.mirror_url, version, table["k3s"].file),
                    "sha256": table["k3s"].sha256},
-        "images": {"url": artifact_url(stack.artifact_mirror, version, images.file),
+        "images": {"url": artifact_url(stack.mirror_url, version, images.file),
                    "sha256": images.sha256, "file": images.file},
         "device_plugin_image": f"{mirror_host(stack)}/nvidia/k8s-device-plugin:"
         f"{versions.extra('kubernetes').get('device_plugin', DEVICE_PLUGIN_VERSION)}",

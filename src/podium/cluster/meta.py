@@ -71,7 +71,7 @@ def image(stack: Stack, versions: VersionTable, component: str) -> str:
     extra = versions.extra(component)
     repository = str(extra.get("image") or DEFAULT_IMAGES[component])
     reference = f"{repository}:{versions.version(component, stack)}"
-    return f"{mirror_host(stack)}/{reference}" if stack.artifact_mirror else reference
+    return f"{mirror_host(stack)}/{reference}" if stack.mirror_url else reference
 
 
 def podium_image(stack: Stack, versions: VersionTable) -> str:
@@ -81,7 +81,7 @@ def podium_image(stack: Stack, versions: VersionTable) -> str:
 
 def mirror_host(stack: Stack) -> str:
     """The host[:port] of the artifact mirror, which also serves the images nodes pull."""
-    mirror = stack.artifact_mirror or ""
+    mirror = stack.mirror_url or ""
     return urlsplit(mirror).netloc or mirror.rstrip("/")
 
 

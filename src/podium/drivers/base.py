@@ -27,6 +27,9 @@ class LabNetwork:
     gateway: str
     # NAT to the outside for the lab subnet; off by default, the nodes reach only the lab host.
     online: bool = False
+    # The stack serves its own bundle: no package proxy on the host, and the machines' only
+    # apt source is the one role base writes (the stack's mirror).
+    mirror: bool = False
 
     def __post_init__(self) -> None:
         if not LAB_NAME.match(self.lab):

@@ -185,7 +185,7 @@ def seed_files(network: LabNetwork, spec: MachineSpec, host_keys: dict[str, str]
     files: dict[str, tuple[str, int]] = {
         "etc/hostname": (f"{spec.name}\n", 0o644),
         "etc/hosts": (hosts_file(spec), 0o644),
-        "etc/resolv.conf": (labnet.resolv_conf(), 0o644),
+        "etc/resolv.conf": (labnet.resolv_conf(network), 0o644),
         "etc/apt/sources.list": (labnet.apt_sources(network), 0o644),
         "root/.ssh/authorized_keys": (
             "".join(f"{key.strip()}\n" for key in spec.authorized_keys),

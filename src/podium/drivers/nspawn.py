@@ -332,7 +332,7 @@ def _personalise(root: Path, spec: MachineSpec, network: LabNetwork) -> None:
     resolv = etc / "resolv.conf"
     if resolv.is_symlink():
         resolv.unlink()
-    resolv.write_text(labnet.resolv_conf())
+    resolv.write_text(labnet.resolv_conf(network))
     machine_id = etc / "machine-id"
     if not machine_id.exists() or not machine_id.read_text().strip():
         machine_id.write_text(uuid.uuid4().hex + "\n")

@@ -40,6 +40,11 @@ PACKAGES: tuple[str, ...] = (
     "chrony",
 )
 
+# What debootstrap's minbase variant lays down for bookworm beyond the Priority: required
+# packages (scripts/debian-common): apt, and the empty usr-is-merged flag package. A bundle the
+# image is built from must carry them too.
+DEBOOTSTRAP_BASE: tuple[str, ...] = ("apt", "usr-is-merged")
+
 # Runs inside the new root (chroot). Host keys are removed so that no two
 # machines share them: the driver writes fresh ones into each machine, and the
 # oneshot unit below covers any machine started without them.
@@ -100,16 +105,36 @@ class ImageRecipe:
         return f"debian-{self.suite}-{self.digest()}"
 
 
-def debootstrap_command(recipe: ImageRecipe, target: Path) -> list[str]:
-    """The debootstrap command line that lays the recipe's base system into `target`."""
-    return [
-        "debootstrap",
-        f"--variant={recipe.variant}",
-        f"--include={','.join(recipe.packages)}",
-        recipe.suite,
-        str(target),
-        recipe.mirror,
-    ]
+# A recipe whose mirror starts so is built from a bundle's apt repository, named by the digest
+# of its package index: the same packages make the same image wherever the bundle sits.
+BUNDLE_MIRROR = "bundle:"
+
+
+def bundle_recipe(repository: Path) -> ImageRecipe:
+    """The lab image from a bundle's signed apt repository (its `apt/` folder), no network."""
+    from podium.bundle.manifest import file_sha256
+
+    index = repository / "dists" / "bookworm" / "main" / "binary-amd64" / "Packages"
+    if not index.is_file():
+        raise PodiumError(f"{repository} holds no apt repository (no {index}); build it with `podium bundle`")
+    return ImageRecipe(mirror=f"{BUNDLE_MIRROR}{file_sha256(index)[:16]}")
+
+
+def debootstrap_command(
+    recipe: ImageRecipe, target: Path, repository: Path | None = None, keyring: Path | None = None
+) -> list[str]:
+    """The debootstrap command line that lays the recipe's base system into `target`.
+
+    repository: for a bundle recipe, the bundle's apt folder (read as a file: mirror).
+    keyring: the bundle key as a binary keyring, which debootstrap checks Release against.
+    """
+    if recipe.mirror.startswith(BUNDLE_MIRROR):
+        if repository is None or keyring is None:
+            raise PodiumError(f"image {recipe.folder_name()} is built from a bundle; give its apt folder")
+        source = [f"--keyring={keyring}", recipe.suite, str(target), f"file://{repository.resolve()}"]
+    else:
+        source = [recipe.suite, str(target), recipe.mirror]
+    return ["debootstrap", f"--variant={recipe.variant}", f"--include={','.join(recipe.packages)}", *source]
 
 
 def image_path(cache_dir: Path = DEFAULT_CACHE_DIR, recipe: ImageRecipe | None = None) -> Path:
@@ -122,6 +147,7 @@ def build_rootfs(
     force: bool = False,
     recipe: ImageRecipe | None = None,
     console: Console | None = None,
+    repository: Path | None = None,
 ) -> Path:
     """Return the cached root filesystem of `recipe`, building it first if it is missing.
 
@@ -129,6 +155,7 @@ def build_rootfs(
     force: rebuild even if the cached image exists.
     recipe: what to build; the default is the lab's Debian 12 image.
     console: where progress goes (stderr by default).
+    repository: a bundle's apt folder, for a `bundle_recipe` (built with no network).
 
     Example: `rootfs = build_rootfs()` then boot machines on overlays of `rootfs`.
     """
@@ -155,7 +182,7 @@ def build_rootfs(
         shutil.rmtree(scratch, ignore_errors=True)
         started = time.monotonic()
         try:
-            _run_debootstrap(recipe, scratch, console)
+            _run_debootstrap(recipe, scratch, console, repository)
             _run_setup(recipe, scratch, console)
             (scratch / "etc" / "podium-image.json").write_text(
                 json.dumps(asdict(recipe), indent=2, sort_keys=True) + "\n"
@@ -189,8 +216,21 @@ def _build_lock(cache_dir: Path) -> Iterator[None]:
 build_lock = _build_lock
 
 
-def _run_debootstrap(recipe: ImageRecipe, target: Path, console: Console) -> None:
-    command = debootstrap_command(recipe, target)
+def _run_debootstrap(recipe: ImageRecipe, target: Path, console: Console, repository: Path | None) -> None:
+    keyring = None
+    if repository is not None:
+        # gpgv, which debootstrap checks Release with, reads binary keyrings only.
+        keyring = target.parent / f".keyring-{os.getpid()}.gpg"
+        armored = (repository / "podium-bundle.asc").read_bytes()
+        keyring.write_bytes(subprocess.run(["gpg", "--dearmor"], input=armored, capture_output=True, check=True).stdout)
+    try:
+        _debootstrap(debootstrap_command(recipe, target, repository, keyring), recipe, console)
+    finally:
+        if keyring is not None:
+            keyring.unlink(missing_ok=True)
+
+
+def _debootstrap(command: list[str], recipe: ImageRecipe, console: Console) -> None:
     tail: list[str] = []
     with Progress(
         SpinnerColumn(),

@@ -74,15 +74,22 @@ APT_SUITE = "bookworm"
 
 
 def apt_sources(network: LabNetwork) -> str:
-    """The nodes' apt source: the lab host's package proxy on the gateway, never the outside."""
+    """The nodes' apt source: the lab host's package proxy on the gateway, never the outside;
+    none for a stack that serves its own bundle (role base names the mirror)."""
+    if network.mirror:
+        return "# Written by Podium: packages come from the stack's mirror, which role base names here.\n"
     return (
         "# Written by Podium: packages come through the lab host (podium lab up).\n"
         f"deb http://{network.gateway}:{APT_PORT}/debian {APT_SUITE} main\n"
     )
 
 
-def resolv_conf() -> str:
-    """The host's resolver settings for the nodes; a loopback stub is useless inside a node."""
+def resolv_conf(network: LabNetwork | None = None) -> str:
+    """The host's resolver settings for the nodes; a loopback stub is useless inside a node.
+    None for an offline lab served from a bundle: its nodes resolve one another from /etc/hosts,
+    and a query to the host's resolver would be a packet leaving the lab subnet."""
+    if network is not None and network.mirror:
+        return "# Written by Podium: an offline lab has no resolver; names come from /etc/hosts.\n"
     for candidate in (Path("/etc/resolv.conf"), Path("/run/systemd/resolve/resolv.conf")):
         try:
             text = candidate.read_text()

@@ -12,6 +12,7 @@ from pathlib import Path
 from rich.console import Console
 
 from podium.drivers.base import LabNetwork, MachineDriver, MachineSpec, get_driver
+from podium.drivers.nspawn import NspawnDriver
 from podium.errors import InvalidInput, PodiumError
 from podium.inventory import write_inventory
 from podium.lab import conflicts
@@ -38,7 +39,11 @@ def lab_network(stack: Stack, online: bool = False) -> LabNetwork:
     if stack.host_network is None:
         raise InvalidInput(f"stack {stack.name}: host_network is required for a lab (subnet and gateway)")
     return LabNetwork(
-        stack.name, str(stack.host_network.subnet), str(stack.host_network.gateway), online=online
+        stack.name,
+        str(stack.host_network.subnet),
+        str(stack.host_network.gateway),
+        online=online,
+        mirror=stack.mirror_bundle is not None and not online,
     )
 
 
@@ -80,7 +85,30 @@ def stack_file(stack: Stack) -> Path:
     return stack.folder / "stack.yaml"
 
 
+def ensure_bundle(stack: Stack, console: Console) -> None:
+    """Build the stack's bundle, or bring it up to date (a current one fetches nothing)."""
+    folder = stack.bundle_folder
+    if folder is None:
+        return
+    from podium.bundle.build import build_bundle
+
+    console.print(f"bundle {folder}: building what is missing or stale")
+    build_bundle(stack, load_versions(), folder, lab_image=True)
+
+
+def _bundle_image(parts: LabParts, console: Console) -> None:
+    """Offline, nspawn machines boot an image debootstrapped from the bundle's apt repository."""
+    folder = parts.stack.bundle_folder
+    if not (parts.network.mirror and folder and isinstance(parts.driver, NspawnDriver)) or parts.driver.rootfs:
+        return
+    from podium.lab.image import build_rootfs, bundle_recipe
+
+    repository = folder / "apt"
+    parts.driver.rootfs = build_rootfs(recipe=bundle_recipe(repository), repository=repository, console=console)
+
+
 def machines_up(parts: LabParts, console: Console) -> None:
+    _bundle_image(parts, console)
     with console.status(f"starting {len(parts.specs)} {parts.driver.name} machines"):
         statuses = parts.driver.ensure(parts.network, parts.specs)
     for status in statuses:
@@ -93,7 +121,8 @@ def machines_up(parts: LabParts, console: Console) -> None:
         {spec.address: parts.driver.host_keys(parts.network, spec.name) for spec in parts.specs}
     )
     start_time_server(parts.network)
-    start_apt_proxy(parts.network)
+    if not parts.network.mirror:
+        start_apt_proxy(parts.network)
     console.print(f"[green]✓[/] machines: {', '.join(s.name for s in statuses)}")
 
 

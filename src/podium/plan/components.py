@@ -7,7 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from typing import Any
+from urllib.parse import urlsplit
 
+from podium.bundle.debs import KEY_FILE
+from podium.bundle.manifest import MANIFEST, file_sha256
 from podium.errors import InvalidInput
 from podium.monitoring.targets import EngineEndpoint, GatewayEndpoint, targets_from_components
 from podium.plan.egress import cluster_settings, egress_settings, ntp_servers
@@ -75,6 +78,7 @@ def _base_settings(stack: Stack, host: str) -> Settings:
         "openings": sorted(openings, key=lambda o: (o["port"], o["protocol"], o["what"])),
         "egress": egress_settings(stack),
         "cluster": cluster_settings(stack, host),
+        "mirror": mirror_source(stack),
     }
 
 
@@ -107,6 +111,50 @@ def _source(stack: Stack, source: str) -> str:
     if source in stack.node_names:
         return str(stack.node(source).address)
     return str(IPv4Network(source, strict=False))
+
+
+# Where the bundle's node keeps the bundle, and where every node keeps the CA apt trusts for it.
+MIRROR_ROOT = "/srv/podium-mirror"
+MIRROR_ETC = "/etc/podium/mirror"
+MIRROR_CA = "/etc/podium/mirror-ca.pem"
+
+
+def _mirror_hosts(stack: Stack) -> list[str]:
+    return [stack.mirror_node] if stack.mirror_node else []
+
+
+def _mirror_settings(stack: Stack, host: str) -> Settings:
+    """The bundle's node: what it serves, where, to whom, and which bundle (its manifest's
+    digest, so a changed bundle is shipped again and an unchanged one is kept, wherever it sits
+    on the control machine: roles find it as host data `podium_bundle`)."""
+    bundle, folder = stack.mirror_bundle, stack.bundle_folder
+    assert bundle is not None and folder is not None
+    manifest = folder / MANIFEST
+    return {
+        "port": bundle.port,
+        "address": str(stack.node(host).address),
+        "server_names": [host],
+        "bundle_digest": file_sha256(manifest),
+        "sources": _audiences(stack)["stack"],
+        "root": MIRROR_ROOT,
+        "etc": MIRROR_ETC,
+        "ca": MIRROR_CA,
+    }
+
+
+def mirror_source(stack: Stack) -> Settings | None:
+    """What every node's apt and pip take from the bundle's node; None without a bundle. The
+    manifest's digest is in it, so a new bundle reconfigures what installs from it."""
+    url, folder = stack.mirror_url, stack.bundle_folder
+    if not stack.mirror_bundle or url is None or folder is None:
+        return None
+    return {
+        "url": url,
+        "host": urlsplit(url).hostname,
+        "bundle_digest": file_sha256(folder / MANIFEST),
+        "keyring": f"/etc/apt/keyrings/{KEY_FILE}",
+        "ca": MIRROR_CA,
+    }
 
 
 def _network_hosts(stack: Stack) -> list[str]:
@@ -199,7 +247,7 @@ def _gpu_settings(stack: Stack, host: str) -> Settings:
         # The gpu component's version is its driver branch: the stack's override (or its
         # gpu.driver_branch), else the table's.
         "driver_branch": load_versions().version("gpu", stack),
-        "mirror": stack.artifact_mirror,
+        "mirror": stack.mirror_url,
     }
 
 
@@ -258,8 +306,9 @@ def _engine_component(kind: str) -> Component:
         if reg is not None:
             scheme = "https" if reg.tls else "http"
             registry = {"url": f"{scheme}://{stack.node(reg.node).address}:{reg.port}"}
-        # Nodes pull models from the registry by digest, with its CA and the pull account.
-        return {"replicas": out, "registry": registry}
+        # Nodes pull models from the registry by digest, with its CA and the pull account, and
+        # install the engine from the bundle's wheelhouse when the stack serves one.
+        return {"replicas": out, "registry": registry, "mirror": mirror_source(stack)}
 
     return Component(f"engine-{kind}", ("registry", "gpu", "storage"), hosts, settings)
 
@@ -297,7 +346,7 @@ def _monitoring_settings(stack: Stack, host: str) -> Settings:
         "stack": stack.name,
         # GPU nodes also run the DCGM exporter, fetched from the stack's artifact mirror.
         "gpu": stack.node(host).gpus > 0,
-        "artifact_mirror": stack.artifact_mirror,
+        "artifact_mirror": stack.mirror_url,
         # Only Prometheus' node needs the targets: a node exporter is not reconfigured when
         # an engine moves.
         "targets": _monitoring_targets(stack) if server else [],
@@ -382,6 +431,7 @@ def _gateway_settings(stack: Stack, host: str) -> Settings:
         "store_address": str(stack.node(gw.store_node).address) if gw.store_node else None,
         "models": models,
         "keys": [k.model_dump(mode="json") for k in gw.keys],
+        "mirror": mirror_source(stack),
         "prices": {k: v.model_dump() for k, v in gw.prices.items()},
     }
 
@@ -405,7 +455,9 @@ def _when(attr: str, hosts: Callable[[Stack], list[str]]) -> Callable[[Stack], l
 
 
 COMPONENTS: tuple[Component, ...] = (
-    Component("base", (), _all, _base_settings),
+    # First: every other node's packages, base's included, come from the bundle it serves.
+    Component("mirror", (), _mirror_hosts, _mirror_settings),
+    Component("base", ("mirror",), _all, _base_settings),
     Component("network", ("base",), _network_hosts, _network_settings),
     Component("storage", ("network",), _storage_hosts, _storage_settings),
     Component("gpu", ("base",), lambda s: [n.name for n in s.nodes if n.gpus > 0], _gpu_settings),

@@ -72,8 +72,10 @@ def _own_networks(stack: Stack) -> list[str]:
 
 
 def _mirrors(stack: Stack) -> list[Settings]:
-    """The artifact mirror, and a Grafana repository when the stack names one (a site mirror)."""
-    declared: list[tuple[str, str | None]] = [("artifact_mirror", stack.artifact_mirror)]
+    """The artifact mirror, and a Grafana repository when the stack names one (a site mirror).
+    A bundle is served by a node of the stack, inside its own networks: nothing more opens."""
+    site = None if stack.mirror_bundle else stack.mirror_url
+    declared: list[tuple[str, str | None]] = [("artifact_mirror", site)]
     if stack.monitoring and stack.monitoring.grafana_repository:
         repository = stack.monitoring.grafana_repository.strip().partition(" ")[0]
         declared.append(("monitoring.grafana_repository", repository))

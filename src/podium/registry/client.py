@@ -14,7 +14,7 @@ from urllib.parse import urljoin
 
 from podium.errors import InvalidInput, PodiumError
 from podium.registry import artifact, media
-from podium.registry.artifact import Progress
+from podium.registry.artifact import Progress, hash_file
 from podium.registry.pull import (
     check_free_space,
     fetch_blob,
@@ -168,20 +168,51 @@ class Registry:
         )
         manifest = artifact.model_manifest(name, version, model_format, config, described)
         digest = "sha256:" + artifact.sha256_hex(manifest)
-        existing = self._head_digest(ref)
-        if existing == digest:
+        if self._already_there(ref, digest):
             return digest
-        if existing is not None:
-            raise InvalidInput(
-                f"version {version!r} of model {name!r} already exists with other files "
-                f"({existing}); push under a new version, or `podium model rm {ref}` first"
-            )
         container = self.http.get_container(f"{self.address}/{ref.repository}:{version}")
         for f in described:
             self._upload_file(container, path if path.is_file() else path / f.path, f)
         self._upload_bytes(container, config)
         self._put_manifest(ref.repository, version, manifest, media.OCI_MANIFEST, digest)
         return digest
+
+    def push_layout(self, layout: Path, name: str, version: str) -> str:
+        """Push an OCI image layout (a bundle's `models/<name>/<version>/`) as
+        `models/<name>:<version>` with the exact bytes it holds; returns the manifest digest.
+
+        Every blob is checked against its name before it leaves, so a damaged bundle is refused
+        here rather than served."""
+        ref = ModelRef(check_name(name), tag=check_tag(version))
+        index = json.loads((layout / "index.json").read_text())
+        digest = str(index["manifests"][0]["digest"])
+        blobs = layout / "blobs" / "sha256"
+        raw = (blobs / digest.removeprefix("sha256:")).read_bytes()
+        if "sha256:" + artifact.sha256_hex(raw) != digest:
+            raise InvalidInput(f"{layout}: the manifest of {name}:{version} does not hash to {digest}")
+        if self._already_there(ref, digest):
+            return digest
+        manifest = json.loads(raw)
+        container = self.http.get_container(f"{self.address}/{ref.repository}:{version}")
+        for layer in [manifest["config"], *manifest["layers"]]:
+            path = blobs / layer["digest"].removeprefix("sha256:")
+            if "sha256:" + hash_file(path)[0] != layer["digest"]:
+                raise InvalidInput(f"{path}: its bytes do not hash to its name; rebuild the bundle")
+            if not self.http.blob_exists(layer, container):
+                with path.open("rb") as body:
+                    self._upload(container, _Blocks(body), layer["digest"], layer["size"], path.name)
+        self._put_manifest(ref.repository, version, raw, manifest["mediaType"], digest)
+        return digest
+
+    def _already_there(self, ref: ModelRef, digest: str) -> bool:
+        """True when the version holds exactly `digest`; refused when it holds other files."""
+        existing = self._head_digest(ref)
+        if existing is not None and existing != digest:
+            raise InvalidInput(
+                f"version {ref.tag!r} of model {ref.name!r} already exists with other files "
+                f"({existing}); push under a new version, or `podium model rm {ref}` first"
+            )
+        return existing == digest
 
     def _upload_file(self, container: Any, path: Path, f: artifact.ModelFile) -> None:
         layer = {"digest": f.digest, "size": f.size, "mediaType": f.media_type}

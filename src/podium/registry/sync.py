@@ -56,7 +56,12 @@ def _sync_model(stack: Stack, registry: Registry, index: int, model: Model, push
     digest = tags.get(model.version)
     if not push:
         return digest
-    if digest is None:
+    layout = _bundle_layout(stack, model)
+    if digest is None and layout is not None:
+        # A stack served from a bundle takes its models from the bundle's OCI layouts: the bytes
+        # that were vetted and carried in, with the digests they had where the bundle was made.
+        digest = registry.push_layout(layout, model.name, model.version)
+    elif digest is None:
         digest = registry.push(
             model_source(stack, index, model),
             model.name,
@@ -70,6 +75,12 @@ def _sync_model(stack: Stack, registry: Registry, index: int, model: Model, push
         if tags.get(alias) != digest:
             registry.tag(ModelRef(model.name, tag=model.version), alias)
     return digest
+
+
+def _bundle_layout(stack: Stack, model: Model) -> Path | None:
+    folder = stack.bundle_folder
+    layout = folder / "models" / model.name / model.version if folder else None
+    return layout if layout is not None and (layout / "index.json").is_file() else None
 
 
 def model_source(stack: Stack, index: int, model: Model) -> Path:

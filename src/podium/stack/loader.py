@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from podium.bundle.manifest import MANIFEST, MARKER
 from podium.errors import InvalidInput
 from podium.stack.model import RENAMED_KEYS, Stack
 from podium.stack.reading import StackError, read_yaml
@@ -55,7 +56,25 @@ def load_stack(stack: str | Path, components: frozenset[str] | None = None) -> S
     if problems:
         raise StackError(_format(path, lines, problems))
     result._folder = path.parent.resolve()
+    _check_bundle(result, path, lines)
     return result
+
+
+def _check_bundle(stack: Stack, path: Path, lines: _Lines) -> None:
+    """A declared bundle may be built later (`podium lab up` builds it), but a path that holds
+    something else is refused before anything ships it."""
+    folder = stack.bundle_folder
+    if folder is None or not folder.exists():
+        return
+    if folder.is_dir() and ((folder / MANIFEST).is_file() or (folder / MARKER).exists() or not any(folder.iterdir())):
+        return
+    given = stack.mirror_bundle.bundle if stack.mirror_bundle else ""
+    problem = Problem(
+        ("artifact_mirror", "bundle"),
+        given,
+        f"is {folder}, which is not a bundle folder; give the folder `podium bundle {path.parent} --out` wrote",
+    )
+    raise StackError(_format(path, lines, [problem]))
 
 
 class _Lines:

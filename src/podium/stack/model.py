@@ -12,6 +12,7 @@ from podium.stack.sections import (
     Gateway,
     Gpu,
     Kubernetes,
+    MirrorBundle,
     Model,
     Monitoring,
     Network,
@@ -34,8 +35,9 @@ RENAMED_KEYS: dict[tuple[str, ...], str] = {
 class Stack(Strict):
     name: Name
     description: Text = ""
-    # Where packages and artifacts come from when nodes have no internet.
-    artifact_mirror: Url | None = None
+    # Where packages and artifacts come from when nodes have no internet: a URL of the site's
+    # mirror, or {bundle: PATH} for a `podium bundle` folder a node of the stack serves.
+    artifact_mirror: Url | MirrorBundle | None = None
     host_network: HostNetwork | None = None
     nodes: list[Node]
     network: Network = Network()
@@ -79,3 +81,36 @@ class Stack(Strict):
     @property
     def node_names(self) -> list[str]:
         return [node.name for node in self.nodes]
+
+    @property
+    def mirror_bundle(self) -> MirrorBundle | None:
+        """The bundle the stack serves itself, when artifact_mirror is {bundle: PATH}."""
+        return self.artifact_mirror if isinstance(self.artifact_mirror, MirrorBundle) else None
+
+    @property
+    def mirror_node(self) -> str | None:
+        """The node serving the bundle: as declared, else the registry's, else the control node."""
+        bundle = self.mirror_bundle
+        if bundle is None:
+            return None
+        if bundle.node:
+            return bundle.node
+        if self.registry:
+            return self.registry.node
+        control = [n.name for n in self.nodes if n.labels.get("role") == "control"]
+        return (control or self.node_names)[0]
+
+    @property
+    def mirror_url(self) -> str | None:
+        """Where nodes fetch packages and artifacts: the declared URL, or the bundle's node."""
+        bundle = self.mirror_bundle
+        if bundle is None:
+            return self.artifact_mirror if isinstance(self.artifact_mirror, str) else None
+        node = self.node(self.mirror_node or "")
+        return f"https://{node.address}:{bundle.port}"
+
+    @property
+    def bundle_folder(self) -> Path | None:
+        """The bundle folder on the control machine, relative paths taken from the stack file."""
+        bundle = self.mirror_bundle
+        return None if bundle is None else (self.folder / Path(bundle.bundle).expanduser()).resolve()

@@ -158,4 +158,9 @@ def listeners(stack: Stack) -> list[Listener]:
                     ("gateway",),
                 )
             )
+    if stack.mirror_bundle and stack.mirror_node in stack.node_names:
+        # Last, so a clash names the mirror's port: the bundle's node serves every node's packages.
+        mirror: tuple[str | int, ...] = ("artifact_mirror", "port")
+        out.append(Listener(stack.mirror_node, stack.mirror_bundle.port, "mirror", mirror, "artifact mirror",
+                            ("stack",)))
     return out

@@ -101,6 +101,8 @@ def _admin_sources(stack: Stack) -> Iterator[Problem]:
 def _node_refs(stack: Stack) -> Iterator[Problem]:
     known = set(stack.node_names)
     refs: list[tuple[Path, str]] = []
+    if stack.mirror_bundle and stack.mirror_bundle.node:
+        refs.append((("artifact_mirror", "node"), stack.mirror_bundle.node))
     if stack.storage:
         refs += [(("storage", "nodes", i), n) for i, n in enumerate(stack.storage.nodes)]
         refs += [(("storage", "clients", i), n) for i, n in enumerate(stack.storage.clients or [])]

@@ -91,6 +91,17 @@ class Gpu(Strict):
     persistence: bool = True
 
 
+class MirrorBundle(Strict):
+    """`artifact_mirror: {bundle: PATH}`: a `podium bundle` folder that `podium up` ships to one
+    node of the stack, which serves it over TLS as every node's only package source."""
+
+    # The bundle folder, relative to the stack file (or absolute).
+    bundle: LocalPath
+    # The node that serves it; the registry's node, else the node labelled role: control.
+    node: Name | None = None
+    port: Port = 8440
+
+
 class Registry(Strict):
     node: Name
     port: Port = 5000

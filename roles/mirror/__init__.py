@@ -1,0 +1,1 @@
+"""Role mirror: the stack's bundle served over TLS by one node, every node's only package source."""

@@ -1,0 +1,112 @@
+"""Role mirror, its verbs: deploy, check, remove."""
+
+import shlex
+from io import StringIO
+
+from pyinfra import host
+from pyinfra.api import deploy as pyinfra_deploy
+from pyinfra.facts.server import Command
+from pyinfra.operations import files, server, systemd
+
+from podium.bundle.manifest import MANIFEST
+from podium.files import files_for
+from podium.pinned import node_versions
+from podium.registry.ca import ca_certificate, server_certificate
+from roles.mirror.defaults import DEFAULTS
+
+
+def _fact(command: str) -> str:
+    return str(host.get_fact(Command, command=f"{command} 2>/dev/null || true") or "").strip()
+
+
+@pyinfra_deploy("mirror: deploy", data_defaults=DEFAULTS)
+def deploy() -> None:
+    settings = host.data.podium_mirror
+    stack = host.data.podium_stack
+    rendered = files_for("mirror", host.name, settings)
+    root, etc, bundle = settings["root"], settings["etc"], host.data.podium_bundle
+
+    # The manifest names every file with its sha256: the node's copy tells whether anything
+    # changed, so an unchanged bundle costs one command. It is shipped last, so a ship cut off
+    # halfway is taken up again on the next run.
+    if _fact(f"sha256sum {root}/{MANIFEST} | cut -d' ' -f1") == settings["bundle_digest"]:
+        host.noop(f"the bundle in {root} is the one on the control machine")
+    else:
+        files.sync(
+            name=f"Ship the bundle to {root} (changed files only)",
+            src=bundle,
+            dest=root,
+            delete=True,
+            exclude=[MANIFEST, ".podium-bundle"],
+            add_deploy_dir=False,
+        )
+        files.put(name="Ship the bundle's manifest", src=f"{bundle}/{MANIFEST}",
+                  dest=f"{root}/{MANIFEST}", mode="644")
+
+    # nginx comes from the bundle itself, through a file: source only this one apt run reads:
+    # nothing else is reachable, and the node's own sources name the mirror (role base).
+    files.directory(name="Mirror folder", path=etc, mode="755")
+    files.directory(name="No other sources for the bundle's apt run", path=f"{etc}/sources.d", mode="755")
+    files.put(name="The bundle as a file: apt source", src=StringIO(rendered["bundle.list"]),
+              dest=f"{etc}/bundle.list", mode="644")
+    nginx = node_versions().pinned("mirror", ["nginx"])[0]
+    lists = host.data.mirror_apt_lists
+    options = " ".join(
+        f"-o {shlex.quote(o)}"
+        for o in (f"Dir::Etc::SourceList={etc}/bundle.list", f"Dir::Etc::SourceParts={etc}/sources.d",
+                  f"Dir::State::Lists={lists}")
+    )
+    wanted = nginx.split("=", 1)[1]
+    if _fact("dpkg-query -W -f='${Version} ${db:Status-Status}' nginx") == f"{wanted} installed":
+        host.noop(f"nginx {wanted} is installed")
+    else:
+        server.shell(
+            name=f"Install {nginx} from the bundle",
+            commands=[
+                f"mkdir -p {lists}/partial",
+                f"apt-get {options} update",
+                f"DEBIAN_FRONTEND=noninteractive apt-get {options} install -y --no-install-recommends {nginx}",
+            ],
+        )
+    files.link(name="No default nginx site", path="/etc/nginx/sites-enabled/default", present=False)
+
+    # The stack CA where every node keeps it for apt (role base writes the same file).
+    files.put(name="Stack CA for the mirror", src=str(ca_certificate(stack)), dest=settings["ca"], mode="644")
+    cert, key = server_certificate(stack, "mirror", [settings["address"]], settings["server_names"])
+    tls = [
+        files.put(name="Mirror certificate", src=str(cert), dest=f"{etc}/tls.crt", mode="644"),
+        files.put(name="Mirror key", src=str(key), dest=f"{etc}/tls.key", mode="600"),
+    ]
+    site = files.put(name="nginx serves the bundle", src=StringIO(rendered["podium-mirror.conf"]),
+                     dest=host.data.mirror_nginx_site, mode="644")
+    changed = [site.did_change] + [op.did_change for op in tls]
+    server.shell(name="Check the nginx configuration", commands=["nginx -t -q"],
+                 _if=lambda: any(c() for c in changed))
+    systemd.service(
+        name="Restart nginx after its site or certificate changed",
+        service="nginx",
+        running=True,
+        enabled=True,
+        restarted=True,
+        _if=lambda: any(c() for c in changed),
+    )
+    systemd.service(name="Run nginx", service="nginx", running=True, enabled=True)
+
+
+@pyinfra_deploy("mirror: check", data_defaults=DEFAULTS)
+def check() -> None:
+    settings = host.data.podium_mirror
+    url = f"https://{settings['address']}:{settings['port']}/apt/dists/bookworm/InRelease"
+    server.shell(
+        name="nginx serves the bundle's signed apt index",
+        commands=["systemctl is-active nginx", f"curl -fsS -o /dev/null --cacert {settings['ca']} {url}"],
+    )
+
+
+@pyinfra_deploy("mirror: remove", data_defaults=DEFAULTS)
+def remove() -> None:
+    """Stop serving the bundle; nginx stays, other roles (the registry) may use it."""
+    files.file(name="Remove the mirror's nginx site", path=host.data.mirror_nginx_site, present=False)
+    systemd.service(name="Reload nginx", service="nginx", reloaded=True)
+    files.directory(name="Remove the mirror's TLS files", path=host.data.mirror_etc, present=False)
+    files.directory(name="Remove the bundle", path=host.data.mirror_root, present=False)
