@@ -128,8 +128,8 @@ class Gateways:
         sick = {(a["gateway"], a["replica"]) for a in answers if not a["healthy"]}
         while sick and time.monotonic() < deadline:
             time.sleep(0.5)
-            sick = {(g, url) for g, url in sick
-                    if not any(r["replica"] == url and r["healthy"] for r in self.apis[g].replicas())}
+            sick = {(g, url) for g, url in sick if g in self.apis
+                    and not any(r["replica"] == url and r["healthy"] for r in self.apis[g].replicas())}
         return [f"{rep.name} (from gateway {g})" for g, url in sorted(sick)
                 for rep in replicas if rep.url == url]
 
