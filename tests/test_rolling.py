@@ -6,7 +6,7 @@ import yaml
 
 from podium.plan.actions import Action, ActionKind
 from podium.render import REPO
-from podium.rolling import HostReplica, host_replicas, rolls
+from podium.rolling import HostReplica, _stopped, host_replicas, rolls
 from podium.services.gateway.config import GatewayConfig
 from podium.stack import load_stack
 
@@ -54,3 +54,14 @@ def test_the_control_listener_is_opened_to_the_admin_sources_only_and_bounds_the
     assert config.shutdown_grace_s == stack.gateway.drain_timeout_s == 30
     # systemd waits past the gateway's own bound before it kills it.
     assert "TimeoutStopSec=45\n" in rendered["podium-gateway.service"]
+
+
+def test_a_stopped_roll_names_the_replica_its_address_and_the_rollback() -> None:
+    stack = load_stack(REPO / "tests" / "stacks" / "labroll")
+    reps = host_replicas(stack, "engine-llamacpp", "node1")
+    message = _stopped(stack, "engine-llamacpp", "tiny-llama-cpp/0 on node1", reps,
+                       "llama-server: error: invalid argument: --no-such-flag.")
+    assert message.startswith("engine-llamacpp: tiny-llama-cpp/0 on node1 (http://10.77.13.11:8080,"
+                              " left drained) did not pass readiness: llama-server: error: invalid"
+                              " argument: --no-such-flag. The rolling change stopped there;"), message
+    assert "`podium rollback labroll`" in message

@@ -242,7 +242,7 @@ def _add(total: ComponentRun, run: ComponentRun) -> None:
 def _stopped(stack: Stack, component: str, what: str, reps: Sequence[HostReplica], why: str) -> str:
     urls = f" ({', '.join(r.url for r in reps)}, left drained)" if reps else ""
     return (
-        f"{component}: {what}{urls} did not pass readiness: {why}. The rolling change stopped there;"
-        f" the hosts after it still serve the previous release. Roll back with"
+        f"{component}: {what}{urls} did not pass readiness: {why.rstrip('. ')}. The rolling change"
+        " stopped there; the hosts after it still serve the previous release. Roll back with"
         f" `podium rollback {stack.name}`, or fix the stack and run `podium up` again"
     )
