@@ -39,3 +39,11 @@ def test_full_replicas_are_skipped_and_all_full_means_none() -> None:
     stats = {A: ReplicaStats(True, 2), B: ReplicaStats(True, 1), C: ReplicaStats(True, 2)}
     assert pick(stats, cap=2) == B
     assert pick({url: ReplicaStats(True, 2) for url in (A, B, C)}, cap=2) is None
+
+
+def test_drained_replicas_take_nothing_new_not_even_a_retry() -> None:
+    stats = {A: ReplicaStats(True, 0, drained=True), B: ReplicaStats(True, 9),
+             C: ReplicaStats(True, 5, drained=True)}
+    assert pick(stats) == B
+    assert pick(stats, tried=frozenset({B})) == B
+    assert pick({url: ReplicaStats(True, 0, drained=True) for url in (A, B, C)}) is None

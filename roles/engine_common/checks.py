@@ -17,6 +17,26 @@ def base_url(replica):
     return f"http://127.0.0.1:{replica['port']}"
 
 
+def ready_paths(kind, replica):
+    """What says a replica is ready to serve: the engine's health path, and for MLServer its model."""
+    paths = [engine_files.HEALTH_PATH[kind]]
+    if kind == "predictive":
+        paths.append(f"/v2/models/{replica['model']}/ready")
+    return paths
+
+
+def ready(host, kind, replica):
+    """The replica answers every readiness path on its node, each with 200 and no status but "ok":
+    what `podium verify` checks, and what a rolling change waits for before the next replica."""
+    for path in ready_paths(kind, replica):
+        body = get(host, f"{base_url(replica)}{path}")
+        try:
+            status = json.loads(body).get("status", "ok")
+        except (ValueError, AttributeError):
+            status = "ok"  # vLLM's /health is an empty 200
+        assert status == "ok", f"{which(replica)}: {path} answered {body.strip()[:200]}"
+
+
 def which(replica):
     return f"{replica['engine']} replica {replica['replica']}"
 

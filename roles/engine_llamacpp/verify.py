@@ -2,7 +2,6 @@
 its served model name, completes a prompt with tokens and exposes /metrics, all asked on the
 node itself."""
 
-import json
 import shlex
 
 from podium import engine_files
@@ -16,8 +15,7 @@ def test_010_units_run_quiet(host, settings):
 
 def test_020_health(host, settings):
     for replica in settings["replicas"]:
-        body = json.loads(checks.get(host, f"{checks.base_url(replica)}/health"))
-        assert body.get("status") == "ok", f"{checks.which(replica)}: {body}"
+        checks.ready(host, "llamacpp", replica)
 
 
 def test_030_models_list_the_served_name(host, settings):

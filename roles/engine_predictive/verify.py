@@ -37,9 +37,7 @@ def test_010_units_run_quiet(host, settings):
 
 def test_020_server_and_model_ready(host, settings):
     for replica in settings["replicas"]:
-        base = f"http://127.0.0.1:{replica['port']}"
-        _get(host, f"{base}/v2/health/ready")
-        _get(host, f"{base}/v2/models/{replica['model']}/ready")
+        checks.ready(host, "predictive", replica)
 
 
 def test_030_parallel_workers_off(host, settings):

@@ -11,7 +11,7 @@ def test_010_units_run_with_telemetry_off(host, settings):
 
 def test_020_health_and_served_name(host, settings):
     for replica in settings["replicas"]:
-        checks.get(host, f"{checks.base_url(replica)}/health")
+        checks.ready(host, "vllm", replica)
         checks.serves_its_name(host, replica)
 
 

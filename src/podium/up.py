@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from rich.console import Console
 
+from podium import rolling
 from podium.drivers.pyinfra_runner import read_states, run_component
 from podium.errors import InvalidInput, PodiumError
 from podium.inventory import HostEntry, connection, host_entries
@@ -146,8 +147,12 @@ def up(
 
         hosts: list[HostEntry] = [(h, entries[h]) for h in by_host]
         label = ", ".join(f"{a.host} ({a.action})" for a in todo)
-        with console.status(f"{component.name}: {label}"):
-            run = run_component(hosts, component.name, "deploy", dry_run=dry_run, record=record)
+        if rolling.rolls(component.name, todo, dry_run):
+            # Engines and gateways change one host at a time, drained, each ready before the next.
+            run = rolling.roll(stack, component.name, todo, entries, record, states, console)
+        else:
+            with console.status(f"{component.name}: {label}"):
+                run = run_component(hosts, component.name, "deploy", dry_run=dry_run, record=record)
         _report(console, run.component, run.changes, run.failed, dry_run)
         result.changes += run.changes
         result.ran.append(component.name)

@@ -423,6 +423,8 @@ def _gateway_settings(stack: Stack, host: str) -> Settings:
     return {
         "port": gw.port,
         "metrics_port": gw.scrape_port,
+        "admin_port": gw.control_port,
+        "drain_timeout_s": gw.drain_timeout_s,
         "max_connections": gw.max_connections,
         "write_timeout_s": gw.write_timeout_s,
         "tls": gw.tls,

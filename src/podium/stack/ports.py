@@ -147,6 +147,13 @@ def listeners(stack: Stack) -> list[Listener]:
                     ("monitoring",),
                 )
             )
+            # Replica drains: the control machine only, never the API's clients.
+            out.append(
+                Listener(
+                    node_name, gw.control_port, "gateway", ("gateway", "admin_port"), "gateway control",
+                    ("admin",),
+                )
+            )
         if gw.store == "postgresql" and gw.store_node:
             out.append(
                 Listener(

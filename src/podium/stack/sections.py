@@ -172,6 +172,10 @@ class Gateway(Strict):
     port: Port = 8443
     # Prometheus scrapes /metrics here, and only the monitoring node may connect; default port + 1.
     metrics_port: Port | None = None
+    # The control machine drains engine replicas here (admin token; admin sources only); default port + 2.
+    admin_port: Port | None = None
+    # How long a replica being changed, or a gateway being stopped, has to finish its requests.
+    drain_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
     # Connections open at once per gateway node; more are answered 503 and closed.
     max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 4096
     # How long an answer waits on a client that stopped reading before it is cut off.
@@ -188,6 +192,11 @@ class Gateway(Strict):
     def scrape_port(self) -> int:
         """The gateway's metrics listener."""
         return self.metrics_port if self.metrics_port is not None else self.port + 1
+
+    @property
+    def control_port(self) -> int:
+        """The gateway's control listener (replica drains)."""
+        return self.admin_port if self.admin_port is not None else self.port + 2
 
 
 class Kubernetes(Strict):

@@ -126,3 +126,24 @@ class StoreAdmin:
 
     def usage(self, since: float | None, until: float | None, by: list[str]) -> list[UsageLine]:
         return self.store.run_sync(report_op(since, until, by))
+
+
+class ReplicaAdmin(AdminApi):
+    """A gateway's control listener (`admin_listen`): drain and undrain engine replicas.
+
+    Example: ReplicaAdmin("https://10.77.0.10:8445", token, ca_file=ca).drain(url, wait_s=60)
+    """
+
+    def replicas(self) -> list[dict[str, Any]]:
+        data: list[dict[str, Any]] = self._call("GET", "/admin/v1/replicas")["data"]
+        return data
+
+    def drain(self, replica: str, wait_s: float = 0.0, hold_s: float = 1800.0) -> dict[str, Any]:
+        """Drain `replica`; returns once its requests finished or `wait_s` passed (see in_flight)."""
+        result: dict[str, Any] = self._call(
+            "POST", "/admin/v1/replicas/drain", {"replica": replica, "wait_s": wait_s, "hold_s": hold_s})
+        return result
+
+    def undrain(self, replica: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", "/admin/v1/replicas/undrain", {"replica": replica})
+        return result

@@ -147,6 +147,11 @@ class GatewayConfig(_Strict):
     listen: Listen = Field(default_factory=Listen)
     # /metrics only, for Prometheus; default: listen's host, the port after listen's.
     metrics_listen: Listen | None = None
+    # The control machine's replica admin (drain, undrain), behind the admin token; the
+    # firewall opens it to the admin sources only. None: not served.
+    admin_listen: Listen | None = None
+    # On SIGTERM, how long requests in flight (streams included) have to finish before exit.
+    shutdown_grace_s: float = Field(default=30.0, gt=0, le=3600)
     connections: Connections = Field(default_factory=Connections)
     tls: Tls | None = None
     store: str = "sqlite:///podium-gateway.db"
@@ -183,6 +188,11 @@ class GatewayConfig(_Strict):
     def _metrics_port(self) -> GatewayConfig:
         if self.metrics_address()[1] > 65535:
             raise ValueError("listen.port is 65535, so metrics_listen.port must be set")
+        admin = self.admin_listen
+        if admin is not None and admin.port in (self.listen.port, self.metrics_address()[1]):
+            raise ValueError(
+                f"admin_listen.port {admin.port} is the API's or the metrics listener's port;"
+                " choose another")
         return self
 
     def metrics_address(self) -> tuple[str, int]:

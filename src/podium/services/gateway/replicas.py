@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 
 import aiohttp
@@ -25,6 +26,14 @@ class EngineReplica:
     healthy: bool = True
     failures: int = 0
     outstanding: int = 0
+    # Until when (monotonic clock) the control machine holds the replica drained while it
+    # changes it (see draining.py); a drain ends by itself, so a change that never finished
+    # (its `podium up` killed) cannot keep a replica out for ever.
+    drained_until: float = 0.0
+
+    @property
+    def drained(self) -> bool:
+        return time.monotonic() < self.drained_until
 
 
 class ReplicaSet:
@@ -44,7 +53,8 @@ class ReplicaSet:
 
     def pick(self, seq: int, tried: frozenset[str]) -> EngineReplica | None:
         stats = {
-            url: ReplicaStats(r.healthy, r.outstanding) for url, r in self.replicas.items()
+            url: ReplicaStats(r.healthy, r.outstanding, r.drained)
+            for url, r in self.replicas.items()
         }
         request = RouteRequest(seq, self.config.max_outstanding_per_replica, tried)
         url = choose_replica(self._urls, stats, request)
@@ -83,23 +93,24 @@ class ReplicaSet:
 
     async def probe(self, session: aiohttp.ClientSession) -> None:
         """One active check of every replica, ejected ones included (that is how they return)."""
+        await asyncio.gather(*(self.probe_one(session, r) for r in self.replicas.values()))
+
+    async def probe_one(self, session: aiohttp.ClientSession, replica: EngineReplica) -> bool:
+        """One active check of one replica; True when it answered its health path with 200."""
         path = self.config.probe_path()
-
-        async def one(replica: EngineReplica) -> None:
-            try:
-                async with session.get(replica.url + path) as resp:
-                    await resp.read()
-                    ok = resp.status == 200
-                    why = f"HTTP {resp.status} from {path}"
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                ok, why = False, f"{type(exc).__name__} on {path}"
-            if ok:
-                replica.failures = 0
-                self._set(replica, True)
-            else:
-                self.failed(replica, why, probe=True)
-
-        await asyncio.gather(*(one(r) for r in self.replicas.values()))
+        try:
+            async with session.get(replica.url + path) as resp:
+                await resp.read()
+                ok = resp.status == 200
+                why = f"HTTP {resp.status} from {path}"
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            ok, why = False, f"{type(exc).__name__} on {path}"
+        if ok:
+            replica.failures = 0
+            self._set(replica, True)
+        else:
+            self.failed(replica, why, probe=True)
+        return ok
 
 
 class HealthChecker:

@@ -12,6 +12,9 @@ class ReplicaStats:
 
     healthy: bool
     outstanding: int
+    # Drained by the control machine before the replica is changed: it finishes what it holds
+    # and takes nothing new, retries included.
+    drained: bool = False
 
 
 @dataclass(frozen=True)
@@ -27,9 +30,9 @@ class RouteRequest:
 def choose_replica(
     replicas: Sequence[str], stats: Mapping[str, ReplicaStats], request: RouteRequest
 ) -> str | None:
-    """Least outstanding requests among healthy replicas with room, preferring untried ones.
+    """Least outstanding requests among healthy, undrained replicas with room, preferring untried ones.
 
-    Returns None when no healthy replica has room. A replica already tried is chosen again
+    Returns None when no healthy, undrained replica has room. A replica already tried is chosen again
     only when it is the sole healthy one (a retry after a dropped keep-alive connection).
 
     Example:
@@ -42,6 +45,7 @@ def choose_replica(
         for url in replicas
         if (st := stats.get(url)) is not None
         and st.healthy
+        and not st.drained
         and st.outstanding < request.max_outstanding
     ]
     fresh = [url for url in candidates if url not in request.tried]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import socket
 import time
 from asyncio import TimerHandle
@@ -66,7 +67,7 @@ class BoundedHttp(HttpToolsProtocol):
     """
 
     bounds: Connections = Connections()
-    # Connections on these ports (the metrics listener) do not count against the cap.
+    # Connections on these ports (the metrics and control listeners) do not count against the cap.
     uncapped_ports: frozenset[int] = frozenset()
     # Connections open now that count against the cap (one gateway per subclass).
     open_counted = 0
@@ -202,23 +203,23 @@ class BoundedHttp(HttpToolsProtocol):
 
 def protocol_for(config: GatewayConfig) -> type[BoundedHttp]:
     """A BoundedHttp subclass carrying this gateway's bounds."""
-    uncapped = frozenset({config.metrics_address()[1]})
+    uncapped = frozenset({config.metrics_address()[1]}
+                         | ({config.admin_listen.port} if config.admin_listen else set()))
     return type("GatewayHttp", (BoundedHttp,),
                 {"bounds": config.connections, "uncapped_ports": uncapped})
 
 
 class Listeners:
-    """One ASGI app per listener: requests to the metrics port go to `metrics`, the rest to `api`."""
+    """One ASGI app per listener: requests to the ports in `others` (metrics, control) go to
+    their app, the rest to `api`."""
 
-    def __init__(self, api: ASGIApp, metrics: ASGIApp, metrics_port: int) -> None:
-        self.api, self.metrics, self.metrics_port = api, metrics, metrics_port
+    def __init__(self, api: ASGIApp, others: dict[int, ASGIApp]) -> None:
+        self.api, self.others = api, others
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         server = scope.get("server")
-        if scope["type"] == "http" and server is not None and server[1] == self.metrics_port:
-            await self.metrics(scope, receive, send)
-        else:
-            await self.api(scope, receive, send)
+        app = self.others.get(server[1]) if scope["type"] == "http" and server is not None else None
+        await (app or self.api)(scope, receive, send)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -246,16 +247,22 @@ def run(config: GatewayConfig, log_level: str) -> None:
     import uvicorn
 
     from podium.services.gateway.app import create_apps
+    from podium.services.gateway.draining import control_app
 
     api, metrics = create_apps(config)
     metrics_host, metrics_port = config.metrics_address()
     sockets = [bind(config.listen.host, config.listen.port), bind(metrics_host, metrics_port)]
+    others: dict[int, ASGIApp] = {metrics_port: metrics}
+    if config.admin_listen is not None:
+        # The control machine's own listener: drains never share a port with the API.
+        sockets.append(bind(config.admin_listen.host, config.admin_listen.port))
+        others[config.admin_listen.port] = control_app(api.state.gateway)
     tls = {}
     if config.tls is not None:
-        # The metrics listener is TLS too: scrapes carry the same stack CA as API calls.
+        # The metrics and control listeners are TLS too, with the same stack CA as API calls.
         tls = {"ssl_certfile": str(config.tls.cert), "ssl_keyfile": str(config.tls.key)}
     settings = uvicorn.Config(
-        Listeners(api, metrics, metrics_port),
+        Listeners(api, others),
         loop="uvloop",
         http=protocol_for(config),
         log_level=log_level,
@@ -266,7 +273,8 @@ def run(config: GatewayConfig, log_level: str) -> None:
         proxy_headers=False,
         server_header=False,
         timeout_keep_alive=config.connections.keep_alive_s,
-        timeout_graceful_shutdown=30,
+        # SIGTERM: the sockets close, requests in flight (streams too) finish, up to this bound.
+        timeout_graceful_shutdown=math.ceil(config.shutdown_grace_s),
         **tls,  # type: ignore[arg-type]
     )
     uvicorn.Server(settings).run(sockets=sockets)
