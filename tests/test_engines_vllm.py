@@ -8,6 +8,8 @@ from typing import Any
 
 import httpx
 import pytest
+import testinfra
+from roles.engine_vllm import verify
 
 from tests.fixtures_engines import (
     EngineServer,
@@ -111,3 +113,16 @@ def test_usage_equals_the_engines_own_counters(vllm_server: EngineServer) -> Non
                       "inter_token_latency_seconds"):
         moved = after[f"{histogram}_count"] - before.get(f"{histogram}_count", 0)
         assert moved > 0, f"vllm:{histogram} did not move"
+
+
+def test_the_roles_checks_pass_on_the_real_server(vllm_server: EngineServer) -> None:
+    port = int(vllm_server.url.rsplit(":", 1)[1])
+    replica = {"engine": "t", "replica": 0, "model": vllm_server.model, "port": port,
+               "device": "cpu", "gpus": 0}
+    host, settings = testinfra.get_host("local://"), {"replicas": [replica]}
+    verify.test_020_health_and_served_name(host, settings)
+    verify.test_030_completion_returns_tokens(host, settings)
+    verify.test_040_metrics_count_a_completions_tokens(host, settings)
+    # A replica that served another name fails the check, naming what it serves.
+    with pytest.raises(AssertionError, match="serves"):
+        verify.test_020_health_and_served_name(host, {"replicas": [{**replica, "model": "x"}]})
