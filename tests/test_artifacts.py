@@ -79,6 +79,28 @@ def test_wheelhouse_downloads_once_for_concurrent_callers(tmp_path: Path) -> Non
     assert other != folders[0]
 
 
+def test_wheelhouse_leaves_out_what_it_is_told_and_keys_the_folder_by_it(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    kept = make_wheel(tmp_path / "src")
+    dropped = make_wheel(tmp_path / "src", name="cuda_only")
+    cache = tmp_path / "houses"
+    whole = wheelhouse("probe", [str(kept), str(dropped)], cache)
+    lean = wheelhouse("probe", [str(kept), str(dropped)], cache, leave_out=("cuda-only",))
+    assert lean != whole and (whole / dropped.name).is_file()
+    assert sorted(p.name for p in lean.glob("*.whl")) == [kept.name]
+    assert artifacts.wheelhouse_cached("probe", [str(kept), str(dropped)], cache,
+                                       leave_out=("cuda-only",))
+
+
+def test_a_cpu_torch_that_cannot_be_found_names_the_index_to_use(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Offline and with nothing to find: pip fails at once, without leaving this machine.
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+    with pytest.raises(PodiumError, match=r"PIP_EXTRA_INDEX_URL .*download\.pytorch\.org/whl/cpu"):
+        wheelhouse("torch-cpu", ["torch==2.13.0+cpu"], tmp_path / "houses")
+
+
 @pytest.mark.parametrize("name, requirements", [("bad name", ["x"]), ("ok", [])])
 def test_wheelhouse_rejects_bad_input(name: str, requirements: list[str], tmp_path: Path
                                       ) -> None:

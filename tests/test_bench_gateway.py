@@ -13,6 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures_engines import vllm_cpu_python
+
+__all__ = ["vllm_cpu_python"]
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -40,3 +44,23 @@ def test_the_gateway_benchmark_runs_small_without_a_single_error(
     report = run.stdout
     assert "gateway targets" in report
     assert "p50 added at 16 concurrent" in report and "streamed tok/s" in report
+
+
+@pytest.mark.engines
+def test_the_gateway_benchmark_runs_on_vllm(vllm_cpu_python: Path, tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gateway.py"), "--engine", "vllm",
+         "--skip", "litellm,nginx", "--concurrency", "1,4", "--requests", "16", "--rounds", "1",
+         "--streams", "2", "--stream-tokens", "16", "--max-seconds", "8", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["engine"] == "vllm"
+    for name in ("direct", "podium"):
+        for c in ("1", "4"):
+            cell = figures[name]["plain"][c]
+            assert cell["errors"] == 0 and cell["n"] >= 4, (name, c, cell)
+        assert figures[name]["stream"]["tok_s"] > 0
+    assert "engine: vllm" in run.stdout

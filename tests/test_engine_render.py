@@ -159,9 +159,28 @@ def test_vllm_units_split_the_gpus_and_keep_telemetry_off(tmp_path: Path) -> Non
 
 def test_vllm_on_cpu_runs_the_cpu_build_without_gpus(tmp_path: Path) -> None:
     unit = _rendered(tmp_path)[("engine-vllm", "cpu1")][f"{UNITS}/podium-vllm-hf-vllm-cpu-0.service"]
-    assert _exec(unit)[0] == "/opt/podium/vllm-cpu/bin/vllm"
-    assert "--tensor-parallel-size" not in _exec(unit)
-    assert _env(unit)["CUDA_VISIBLE_DEVICES"] == ""
+    argv = _exec(unit)
+    # vllm-cpu is not the distribution the `vllm` command looks up: the server module runs.
+    assert argv[:3] == ["/opt/podium/vllm-cpu/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
+    assert _flag(argv, "--model") == f"/var/lib/podium/models/{DIGESTS['small-hf:1']}"
+    assert "--tensor-parallel-size" not in argv
+    assert "--enforce-eager" in argv and _flag(argv, "--max-model-len") == "1024"
+    env = _env(unit)
+    assert env["CUDA_VISIBLE_DEVICES"] == ""
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    state = "/var/lib/podium/engines/hf-vllm-cpu-0"
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "VLLM_CACHE_ROOT", "TMPDIR"):
+        assert env[name].startswith(state + "/"), f"{name}={env[name]} is outside {state}"
+    assert "StateDirectory=podium/engines/hf-vllm-cpu-0/tmp" in unit
+
+
+def test_vllm_on_cpu_may_ask_for_torch_compile(tmp_path: Path) -> None:
+    data = json.loads(json.dumps(STACK))
+    engine = next(e for e in data["engines"] if e["name"] == "hf-vllm-cpu")
+    engine["args"]["enforce-eager"] = False
+    unit = _rendered(tmp_path, data)[("engine-vllm", "cpu1")][
+        f"{UNITS}/podium-vllm-hf-vllm-cpu-0.service"]
+    assert "--enforce-eager" not in _exec(unit)
 
 
 def test_sglang_unit(tmp_path: Path) -> None:

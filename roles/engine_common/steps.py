@@ -155,18 +155,23 @@ def ship_wheelhouse(folder: Path) -> str:
     return dest
 
 
-def venv_from_wheelhouse(venv: str, wheelhouse: str, requirements: Sequence[str], what: str) -> None:
-    """A venv installed offline from the node's copy of a wheelhouse; rebuilt when the pins change."""
+def venv_from_wheelhouse(venv: str, wheelhouse: str, requirements: Sequence[str], what: str,
+                         every_wheel: bool = False) -> None:
+    """A venv installed offline from the node's copy of a wheelhouse; rebuilt when the pins change.
+
+    `every_wheel` installs the folder's wheels as they are, unresolved: for a wheelhouse that
+    left out distributions its requirements declare (see podium.artifacts.wheelhouse)."""
     mark = f"{wheelhouse.rsplit('/', 1)[-1]} {' '.join(sorted(requirements))}"
     if _ready_mark(venv) == mark:
         return
+    install = (f"--no-deps {wheelhouse}/*.whl" if every_wheel else
+               f"--find-links {wheelhouse} {' '.join(shlex.quote(r) for r in requirements)}")
     server.shell(
         name=f"Install {what} into {venv} (offline)",
         commands=[
             f"rm -rf {venv}",
             f"python3 -m venv {venv}",
-            f"{venv}/bin/pip install --quiet --disable-pip-version-check --no-index "
-            f"--find-links {wheelhouse} {' '.join(shlex.quote(r) for r in requirements)}",
+            f"{venv}/bin/pip install --quiet --disable-pip-version-check --no-index {install}",
             f"echo {shlex.quote(mark)} > {venv}/{READY_MARK}",
         ],
     )

