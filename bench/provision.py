@@ -132,6 +132,7 @@ def main() -> None:
             with tempfile.TemporaryDirectory(dir="/var/tmp") as cache:
                 timed("image build, cold", lambda: build_rootfs(Path(cache), console=quiet), figures)
         timed("image build, cached", lambda: build_rootfs(console=quiet), figures)
+        lab.reserve_network(stack)
         parts = lab.lab_parts(stack, args.machines)
         try:
             timed("machines up to SSH", lambda: lab.machines_up(parts, quiet), figures)

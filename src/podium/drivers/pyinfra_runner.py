@@ -101,6 +101,14 @@ def _reuse(state: State) -> None:
             host.connected = True
 
 
+def _forget(state: State) -> None:
+    for host in state.inventory:
+        client = (_kept or {}).pop(_connection_key(host), None)
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+
+
 def _keep(state: State) -> None:
     for host in state.inventory.get_active_hosts():
         client = getattr(host.connector, "client", None)
@@ -202,6 +210,9 @@ def run_component(
             run_ops(state)
         _lap(result, "execute", clock)
         result.changes += _did_change(state)
+        if component == "network" and result.changes:
+            # Links were reapplied under the hosts' SSH connections: later runs connect afresh.
+            _forget(state)
         for host in state.inventory:
             if host.name in result.failed:
                 continue
