@@ -98,7 +98,9 @@ def test_status_without_release_records_shows_recorded_versions(
     assert not [line for line in lines if len(line) > 80]
     table = lines[next(i for i, line in enumerate(lines) if line.startswith("Releases and drift")):]
     assert not [line for line in table if "│ release " in line], "\n".join(table)
-    assert any("ctrl" in line and "base" in line and "1.0.0" in line for line in table), "\n".join(table)
+    first = next(n for n in nodes if n.host == "ctrl").components[0]
+    assert any(f"│ ctrl  │ {first.component} " in line and first.recorded in line for line in table), (
+        "\n".join(table))
 
 
 @pytest.mark.parametrize("text", ["", "not json", "{}", '{"number": "7"}', '{"number": true}', "[1]"])
