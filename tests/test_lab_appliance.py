@@ -10,6 +10,7 @@ up offline from its own bundle (built from ~/.cache/podium's caches), and a capt
 nothing from its nodes leaves the lab subnet."""
 
 import json
+import os
 import ssl
 import subprocess
 import sys
@@ -247,6 +248,30 @@ def test_second_up_changes_nothing(lab):
     result = podium("up", lab["stack"])
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("changes: 0")
+
+
+def test_reapply_runs_every_role_and_changes_nothing(lab):
+    """Convergence is honest: every role runs again on the unchanged appliance and none reports a
+    change (checks are facts, not commands that count as changes)."""
+    result = podium("up", lab["stack"], "--reapply")
+    assert result.returncode == 0, result.stderr[-3000:]
+    ran = [x.split(":")[0].split()[-1] for x in result.stderr.splitlines() if ": changed " in x]
+    assert set(ran) >= {"base", "network", "storage", "registry", "engine-llamacpp", "engine-predictive",
+                        "monitoring", "gateway"}, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("changes: 0"), result.stderr[-3000:]
+
+
+def test_status_reads_at_80_columns(lab):
+    """podium status: one line per node and component with its recorded version, none wider than
+    80 columns, read from the real nodes."""
+    result = subprocess.run([sys.executable, "-m", "podium", "status", lab["stack"]], capture_output=True,
+                            text=True, timeout=120, cwd=REPO, env={**os.environ, "COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert not [x for x in lines if len(x) > 80], result.stdout
+    assert all(any(f"│ {node} " in x for x in lines) for node in ("ctrl", "node1", "node2")), result.stdout
+    for component in ("gateway", "engine-llamacpp", "engine-predictive", "registry"):
+        assert any(component in x and "same" in x for x in lines), result.stdout
 
 
 def test_inventory_runs_with_plain_pyinfra(lab):

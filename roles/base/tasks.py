@@ -11,6 +11,7 @@ from pyinfra.operations.util import any_changed
 from podium.files import files_for
 from podium.pinned import node_versions
 from podium.registry.ca import ca_certificate
+from roles import checks
 from roles.base.defaults import APT_TIMERS, DEFAULTS
 from roles.base.mirror_sources import only_the_mirror
 
@@ -184,9 +185,10 @@ def deploy() -> None:
 
 @pyinfra_deploy("base: check")
 def check() -> None:
-    server.shell(
+    checks.passes(
         name="Firewall, time sync and sshd are running",
         commands=["systemctl is-active nftables chrony ssh", "nft list table inet podium >/dev/null"],
+        proves="nftables, chrony and ssh active, Podium's firewall table loaded",
     )
 
 

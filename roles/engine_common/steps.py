@@ -24,6 +24,7 @@ from podium.bundle.wheels import locks_mark, pip_from_mirror
 from podium.files import files_for
 from podium.pinned import node_versions
 from podium.services import model_pull
+from roles import checks, folders
 
 PULL_TOOL = "/usr/local/sbin/podium-model-pull"
 REGISTRY_DIR = "/etc/podium/registry"
@@ -32,6 +33,7 @@ AUTH_FILE = f"{REGISTRY_DIR}/pull.auth"
 WHEELS_DIR = "/opt/podium/wheels"
 WHEELHOUSES_DIR = "/opt/podium/wheelhouses"
 READY_MARK = ".podium-ready"
+ENGINE_HOME = "/var/lib/podium/engines"
 # Podium's MLServer runtime and the two import-free package files it needs, shipped as-is.
 RUNTIME_FILES = {
     "podium/__init__.py": Path(podium.__file__),
@@ -96,8 +98,11 @@ def base_packages(component: str, extra: Sequence[str] = ()) -> None:
         group=engine_files.ENGINE_USER,
         system=True,
         shell="/usr/sbin/nologin",
-        home="/var/lib/podium/engines",
+        home=ENGINE_HOME,
         create_home=False,
+        _if=lambda: not checks.user_as_declared(
+            engine_files.ENGINE_USER, engine_files.ENGINE_USER, ENGINE_HOME, "/usr/sbin/nologin"
+        ),
     )
 
 
@@ -151,7 +156,7 @@ def pull_models(settings: Mapping[str, Any], link_weights: bool) -> None:
 def ship_wheelhouse(folder: Path) -> str:
     """Copy a wheelhouse built on the control machine to the node; returns its path there."""
     dest = f"{WHEELHOUSES_DIR}/{folder.name}"
-    files.sync(name=f"Wheelhouse {folder.name}", src=str(folder), dest=dest, add_deploy_dir=False)
+    folders.shipped(name=f"Wheelhouse {folder.name}", src=str(folder), dest=dest)
     return dest
 
 

@@ -2,10 +2,10 @@
 
 from pyinfra import host
 from pyinfra.api import deploy as pyinfra_deploy
-from pyinfra.operations import server
 
 from podium import engine_files
 from podium.artifacts import llamacpp_wheel
+from roles import checks
 from roles.engine_common import steps
 from roles.engine_llamacpp.defaults import DEFAULTS
 
@@ -41,10 +41,11 @@ def deploy() -> None:
 @pyinfra_deploy("engine-llamacpp: check", data_defaults=DEFAULTS)
 def check() -> None:
     settings = host.data.podium_engine_llamacpp
-    server.shell(
+    checks.passes(
         name="Every llama-server replica answers /health",
         commands=[f"curl -fsS -o /dev/null --max-time 5 http://127.0.0.1:{r['port']}/health"
-                  for r in settings["replicas"]] or ["true"],
+                  for r in settings["replicas"]],
+        proves="every replica answers /health",
     )
 
 

@@ -7,6 +7,7 @@ from pyinfra.operations import server
 from podium import engine_files
 from podium.artifacts import wheelhouse
 from podium.pinned import node_versions
+from roles import checks
 from roles.engine_common import steps
 from roles.engine_predictive.defaults import DEFAULTS
 
@@ -45,10 +46,11 @@ def deploy() -> None:
 @pyinfra_deploy("engine-predictive: check", data_defaults=DEFAULTS)
 def check() -> None:
     settings = host.data.podium_engine_predictive
-    server.shell(
+    checks.passes(
         name="Every MLServer replica is ready",
         commands=[f"curl -fsS -o /dev/null --max-time 5 http://127.0.0.1:{r['port']}/v2/health/ready"
-                  for r in settings["replicas"]] or ["true"],
+                  for r in settings["replicas"]],
+        proves="every replica answers /v2/health/ready",
     )
 
 

@@ -3,11 +3,11 @@
 from pyinfra import host
 from pyinfra.api import deploy as pyinfra_deploy
 from pyinfra.api.exceptions import DeployError
-from pyinfra.operations import server
 
 from podium import engine_files
 from podium.artifacts import wheelhouse
 from podium.pinned import node_versions
+from roles import checks
 from roles.engine_common import steps
 from roles.engine_sglang.defaults import DEFAULTS
 
@@ -46,10 +46,11 @@ def deploy() -> None:
 @pyinfra_deploy("engine-sglang: check", data_defaults=DEFAULTS)
 def check() -> None:
     settings = host.data.podium_engine_sglang
-    server.shell(
+    checks.passes(
         name="Every SGLang replica answers /health",
         commands=[f"curl -fsS -o /dev/null --max-time 5 http://127.0.0.1:{r['port']}/health"
-                  for r in settings["replicas"]] or ["true"],
+                  for r in settings["replicas"]],
+        proves="every replica answers /health",
     )
 
 

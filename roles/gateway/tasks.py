@@ -1,21 +1,31 @@
 """Role gateway, its verbs: deploy, check, remove."""
 
+import hashlib
+import shlex
+from collections.abc import Generator
 from io import StringIO
 from pathlib import Path
 
 from pyinfra import host
+from pyinfra.api import FunctionCommand, operation
 from pyinfra.api import deploy as pyinfra_deploy
 from pyinfra.api.operation import OperationMeta
-from pyinfra.operations import apt, files, python, server, systemd
+from pyinfra.facts.server import Command
+from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations.util import any_changed
 
 from podium.artifacts import podium_wheel, wheelhouse
 from podium.bundle.wheels import locks_mark, pip_from_mirror
+from podium.errors import PodiumError
 from podium.files import files_for
-from podium.gateway_access import ADMIN_TOKEN, ensure_declared_keys
+from podium.gateway_access import ADMIN_TOKEN, ensure_declared_keys, missing_declared_keys
 from podium.pinned import node_versions
 from podium.registry.ca import ca_certificate, server_certificate
 from podium.secrets import StackSecrets
+from roles import checks, folders
 from roles.gateway.defaults import DEFAULTS
+
+READY_MARK = ".podium-ready"
 
 
 @pyinfra_deploy("gateway: deploy", data_defaults=DEFAULTS)
@@ -36,14 +46,15 @@ def deploy() -> None:
         packages=node_versions().pinned("gateway", ["python3-venv", "curl"]),
     )
     server.group(name="Gateway group", group=user, system=True)
-    server.user(name="Gateway user", user=user, group=user, system=True, home=data, shell="/usr/sbin/nologin")
+    server.user(name="Gateway user", user=user, group=user, system=True, home=data, shell="/usr/sbin/nologin",
+                _if=lambda: not checks.user_as_declared(user, user, data, "/usr/sbin/nologin"))
     for path, owner, mode in ((prefix, "root", "755"), (etc, user, "750"), (data, user, "750")):
         files.directory(name=f"Folder {path}", path=path, user=owner, group=user, mode=mode)
 
     if settings["mirror"]:
-        shipped_house = shipped_wheel = _install_from_mirror(settings["mirror"], prefix)
+        installed = _install_from_mirror(settings["mirror"], prefix)
     else:
-        shipped_house, shipped_wheel = _install_from_control_machine(prefix)
+        installed = _install_from_control_machine(prefix)
 
     changed = []
     changed.append(
@@ -89,17 +100,18 @@ def deploy() -> None:
         dest="/etc/systemd/system/podium-gateway.service",
         mode="644",
     )
+    # Decided as the operations run (did_change), not while the role is prepared: asking then
+    # would read every file's facts twice.
+    systemd.daemon_reload(name="Reload systemd for the gateway unit", _if=unit.did_change)
     systemd.service(
-        name="Run the gateway",
+        name="Restart the gateway after its files changed",
         service="podium-gateway",
         running=True,
         enabled=True,
-        daemon_reload=unit.will_change,
-        restarted=any(op.will_change for op in changed)
-        or unit.will_change
-        or shipped_wheel.will_change
-        or shipped_house.will_change,
+        restarted=True,
+        _if=any_changed(*changed, unit, *installed),
     )
+    systemd.service(name="Run the gateway", service="podium-gateway", running=True, enabled=True)
     scheme = "https" if settings["tls"] else "http"
     ca = f"--cacert {etc}/ca.crt" if settings["tls"] else ""
     server.shell(
@@ -108,67 +120,93 @@ def deploy() -> None:
             f"for i in $(seq 120); do curl -fsS {ca} {scheme}://{address}:{settings['port']}/v2/health/live "
             ">/dev/null && exit 0; sleep 0.5; done; exit 1"
         ],
-        _if=lambda: any(op.did_change() for op in changed) or unit.did_change() or shipped_wheel.did_change(),
+        _if=any_changed(*changed, unit, *installed),
     )
     if settings["keys"]:
-        python.call(
+        declared_keys(
             name="Create the stack's declared API keys",
-            function=ensure_declared_keys,
             stack=stack,
             url=gateway_url_for(address, settings),
             keys=settings["keys"],
         )
 
 
-def _install_from_control_machine(prefix: str) -> tuple[OperationMeta, OperationMeta]:
+def _installed_mark(prefix: str) -> str:
+    """What the venv was last installed from, written last by the install: a run cut short
+    before the end installs again, an unchanged venv is left alone (no check that counts)."""
+    return (host.get_fact(Command, command=f"cat {prefix}/venv/{READY_MARK} 2>/dev/null || true") or "").strip()
+
+
+def _install_commands(prefix: str, mark: str, pip: list[str]) -> list[str]:
+    return [
+        f"rm -f {prefix}/venv/{READY_MARK}",
+        f"test -x {prefix}/venv/bin/python || python3 -m venv {prefix}/venv",
+        *pip,
+        f"echo {shlex.quote(mark)} > {prefix}/venv/{READY_MARK}",
+    ]
+
+
+def _install_from_control_machine(prefix: str) -> list[OperationMeta]:
     """Podium's own wheel and its pinned requirements come from the control machine: the
     gateway node needs no package index."""
     requirements = node_versions().components["gateway"].requirements
     house = wheelhouse("gateway", requirements)
     wheel = podium_wheel()
-    shipped_house = files.sync(
+    shipped_house = folders.shipped(
         name="Ship the gateway's wheels", src=str(house), dest=f"{prefix}/wheels", delete=True
     )
     shipped_wheel = files.put(name="Ship Podium's wheel", src=str(wheel), dest=f"{prefix}/{wheel.name}")
-    server.shell(
+    # The wheelhouse and the build of Podium's wheel (its folder is keyed by the source).
+    mark, installed = f"{house.name} {wheel.parent.name}", _installed_mark(prefix)
+    install = server.shell(
         name="Install the gateway into its venv",
-        commands=[
-            f"test -x {prefix}/venv/bin/python || python3 -m venv {prefix}/venv",
+        commands=_install_commands(prefix, mark, [
             f"{prefix}/venv/bin/pip install -q --no-index --find-links {prefix}/wheels "
             f"-r {prefix}/wheels/requirements.txt",
             f"{prefix}/venv/bin/pip install -q --no-index --no-deps --force-reinstall {prefix}/{wheel.name}",
-        ],
-        _if=lambda: shipped_house.did_change() or shipped_wheel.did_change(),
+        ]),
+        _if=lambda: installed != mark or shipped_house.did_change() or shipped_wheel.did_change(),
     )
-    server.shell(
-        name="Gateway venv is complete",
-        commands=[f"test -x {prefix}/venv/bin/python || (rm -f {prefix}/{wheel.name}; exit 1)"],
-    )
-    return shipped_house, shipped_wheel
+    return [shipped_house, shipped_wheel, install]
 
 
-def _install_from_mirror(mirror: dict, prefix: str) -> OperationMeta:
+def _install_from_mirror(mirror: dict, prefix: str) -> list[OperationMeta]:
     """The gateway's and Podium's wheelhouses of the bundle, from the stack's mirror by their
     locks' hashes; the locks' digests, kept on the node, say when to install again."""
     houses = ["gateway", "podium"]
-    locks = files.put(name="The gateway's wheel locks", src=StringIO(locks_mark(Path(host.data.podium_bundle), houses)),
-                      dest=f"{prefix}/bundle-locks", mode="644")
+    text = locks_mark(Path(host.data.podium_bundle), houses)
+    locks = files.put(name="The gateway's wheel locks", src=StringIO(text), dest=f"{prefix}/bundle-locks", mode="644")
+    mark, installed = hashlib.sha256(text.encode()).hexdigest()[:16], _installed_mark(prefix)
     pip = f"{prefix}/venv/bin/pip"
-    server.shell(
+    install = server.shell(
         name="Install the gateway into its venv from the mirror's wheelhouses",
-        commands=[
-            f"test -x {prefix}/venv/bin/python || python3 -m venv {prefix}/venv",
+        commands=_install_commands(prefix, mark, [
             pip_from_mirror(pip, mirror, "gateway"),
             # Podium's wheel keeps its version when its code changes.
             pip_from_mirror(pip, mirror, "podium", reinstall=True),
-        ],
-        _if=locks.did_change,
+        ]),
+        _if=lambda: installed != mark or locks.did_change(),
     )
-    server.shell(
-        name="Gateway venv is complete",
-        commands=[f"test -x {prefix}/venv/bin/python || (rm -f {prefix}/bundle-locks; exit 1)"],
-    )
-    return locks
+    return [locks, install]
+
+
+@operation()
+def declared_keys(stack: str, url: str, keys: list[dict]) -> Generator[FunctionCommand, None, None]:
+    """Create the declared keys the gateway lacks; a gateway that has them all is left alone.
+
+    + stack: the stack's name (its admin token and kept key secrets)
+    + url: the gateway, e.g. https://10.77.0.10:8443
+    + keys: the stack's gateway.keys entries
+    """
+    try:
+        missing = missing_declared_keys(stack, url, keys)
+    except (PodiumError, OSError):
+        # Not answering yet (a first run asks before the gateway starts): ask again when it runs.
+        missing = [k["name"] for k in keys]
+    if not missing:
+        host.noop(f"the gateway has every declared API key ({', '.join(k['name'] for k in keys)})")
+        return
+    yield FunctionCommand(ensure_declared_keys, (stack, url, keys), {})
 
 
 def gateway_url_for(address: str, settings: dict) -> str:
@@ -177,7 +215,8 @@ def gateway_url_for(address: str, settings: dict) -> str:
 
 @pyinfra_deploy("gateway: check", data_defaults=DEFAULTS)
 def check() -> None:
-    server.shell(name="Gateway runs", commands=["systemctl is-active podium-gateway"])
+    checks.passes(name="Gateway runs", commands=["systemctl is-active podium-gateway"],
+                  proves="podium-gateway active")
 
 
 @pyinfra_deploy("gateway: remove", data_defaults=DEFAULTS)

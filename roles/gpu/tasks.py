@@ -10,6 +10,7 @@ from pyinfra.operations.util import any_changed
 
 from podium.files import files_for
 from podium.pinned import node_versions, pinned_key
+from roles import checks
 from roles.gpu import repos
 from roles.gpu.defaults import DEFAULTS
 from roles.gpu.facts import NvidiaPci
@@ -83,7 +84,8 @@ def deploy() -> None:
 
 @pyinfra_deploy("gpu: check", data_defaults=DEFAULTS)
 def check() -> None:
-    server.shell(name="The NVIDIA driver answers", commands=["nvidia-smi -L"])
+    checks.passes(name="The NVIDIA driver answers", commands=["nvidia-smi -L"],
+                  proves="nvidia-smi -L lists the GPUs")
 
 
 @pyinfra_deploy("gpu: remove", data_defaults=DEFAULTS)

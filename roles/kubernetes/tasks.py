@@ -6,12 +6,14 @@ from io import StringIO
 from pyinfra import host
 from pyinfra.api import deploy as pyinfra_deploy
 from pyinfra.api.exceptions import DeployError
+from pyinfra.facts.server import Command
 from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from podium.cluster.up import kubeconfig_path
 from podium.files import files_for
 from podium.secrets import StackSecrets
+from roles import checks
 from roles.kubernetes.defaults import DEFAULTS
 
 
@@ -29,11 +31,12 @@ def readyz_command(binary: str, timeout_s: int) -> str:
 
 def kubeconfig_command(settings: dict, remote: str) -> str:
     """The server's kubeconfig, pointing at its own address, readable by root only."""
-    address = settings["server_url"]
-    return (
-        f"umask 077 && sed 's#https://127.0.0.1:6443#{address}#' "
-        f"/etc/rancher/k3s/k3s.yaml > {remote}"
-    )
+    return f"umask 077 && {kubeconfig_text(settings)} > {remote}"
+
+
+def kubeconfig_text(settings: dict) -> str:
+    """A command printing the server's kubeconfig with its own address in."""
+    return f"sed 's#https://127.0.0.1:6443#{settings['server_url']}#' /etc/rancher/k3s/k3s.yaml"
 
 
 @pyinfra_deploy("kubernetes: deploy", data_defaults=DEFAULTS)
@@ -79,17 +82,25 @@ def deploy() -> None:
     systemd.daemon_reload(name="Reload systemd for the k3s unit", _if=unit.did_change)
     changed = [got_binary, got_images, token, config, registries, unit]
     if s["server"]:
+        # Asked before anything restarts: a server that answered then and was left alone needs
+        # no waiting, so an unchanged node reports no change.
+        ready = host.get_fact(Command, command=f"{binary} kubectl get --raw /readyz >/dev/null 2>&1 "
+                              "&& echo ready || echo waiting") == "ready"
+        remote = host.data.kubernetes_kubeconfig_remote
+        kubeconfig = host.get_fact(Command, command=f"{kubeconfig_text(s)} 2>/dev/null "
+                                   f"| cmp -s - {remote} && echo same || echo differs") == "same"
         _start(s, changed)
         server.shell(name="Wait for the k3s API server",
-                     commands=[readyz_command(binary, host.data.kubernetes_ready_timeout_s)])
+                     commands=[readyz_command(binary, host.data.kubernetes_ready_timeout_s)],
+                     _if=lambda: not ready or any(op.did_change() for op in changed))
         if s["cluster_has_gpus"]:
             files.put(name="NVIDIA device plugin (auto-deployed by k3s)",
                       src=StringIO(rendered["nvidia-device-plugin.yaml"]),
                       dest=f"{host.data.kubernetes_manifests_dir}/podium-nvidia-device-plugin.yaml",
                       mode="600", create_remote_dir=True)
-        remote = host.data.kubernetes_kubeconfig_remote
         server.shell(name="Kubeconfig with the server's address",
-                     commands=[kubeconfig_command(s, remote)])
+                     commands=[kubeconfig_command(s, remote)],
+                     _if=lambda: not kubeconfig or any(op.did_change() for op in changed))
         local = host.data.kubernetes_kubeconfig_local or str(kubeconfig_path(host.data.podium_stack))
         files.get(name="Fetch the kubeconfig to the control machine", src=remote, dest=local)
     else:
@@ -111,7 +122,7 @@ def check() -> None:
     commands = [f"systemctl is-active {unit_name(s)}"]
     if s["server"]:
         commands.append(f"{host.data.kubernetes_binary} kubectl get --raw /readyz")
-    server.shell(name="k3s is running", commands=commands)
+    checks.passes(name="k3s is running", commands=commands, proves=f"{unit_name(s)} active and ready")
 
 
 @pyinfra_deploy("kubernetes: remove", data_defaults=DEFAULTS)

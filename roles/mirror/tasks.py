@@ -12,6 +12,7 @@ from podium.bundle.manifest import MANIFEST
 from podium.files import files_for
 from podium.pinned import node_versions
 from podium.registry.ca import ca_certificate, server_certificate
+from roles import checks
 from roles.mirror.defaults import DEFAULTS
 
 
@@ -97,9 +98,10 @@ def deploy() -> None:
 def check() -> None:
     settings = host.data.podium_mirror
     url = f"https://{settings['address']}:{settings['port']}/apt/dists/bookworm/InRelease"
-    server.shell(
+    checks.passes(
         name="nginx serves the bundle's signed apt index",
         commands=["systemctl is-active nginx", f"curl -fsS -o /dev/null --cacert {settings['ca']} {url}"],
+        proves=f"nginx active, GET {url} answered",
     )
 
 

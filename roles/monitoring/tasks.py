@@ -12,6 +12,7 @@ from pyinfra.operations.util import any_changed
 from podium.files import files_for
 from podium.monitoring import role_files as rf
 from podium.pinned import node_versions, pinned_artifact, pinned_key, recorded_sha256
+from roles import checks
 from roles.monitoring.defaults import DEFAULTS
 
 
@@ -234,7 +235,8 @@ def check() -> None:
     units = ["prometheus-node-exporter"]
     if settings["server"]:
         units += ["prometheus", "prometheus-alertmanager"]
-    server.shell(name="Monitoring services are running", commands=[f"systemctl is-active {' '.join(units)}"])
+    checks.passes(name="Monitoring services are running", commands=[f"systemctl is-active {' '.join(units)}"],
+                  proves=f"{', '.join(units)} active")
 
 
 @pyinfra_deploy("monitoring: remove", data_defaults=DEFAULTS)

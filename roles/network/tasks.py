@@ -11,6 +11,7 @@ from pyinfra.facts.server import Command
 from pyinfra.operations import files, server, systemd
 
 from podium.files import files_for
+from roles import checks
 from roles.network.defaults import DEFAULTS
 
 
@@ -69,7 +70,8 @@ def _links(rendered: dict[str, str]) -> list[str]:
 
 @pyinfra_deploy("network: check", data_defaults=DEFAULTS)
 def check() -> None:
-    server.shell(name="systemd-networkd runs", commands=["systemctl is-active systemd-networkd"])
+    checks.passes(name="systemd-networkd runs", commands=["systemctl is-active systemd-networkd"],
+                  proves="systemd-networkd active")
 
 
 @pyinfra_deploy("network: remove", data_defaults=DEFAULTS)

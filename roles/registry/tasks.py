@@ -11,6 +11,7 @@ from podium.files import files_for
 from podium.pinned import node_versions
 from podium.registry.access import pull_credential, push_credential
 from podium.registry.ca import server_certificate
+from roles import checks
 from roles.registry import accounts
 from roles.registry.defaults import DEFAULTS
 
@@ -144,7 +145,7 @@ def check() -> None:
     settings = host.data.podium_registry
     scheme = "https" if settings["tls"] else "http"
     url = f"{scheme}://{settings['address']}:{settings['port']}/v2/"
-    server.shell(
+    checks.passes(
         name="docker-registry and nginx run and /v2/ answers",
         commands=[
             "systemctl is-active docker-registry nginx",
@@ -152,6 +153,7 @@ def check() -> None:
             # trust store.
             f"test $(curl -s -o /dev/null -w '%{{http_code}}' {url}) = 401",
         ],
+        proves=f"docker-registry and nginx active, GET {url} answered 401 without an account",
     )
 
 

@@ -13,6 +13,7 @@ from pyinfra.operations import apt, files, server, systemd
 
 from podium.files import files_for
 from podium.pinned import node_versions
+from roles import checks
 from roles.storage import gluster
 from roles.storage.defaults import DEFAULTS
 
@@ -97,10 +98,11 @@ def _gluster_server(settings: dict[str, Any], rendered: dict[str, str], here: bo
         replace=f"{device} {folder} xfs defaults,noatime 0 0",
         _if=_when(bool(device)),
     )
+    mounted = bool(device) and bool(_fact(f"findmnt -n --mountpoint {shlex.quote(folder)}").strip())
     server.shell(
         name="Mount the brick disk",
         commands=[f"findmnt --mountpoint {shlex.quote(folder)} >/dev/null || mount {shlex.quote(folder)}"],
-        _if=_when(bool(device)),
+        _if=_when(bool(device) and not mounted),
     )
 
     # The first server forms the pool and creates the volume, once every server runs glusterd.
@@ -186,7 +188,7 @@ def check() -> None:
     commands = [f"test -d {mount}"]
     if settings["client"] and settings["driver"] != "local":
         commands.append(f"findmnt --mountpoint {mount} >/dev/null")
-    server.shell(name="The volume is mounted", commands=commands)
+    checks.passes(name="The volume is mounted", commands=commands, proves=f"{mount} present and mounted")
 
 
 @pyinfra_deploy("storage: remove", data_defaults=DEFAULTS)

@@ -43,10 +43,10 @@ def ensure_declared_keys(stack: str, url: str, keys: list[dict[str, Any]]) -> li
     from podium.services.gateway.keys import KeySpec, parse_expiry
 
     api = admin_api(stack, url)
-    existing = {k["name"] for k in api.list_keys()}
+    missing = missing_declared_keys(stack, url, keys, api)
     created = []
     for key in keys:
-        if key["name"] in existing:
+        if key["name"] not in missing:
             continue
         models = key.get("models") or "*"
         spec = KeySpec(
@@ -61,6 +61,14 @@ def ensure_declared_keys(stack: str, url: str, keys: list[dict[str, Any]]) -> li
         _keep(stack, key["name"], api.create_key(spec)["key"])
         created.append(key["name"])
     return created
+
+
+def missing_declared_keys(
+    stack: str, url: str, keys: list[dict[str, Any]], api: AdminApi | None = None
+) -> list[str]:
+    """Names of the declared keys the gateway at `url` does not have."""
+    existing = {k["name"] for k in (api or admin_api(stack, url)).list_keys()}
+    return [k["name"] for k in keys if k["name"] not in existing]
 
 
 def key_file(stack: str, name: str) -> Path:

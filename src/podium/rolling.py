@@ -191,7 +191,7 @@ def roll(
     component: str,
     todo: Sequence[Action],
     entries: dict[str, dict[str, Any]],
-    record: Callable[[str], HostState],
+    record: Callable[[str], HostState | None],
     states: dict[str, HostState],
     console: Console,
 ) -> ComponentRun:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from rich.console import Console
 
 from podium import rolling
-from podium.drivers.pyinfra_runner import read_states, run_component
+from podium.drivers.pyinfra_runner import ComponentRun, read_states, run_component
 from podium.errors import InvalidInput, PodiumError
 from podium.inventory import HostEntry, connection, host_entries
 from podium.plan.actions import Action, make_plan
@@ -139,9 +139,12 @@ def up(
             continue
         by_host = {a.host: a for a in todo}
 
-        def record(host: str, by_host: dict[str, Action] = by_host, name: str = component.name) -> HostState:
+        def record(host: str, by_host: dict[str, Action] = by_host, name: str = component.name) -> HostState | None:
             action = by_host[host]
             assert action.to_version is not None and action.config_hash is not None
+            if _recorded_as(states.get(host), name, action):
+                # The node already records it so (a reapply): nothing to write, no new time.
+                return None
             new_states[host].record(name, action.to_version, action.config_hash)
             return new_states[host].model_copy(deep=True)
 
@@ -153,7 +156,7 @@ def up(
         else:
             with console.status(f"{component.name}: {label}"):
                 run = run_component(hosts, component.name, "deploy", dry_run=dry_run, record=record)
-        _report(console, run.component, run.changes, run.failed, dry_run)
+        _report(console, run.component, run, dry_run)
         result.changes += run.changes
         result.ran.append(component.name)
         if run.failed:
@@ -182,7 +185,7 @@ def up(
 
         with console.status(f"{action.component}: removing from {action.host}"):
             run = run_component([entry], action.component, "remove", dry_run=dry_run, record=drop)
-        _report(console, f"{action.component} (remove)", run.changes, run.failed, dry_run)
+        _report(console, f"{action.component} (remove)", run, dry_run)
         result.changes += run.changes
         if run.failed:
             raise PodiumError(
@@ -191,10 +194,18 @@ def up(
     return result
 
 
-def _report(console: Console, what: str, changes: int, failed: dict[str, str], dry_run: bool) -> None:
+def _recorded_as(state: HostState | None, component: str, action: Action) -> bool:
+    recorded = state.components.get(component) if state else None
+    return recorded is not None and (recorded.version, recorded.config_hash) == (action.to_version, action.config_hash)
+
+
+def _report(console: Console, what: str, run: ComponentRun, dry_run: bool) -> None:
     verb = "would change" if dry_run else "changed"
-    mark = "[red]✗[/]" if failed else "[green]✓[/]"
-    console.print(f"{mark} {what}: {verb} {changes}")
+    mark = "[red]✗[/]" if run.failed else "[green]✓[/]"
+    # Where the time went, so a slow convergence can be told apart from a slow connection.
+    phases = ", ".join(f"{phase} {seconds:.1f}" for phase, seconds in run.seconds.items())
+    took = f" in {sum(run.seconds.values()):.1f} s ({phases})" if phases else ""
+    console.print(f"{mark} {what}: {verb} {run.changes}{took}")
 
 
 def _model_digests(

@@ -30,9 +30,11 @@ def up(
     ] = False,
 ) -> None:
     """Bring the stack's hosts to what the stack declares, component by component."""
+    from podium.drivers.pyinfra_runner import kept_connections
     from podium.up import up as run_up
 
-    result = run_up(load_stack(stack), limit=limit, only=only, dry_run=dry_run, reapply=reapply, console=err)
+    with kept_connections():
+        result = run_up(load_stack(stack), limit=limit, only=only, dry_run=dry_run, reapply=reapply, console=err)
     out.print(f"changes: {result.changes}")
 
 

@@ -42,6 +42,7 @@ def lab_up(
     stacks take packages through this computer's package proxy. Time comes from its chronyd.
     --online keeps NAT to the outside, the package proxy and the image from Debian's archive.
     """
+    from podium.drivers.pyinfra_runner import kept_connections
     from podium.lab import up as lab
     from podium.up import up
     from podium.verify import run_verify
@@ -53,7 +54,8 @@ def lab_up(
     lab.machines_up(parts, err)
     inventory = lab.write_lab_inventory(loaded)
     err.print(f"[green]✓[/] inventory: {inventory}")
-    result = up(loaded, console=err)
+    with kept_connections():
+        result = up(loaded, console=err)
     out.print(f"changes: {result.changes}")
     if not skip_verify:
         outcomes = run_verify(loaded, [a for a in result.actions if a.action != "remove"])

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,6 +40,9 @@ class ComponentRun:
     hosts: list[str]
     changes: int = 0
     failed: dict[str, str] = field(default_factory=dict)
+    # Where the run's time went, in seconds: SSH connections, the role's deploy code with its
+    # facts (prepare), the operations (execute).
+    seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -57,21 +62,85 @@ def role_module(component: str) -> Any:
         raise
 
 
+# Within kept_connections(): host and SSH settings → the paramiko client of that host.
+_kept: dict[tuple[str, str], Any] | None = None
+
+
 @contextmanager
-def connected(entries: Sequence[HostEntry], parallel: int = 20) -> Iterator[State]:
-    """A pyinfra State connected to the given hosts; hosts that fail to connect are reported."""
+def kept_connections() -> Iterator[None]:
+    """Each host's SSH connection opened once and used by every run inside (`podium up` runs a
+    pyinfra state per component: a new connection each was a second of a reapply), closed at the
+    end."""
+    global _kept
+    if _kept is not None:
+        yield
+        return
+    _kept = {}
+    try:
+        yield
+    finally:
+        clients, _kept = list(_kept.values()), None
+        for client in clients:
+            with contextlib.suppress(Exception):
+                client.close()
+
+
+def _connection_key(host: Any) -> tuple[str, str]:
+    ssh = {k: v for k, v in host.data.dict().items() if k.startswith("ssh_")}
+    return host.name, json.dumps(ssh, sort_keys=True, default=str)
+
+
+def _reuse(state: State) -> None:
+    """Hand each host a kept connection that is still open, so connect_all leaves it be."""
+    for host in state.inventory:
+        client = (_kept or {}).get(_connection_key(host))
+        transport = client.get_transport() if client is not None else None
+        if transport is not None and transport.is_active():
+            connector: Any = host.connector  # pyinfra's SSH connector keeps its paramiko client
+            connector.client = client
+            host.connected = True
+
+
+def _forget(state: State) -> None:
+    for host in state.inventory:
+        client = (_kept or {}).pop(_connection_key(host), None)
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+
+
+def _keep(state: State) -> None:
+    for host in state.inventory.get_active_hosts():
+        client = getattr(host.connector, "client", None)
+        if _kept is not None and client is not None:
+            _kept[_connection_key(host)] = client
+
+
+@contextmanager
+def connected(entries: Sequence[HostEntry], parallel: int = 20, diff: bool = True) -> Iterator[State]:
+    """A pyinfra State connected to the given hosts; hosts that fail to connect are reported.
+
+    diff: run each operation's facts while the roles are prepared, to know what would change
+        before anything does (a dry run). pyinfra keeps no facts, so a run that changes things
+        leaves this off: its operations read their facts once, as they run, on all hosts at once.
+    """
     inventory = Inventory((list(entries), {}))
     config = Config(PARALLEL=parallel, CONNECT_TIMEOUT=10, FAIL_PERCENT=100)
-    state = State(inventory, config)
+    state = State(inventory, config, check_for_changes=diff)
     state.print_noop_info = False
     logging.getLogger("pyinfra").setLevel(logging.CRITICAL)
     try:
         state.set_stage(StateStage.Connect)
+        if _kept is not None:
+            _reuse(state)
         connect_all(state)
+        if _kept is not None:
+            _keep(state)
         yield state
     finally:
         state.set_stage(StateStage.Disconnect)
-        disconnect_all(state)
+        if _kept is None:
+            disconnect_all(state)
 
 
 def unreachable(state: State, entries: Sequence[HostEntry]) -> list[str]:
@@ -81,15 +150,23 @@ def unreachable(state: State, entries: Sequence[HostEntry]) -> list[str]:
 
 def read_states(entries: Sequence[HostEntry]) -> dict[str, HostState]:
     """Each reachable host's recorded state; a host never provisioned has none."""
-    out: dict[str, HostState] = {}
+    texts = read_node_files(entries, [STATE_PATH])
+    return {h: parse_state(t[STATE_PATH], f"{h}:{STATE_PATH}") for h, t in texts.items() if STATE_PATH in t}
+
+
+def read_node_files(entries: Sequence[HostEntry], paths: Sequence[str]) -> dict[str, dict[str, str]]:
+    """host → path → text of the given files on every host, over one connection each; a file a
+    host lacks (or that is empty) is left out."""
+    out: dict[str, dict[str, str]] = {}
     with connected(entries) as state:
         missing = unreachable(state, entries)
         if missing:
             raise PodiumError(f"cannot reach {', '.join(missing)} over SSH; is the machine up?")
         for host in state.inventory.get_active_hosts():
-            text = host.get_fact(Command, command=f"cat {STATE_PATH} 2>/dev/null || true")
-            if text and text.strip():
-                out[host.name] = parse_state(text, f"{host.name}:{STATE_PATH}")
+            for path in paths:
+                text = host.get_fact(Command, command=f"cat {path} 2>/dev/null || true")
+                if text and text.strip():
+                    out.setdefault(host.name, {})[path] = text
     return out
 
 
@@ -108,7 +185,9 @@ def run_component(
     module = role_module(component)
     func = getattr(module, verb)
     result = ComponentRun(component, verb, [name for name, _ in entries])
-    with connected(entries) as state:
+    clock = time.perf_counter()
+    with connected(entries, diff=dry_run) as state:
+        clock = _lap(result, "connect", clock)
         for name in unreachable(state, entries):
             result.failed[name] = "could not connect over SSH"
         state.set_stage(StateStage.Prepare)
@@ -121,6 +200,7 @@ def run_component(
                         add_deploy(state, _record_state, new.to_json(), host=host)
         except PyinfraError as exc:
             raise PodiumError(f"{component}: the role could not be prepared: {exc}") from None
+        clock = _lap(result, "prepare", clock)
         if dry_run:
             result.changes = _will_change(state)
             return result
@@ -128,13 +208,23 @@ def run_component(
         # When every host failed pyinfra raises; the per-host errors below say why.
         with contextlib.suppress(PyinfraError):
             run_ops(state)
+        _lap(result, "execute", clock)
         result.changes += _did_change(state)
+        if component == "network" and result.changes:
+            # Links were reapplied under the hosts' SSH connections: later runs connect afresh.
+            _forget(state)
         for host in state.inventory:
             if host.name in result.failed:
                 continue
             if not _all_succeeded(state, host):
                 result.failed[host.name] = _first_error(state, host)
     return result
+
+
+def _lap(run: ComponentRun, phase: str, since: float) -> float:
+    now = time.perf_counter()
+    run.seconds[phase] = now - since
+    return now
 
 
 def _record_state(text: str) -> None:
