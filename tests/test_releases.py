@@ -276,3 +276,22 @@ def test_plan_shows_the_release_that_would_result_per_host(tmp_path, state_dir):
     changed = second_stack(tmp_path, first)
     number, hosts = preview(book, make_plan(changed, table, states, digests))
     assert (number, hosts) == (2, {"node1": ["engine-llamacpp"]})
+
+
+def test_rollback_runs_the_roles_against_release_ns_apt_pins(tmp_path, state_dir):
+    from podium.stack.versions import table_in_use
+
+    now = load_versions()
+    registry = now.components["registry"]
+    older = now.model_copy(update={"components": {
+        **now.components,
+        "registry": registry.model_copy(update={"packages": {**registry.packages, "docker-registry": "2.7.1+ds2-7"}}),
+    }})
+    first = stack_copy(tmp_path)
+    book = ReleaseBook(first.name)
+    book.write(make_release(1, first, older, {}, [], {}), first, older)
+    _, table_file = book.snapshot(1)
+    # The roles call load_versions() themselves; during a rollback they get release 1's pins.
+    with table_in_use(table_file):
+        assert load_versions().pinned("registry", ["docker-registry"]) == ["docker-registry=2.7.1+ds2-7"]
+    assert load_versions().pinned("registry", ["docker-registry"]) == ["docker-registry=2.8.2+ds1-1"]
