@@ -20,6 +20,9 @@ from podium.registry.ca import CaScope, ca_certificate
 from podium.stack.model import Stack
 from podium.stack.versions import VersionTable, load_versions
 
+# The digest a dry run shows for a model version the registry does not hold yet.
+NOT_PUSHED = "not-pushed-yet"
+
 
 @dataclass
 class UpResult:
@@ -126,7 +129,7 @@ def up(
     ca_certificate(stack.name, CaScope.of(stack), replace=not (limit or only))
     with console.status("reading recorded state from the hosts"):
         states = recorded_states(stack)
-    # Push models added since the registry was laid down; a dry run only resolves nothing.
+    # Push models added since the registry was laid down; a dry run only reads the registry.
     digests = _pinned(_model_digests(stack, states, push=True, dry_run=dry_run), pinned_models)
     actions = make_plan(stack, versions, states, digests)
     entries = dict(host_entries(stack, actions))
@@ -234,12 +237,17 @@ def _model_digests(
     stack: Stack, states: dict[str, HostState], *, push: bool, dry_run: bool
 ) -> dict[str, str] | None:
     """Engine model reference → digest, once the stack's registry is recorded on its node."""
-    if not stack.registry or not stack.models or dry_run:
+    if not stack.registry or not stack.models:
         return None
     recorded = states.get(stack.registry.node)
     if recorded is None or "registry" not in recorded.components:
         return None
     from podium.registry.sync import sync_models
 
+    if dry_run:
+        # Read the registry only. A model version not pushed yet has no digest: name it so, and
+        # the engine role plans its pull instead of refusing a model it cannot find there.
+        found = sync_models(stack, push=False)
+        return {e.model: found.get(e.model, NOT_PUSHED) for e in stack.engines}
     digests: dict[str, str] = sync_models(stack, push=push)
     return digests
