@@ -31,6 +31,7 @@ SOURCE = REPO / "tests" / "stacks" / "labeng"
 DIGEST_1 = "sha256:" + "1" * 64
 DIGEST_2 = "sha256:" + "2" * 64
 DIGEST_B = "sha256:" + "b" * 64
+OVERRIDE = "1.8.0"
 
 
 @pytest.fixture
@@ -56,13 +57,13 @@ def stack_copy(tmp_path: Path) -> Stack:
 
 
 def second_stack(tmp_path: Path, first: Stack) -> Stack:
-    """Release 2: tiny-llama version 2 (tiny-llama:stable moves), a new ctx-size, and a
-    llama.cpp version override."""
+    """Release 2: tiny-llama version 2 (tiny-llama:stable moves), a new ctx-size, and an
+    MLServer version override."""
     data = yaml.safe_load(first.file.read_text())
     data["models"].insert(1, {**data["models"][0], "version": "2"})
     data["models"][0]["aliases"] = []
     data["engines"][0]["args"]["ctx-size"] = 1024
-    data["versions"] = {"engine-llamacpp": "0.0.1"}
+    data["versions"] = {"engine-predictive": OVERRIDE}
     folder = tmp_path / "v2"
     folder.mkdir()
     (folder / "stack.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
@@ -127,9 +128,10 @@ def test_diff_names_each_changed_component_and_what_changed(tmp_path, state_dir)
     _, _, one, two, _ = two_releases(tmp_path)
     changes = {(c.host, c.component, c.what) for c in release_changes(one, two)}
     assert changes == {
-        ("node1", "engine-llamacpp", "version"),
         ("node1", "engine-llamacpp", "config"),
         ("node1", "engine-llamacpp", "models"),
+        ("node2", "engine-predictive", "version"),
+        ("node2", "engine-predictive", "config"),
     }
     assert release_changes(one, one) == []
 
@@ -147,7 +149,7 @@ def test_history_and_diff_cli_at_80_columns_and_json(tmp_path, state_dir):
     assert diffed.returncode == 0 and max(len(line) for line in diffed.stdout.splitlines()) <= 80
     items = json.loads(podium("diff", str(first.folder), "1", "2", "--json").stdout)
     version = next(i for i in items if i["what"] == "version")
-    assert (version["before"], version["after"]) == (load_versions().version("engine-llamacpp"), "0.0.1")
+    assert (version["before"], version["after"]) == (load_versions().version("engine-predictive"), OVERRIDE)
 
 
 def test_snapshot_round_trip_gives_back_the_stack_and_effective_table(tmp_path, state_dir):
@@ -156,7 +158,8 @@ def test_snapshot_round_trip_gives_back_the_stack_and_effective_table(tmp_path, 
     stack, table = snapshot_of(book, 2, first)
     assert stack.model_dump() == second.model_dump()
     assert stack.folder == first.folder
-    assert table.version("engine-llamacpp") == "0.0.1"
+    assert table.version("engine-predictive") == OVERRIDE
+    assert "mlserver==1.8.0" in table.components["engine-predictive"].requirements
     assert table.model_dump(mode="json") == effective_table(load_versions(), second)
     stack, table = snapshot_of(book, 1, first)
     assert stack.model_dump() == first.model_dump()
@@ -172,12 +175,16 @@ def test_rollback_plans_release_ns_versions_configs_and_digests(tmp_path, state_
     # The registry's alias has moved on since (stable → version 2); the rollback pins release 1's.
     actions = make_plan(stack, table, states, {**two.models, **one.models})
     llama = next(a for a in actions if a.component == "engine-llamacpp")
-    assert llama.action == "upgrade"  # 0.0.1 back up to the table's version
-    assert llama.to_version == one.hosts["node1"]["engine-llamacpp"].version
+    assert llama.action == "reconfigure"
     assert llama.config_hash == one.hosts["node1"]["engine-llamacpp"].config_hash
     assert {r["model_digest"] for r in llama.settings["replicas"]} == {DIGEST_1}
+    predictive = next(a for a in actions if a.component == "engine-predictive")
+    assert (predictive.action, predictive.from_version) == ("downgrade", OVERRIDE)
+    assert predictive.to_version == one.hosts["node2"]["engine-predictive"].version
+    assert predictive.config_hash == one.hosts["node2"]["engine-predictive"].config_hash
     # Everything else is what both releases had: kept.
-    assert {a.action for a in actions if a.component != "engine-llamacpp"} == {"keep"}
+    changed = {"engine-llamacpp", "engine-predictive"}
+    assert {a.action for a in actions if a.component not in changed} == {"keep"}
     back = make_release(3, stack, table, laid_down(actions, states), actions, one.models, "rollback to 1")
     assert release_changes(one, back) == []
 
@@ -275,7 +282,7 @@ def test_plan_shows_the_release_that_would_result_per_host(tmp_path, state_dir):
     assert preview(book, make_plan(first, table, states, digests)) == (1, {})
     changed = second_stack(tmp_path, first)
     number, hosts = preview(book, make_plan(changed, table, states, digests))
-    assert (number, hosts) == (2, {"node1": ["engine-llamacpp"]})
+    assert (number, hosts) == (2, {"node1": ["engine-llamacpp"], "node2": ["engine-predictive"]})
 
 
 def test_rollback_runs_the_roles_against_release_ns_apt_pins(tmp_path, state_dir):
