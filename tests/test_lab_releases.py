@@ -129,4 +129,14 @@ def test_upgrade_killed_halfway_converges_then_rollback_restores_release_1(lab: 
     # keep: 2 keeps releases 2 and 3 on the node, and so both models.
     assert {digest_1, digest_2} <= model_entries(lab)
     ok(podium("verify", str(lab.folder), timeout=600), "podium verify after the rollback")
+    # apt on the nodes takes a lower pinned version under -y, as a rollback of a pin needs.
+    assert 'APT::Get::allow-downgrades "true"' in on_node(lab, "apt-config dump")
+
+    # Release 2's stack again, keeping one release: release 1's model leaves the node.
+    path = lab.folder / "stack.yaml"
+    path.write_text(path.read_text() + "releases: {keep: 1}\n")
+    ok(podium("up", str(lab.folder), timeout=1800), "podium up with releases.keep 1")
+    assert [r["number"] for r in history(lab)] == [1, 2, 3, 4]
+    assert model_entries(lab) == {digest_2}
+    assert digest_2 in served(lab)
     print("\n".join(f"{k}: {v:.0f} s" for k, v in timings.items()))
