@@ -15,6 +15,7 @@ from roles import checks
 from roles.base.defaults import APT_TIMERS, DEFAULTS
 from roles.base.mirror_sources import only_the_mirror
 
+APT_DOWNGRADES = "/etc/apt/apt.conf.d/50podium-downgrades"
 NFTABLES_DROPIN = """\
 [Service]
 # Root: loading and removing the firewall's table needs CAP_NET_ADMIN; it runs once and exits.
@@ -65,6 +66,14 @@ def deploy() -> None:
         sources = only_the_mirror(settings["mirror"], rendered, str(ca_certificate(stack)))
         # cache_time would keep the lists of the sources just replaced.
         apt.update(name="Read the mirror's package lists", _if=any_changed(*sources))
+    # Every package is installed at the version the table pins; a rollback lowers pins, which
+    # apt refuses under -y unless downgrades are allowed.
+    files.put(
+        name="Let apt take a lower pinned version",
+        src=StringIO('APT::Get::allow-downgrades "true";\n'),
+        dest=APT_DOWNGRADES,
+        mode="644",
+    )
     apt.packages(
         name="Install base packages",
         packages=node_versions().pinned("base", host.data.base_packages),

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from rich.console import Console
@@ -18,7 +18,10 @@ from podium.plan.components import COMPONENT_NAMES, COMPONENTS
 from podium.plan.state import HostState
 from podium.registry.ca import CaScope, ca_certificate
 from podium.stack.model import Stack
-from podium.stack.versions import load_versions
+from podium.stack.versions import VersionTable, load_versions
+
+# The digest a dry run shows for a model version the registry does not hold yet.
+NOT_PUSHED = "not-pushed-yet"
 
 
 @dataclass
@@ -26,6 +29,8 @@ class UpResult:
     actions: list[Action]
     changes: int = 0
     ran: list[str] = field(default_factory=list)
+    # The release the run recorded (or left current); None for a dry or partial run.
+    release: int | None = None
 
 
 def recorded_states(stack: Stack) -> dict[str, HostState]:
@@ -102,7 +107,12 @@ def up(
     dry_run: bool = False,
     reapply: bool = False,
     console: Console | None = None,
+    versions: VersionTable | None = None,
+    pinned_models: Mapping[str, str] | None = None,
+    kind: str = "up",
 ) -> UpResult:
+    """versions: the table to run from (a rollback's snapshot); pinned_models: engine model
+    reference → digest to serve whatever the registry's tags say now (a rollback's)."""
     console = console or Console(stderr=True)
     for name in limit:
         if name not in stack.node_names:
@@ -112,18 +122,23 @@ def up(
     for name in only:
         if name not in COMPONENT_NAMES:
             raise InvalidInput(f"--only {name}: not a component; components: {', '.join(COMPONENT_NAMES)}")
-    versions = load_versions().for_stack(stack)
+    versions = (versions or load_versions()).for_stack(stack)
     preflight(stack, make_plan(stack, versions))
     # Before any role runs: base installs the CA on every node, registry and gateway sign with
     # it; made (or remade, when nodes changed) for the stack's own names and addresses only.
     ca_certificate(stack.name, CaScope.of(stack), replace=not (limit or only))
     with console.status("reading recorded state from the hosts"):
         states = recorded_states(stack)
-    # Push models added since the registry was laid down; a dry run only resolves nothing.
-    digests = _model_digests(stack, states, push=True, dry_run=dry_run)
+    # Push models added since the registry was laid down; a dry run only reads the registry.
+    digests = _pinned(_model_digests(stack, states, push=True, dry_run=dry_run), pinned_models)
     actions = make_plan(stack, versions, states, digests)
     entries = dict(host_entries(stack, actions))
     result = UpResult(actions)
+    if dry_run:
+        from podium.releases.book import ReleaseBook
+        from podium.releases.publish import show_preview
+
+        show_preview(console, ReleaseBook(stack.name), actions)
     new_states = {h: states.get(h, HostState(host=h)).model_copy(deep=True) for h in stack.node_names}
     for h, s in states.items():
         new_states.setdefault(h, s.model_copy(deep=True))
@@ -165,7 +180,7 @@ def up(
         if component.name == "registry" and not dry_run:
             # With the registry up, push the stack's missing models and plan the engines
             # against the digests their references resolve to.
-            digests = _model_digests(stack, new_states, push=True, dry_run=dry_run)
+            digests = _pinned(_model_digests(stack, new_states, push=True, dry_run=dry_run), pinned_models)
             actions = make_plan(stack, versions, states, digests)
             entries = dict(host_entries(stack, actions))
             result.actions = actions
@@ -191,7 +206,17 @@ def up(
             raise PodiumError(
                 f"removing {action.component} failed on {action.host}: {run.failed[action.host]}"
             )
+    if not (dry_run or limit or only):
+        # Only a whole run lays down a release; --limit and --only leave the current one.
+        from podium.releases.publish import publish
+
+        release = publish(stack, versions, new_states, actions, list(entries.items()), digests, kind, console)
+        result.release = release.number
     return result
+
+
+def _pinned(digests: dict[str, str] | None, pinned: Mapping[str, str] | None) -> dict[str, str] | None:
+    return digests if digests is None or not pinned else {**digests, **pinned}
 
 
 def _recorded_as(state: HostState | None, component: str, action: Action) -> bool:
@@ -212,12 +237,17 @@ def _model_digests(
     stack: Stack, states: dict[str, HostState], *, push: bool, dry_run: bool
 ) -> dict[str, str] | None:
     """Engine model reference → digest, once the stack's registry is recorded on its node."""
-    if not stack.registry or not stack.models or dry_run:
+    if not stack.registry or not stack.models:
         return None
     recorded = states.get(stack.registry.node)
     if recorded is None or "registry" not in recorded.components:
         return None
     from podium.registry.sync import sync_models
 
+    if dry_run:
+        # Read the registry only. A model version not pushed yet has no digest: name it so, and
+        # the engine role plans its pull instead of refusing a model it cannot find there.
+        found = sync_models(stack, push=False)
+        return {e.model: found.get(e.model, NOT_PUSHED) for e in stack.engines}
     digests: dict[str, str] = sync_models(stack, push=push)
     return digests

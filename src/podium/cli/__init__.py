@@ -24,7 +24,7 @@ def _register() -> None:
     from podium.cli import core
 
     core.register(app)
-    for name in ("lab", "model", "keys", "gateway", "usage", "status", "bundle"):
+    for name in ("lab", "model", "keys", "gateway", "usage", "status", "bundle", "releases"):
         try:
             module = __import__(f"podium.cli.{name}", fromlist=["register"])
         except ModuleNotFoundError as exc:

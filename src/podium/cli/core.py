@@ -76,6 +76,10 @@ def plan(
     for action in actions:
         counts[action.action] = counts.get(action.action, 0) + 1
     out.print(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+    from podium.releases.book import ReleaseBook
+    from podium.releases.publish import show_preview
+
+    show_preview(out, ReleaseBook(loaded.name), actions)
     if states and any(a.component.startswith("engine-") and a.action == "reconfigure"
                       for a in actions):
         # Recorded engine configs include the model digests the registry gave at apply time;

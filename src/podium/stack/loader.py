@@ -56,6 +56,7 @@ def load_stack(stack: str | Path, components: frozenset[str] | None = None) -> S
     if problems:
         raise StackError(_format(path, lines, problems))
     result._folder = path.parent.resolve()
+    result._file = path.resolve()
     _check_bundle(result, path, lines)
     return result
 

@@ -17,6 +17,7 @@ from podium.stack.sections import (
     Monitoring,
     Network,
     Registry,
+    Releases,
     Storage,
 )
 from podium.stack.types import Name, Text, Url, Version, Word
@@ -49,14 +50,21 @@ class Stack(Strict):
     monitoring: Monitoring | None = None
     gateway: Gateway | None = None
     kubernetes: Kubernetes | None = None
+    releases: Releases = Releases()
     # Per-component version overrides of stacks/versions.yaml.
     versions: dict[Word, Version] = {}
 
     _folder: Path = PrivateAttr(default=Path("."))
+    _file: Path = PrivateAttr(default=Path("stack.yaml"))
 
     @property
     def folder(self) -> Path:
         return self._folder
+
+    @property
+    def file(self) -> Path:
+        """The stack file it was read from (a release keeps a copy of it)."""
+        return self._file
 
     def node(self, name: str) -> Node:
         for node in self.nodes:

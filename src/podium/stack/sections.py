@@ -199,6 +199,11 @@ class Gateway(Strict):
         return self.admin_port if self.admin_port is not None else self.port + 2
 
 
+class Releases(Strict):
+    # Releases whose engine versions and models nodes keep for a rollback; older ones are pruned.
+    keep: Annotated[int, Field(ge=1, le=100)] = 2
+
+
 class Kubernetes(Strict):
     distribution: Literal["k3s", "existing"] = "k3s"
     server: Name | None = None

@@ -4,7 +4,8 @@ packages and artifacts (and their sha256) that version means."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ DEFAULT_TABLE = Path(__file__).resolve().parents[3] / "stacks" / "versions.yaml"
 VERSION_SHAPES = {"gpu": (re.compile(r"[0-9]{3}"), "an NVIDIA driver branch, three digits like 550")}
 # Debian policy: an optional epoch, then an upstream version that starts with a digit.
 _DEBIAN_VERSION = re.compile(r"([0-9]+:)?[0-9][A-Za-z0-9.+~-]*")
+# The table a rollback runs from (a release's snapshot) instead of DEFAULT_TABLE.
+_in_use: list[Path] = []
 
 
 class Artifact(BaseModel):
@@ -200,8 +203,19 @@ def _repin(requirement: str, old: str, new: str) -> str:
     return f"{name}=={new}" if name else requirement
 
 
+@contextmanager
+def table_in_use(path: Path) -> Iterator[None]:
+    """Within this block the roles (which call load_versions()) read `path`: a rollback
+    installs exactly the pins of the release it goes back to."""
+    _in_use.append(path)
+    try:
+        yield
+    finally:
+        _in_use.pop()
+
+
 def load_versions(path: Path | None = None) -> VersionTable:
-    path = path or DEFAULT_TABLE
+    path = path or (_in_use[-1] if _in_use else DEFAULT_TABLE)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
         return VersionTable.model_validate(data)

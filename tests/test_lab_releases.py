@@ -1,0 +1,142 @@
+"""Releases on real lab machines: up (release 1); an upgrade (a firewall opening, a new model
+version and engine arg) killed after its first component, then re-run to convergence (release 2);
+a rollback (release 3) after which the node serves release 1's model digest and config again."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+import yaml
+
+from podium.render import REPO
+from tests.fixtures_lab import UniqueStack, podium, remove_stack_state, require_lab_host, unique_stack
+
+pytestmark = pytest.mark.lab
+
+UNIT = "podium-llamacpp-tiny-llama-cpp-0.service"
+
+
+def ok(done: subprocess.CompletedProcess[str], what: str) -> str:
+    assert done.returncode == 0, f"{what} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    return done.stdout
+
+
+def on_node(stack: UniqueStack, command: str) -> str:
+    return ok(podium("lab", "ssh", "node1", "--stack", str(stack.folder), "--", command, timeout=60),
+              f"`{command}` on node1")
+
+
+def served(stack: UniqueStack) -> str:
+    """The command line of the llama-server the replica's unit runs now."""
+    pid = on_node(stack, f"systemctl show -p MainPID --value {UNIT}").strip()
+    assert pid not in ("", "0"), f"{UNIT} is not running"
+    return on_node(stack, f"tr '\\0' ' ' < /proc/{pid}/cmdline")
+
+
+def history(stack: UniqueStack) -> list[dict]:
+    return json.loads(ok(podium("history", str(stack.folder), "--json", timeout=60), "podium history"))
+
+
+def model_entries(stack: UniqueStack) -> set[str]:
+    listing = on_node(stack, "ls -1 /var/lib/podium/models")
+    return {line for line in listing.split() if line.startswith("sha256:") and "." not in line}
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UniqueStack]:
+    require_lab_host()
+    stack = unique_stack(REPO / "tests" / "stacks" / "labrel", tmp_path_factory.mktemp("releases"))
+    try:
+        ok(podium("lab", "up", str(stack.folder), timeout=1800), "podium lab up")
+        yield stack
+    finally:
+        down = podium("lab", "down", str(stack.folder), timeout=600)
+        if down.returncode == 0:
+            remove_stack_state(stack.name)
+        assert down.returncode == 0, down.stderr
+
+
+def upgrade(stack: UniqueStack) -> None:
+    """Release 2's stack: an opening in node1's firewall (so base runs before the engine), and
+    tiny-llama version 2 with a larger context."""
+    path = stack.folder / "stack.yaml"
+    data = yaml.safe_load(path.read_text())
+    data.setdefault("network", {})["openings"] = [{"port": 9099, "nodes": ["node1"], "sources": ["ctrl"]}]
+    data["models"].append({**data["models"][0], "version": "2"})
+    data["engines"][0]["model"] = "tiny-llama:2"
+    data["engines"][0]["args"]["ctx-size"] = 512
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def test_upgrade_killed_halfway_converges_then_rollback_restores_release_1(lab: UniqueStack) -> None:
+    timings: dict[str, float] = {}
+    first = history(lab)
+    assert [r["number"] for r in first] == [1], first
+    digest_1 = first[0]["models"]["tiny-llama:1"]
+    assert digest_1 in served(lab) and "--ctx-size 256" in served(lab)
+    on_node(lab, "test -f /var/lib/podium/releases/0001.json && test -f /var/lib/podium/releases/current.json")
+
+    upgrade(lab)
+    preview = podium("up", str(lab.folder), "--dry-run", timeout=600)
+    assert "release 2 would result:" in ok(preview, "podium up --dry-run") + preview.stderr
+    assert "node1: base, engine-llamacpp" in preview.stderr, preview.stderr
+
+    # Kill the upgrade once its first component (base) is done and the engine's is under way.
+    start = time.monotonic()
+    log = lab.folder / "killed-up.log"
+    with log.open("w") as stderr:
+        run = subprocess.Popen([sys.executable, "-m", "podium", "up", str(lab.folder)], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline and run.poll() is None and "base: changed" not in log.read_text():
+                time.sleep(0.05)
+            assert run.poll() is None, f"podium up ended before it could be killed:\n{log.read_text()[-3000:]}"
+            os.killpg(run.pid, signal.SIGKILL)
+        finally:
+            run.wait(timeout=60)
+    assert "engine-llamacpp" not in log.read_text(), log.read_text()
+    assert [r["number"] for r in history(lab)] == [1], "a killed run recorded a release"
+
+    ok(podium("up", str(lab.folder), timeout=1800), "podium up after the kill")
+    timings["upgrade (re-run after the kill)"] = time.monotonic() - start
+    second = history(lab)
+    assert [r["number"] for r in second] == [1, 2]
+    digest_2 = second[1]["models"]["tiny-llama:2"]
+    assert digest_2 != digest_1
+    assert digest_2 in served(lab) and "--ctx-size 512" in served(lab)
+    again = podium("up", str(lab.folder), timeout=600)
+    assert "release 2: unchanged" in ok(again, "podium up with nothing to do") + again.stderr
+
+    start = time.monotonic()
+    back = podium("rollback", str(lab.folder), timeout=1800)
+    assert "release: 3" in ok(back, "podium rollback")
+    timings["rollback to release 1"] = time.monotonic() - start
+    third = history(lab)
+    assert [(r["number"], r["kind"]) for r in third] == [(1, "up"), (2, "up"), (3, "rollback to 1")]
+    assert third[2]["hosts"] == third[0]["hosts"], "the rollback did not lay release 1 down again"
+    command = served(lab)
+    assert digest_1 in command and "--ctx-size 256" in command, command
+    node_record = json.loads(on_node(lab, "cat /var/lib/podium/releases/current.json"))
+    assert node_record["number"] == 3 and node_record["components"] == third[0]["hosts"]["node1"]
+    # keep: 2 keeps releases 2 and 3 on the node, and so both models.
+    assert {digest_1, digest_2} <= model_entries(lab)
+    ok(podium("verify", str(lab.folder), timeout=600), "podium verify after the rollback")
+    # apt on the nodes takes a lower pinned version under -y, as a rollback of a pin needs.
+    assert 'APT::Get::allow-downgrades "true"' in on_node(lab, "apt-config dump")
+
+    # Release 2's stack again, keeping one release: release 1's model leaves the node.
+    path = lab.folder / "stack.yaml"
+    path.write_text(path.read_text() + "releases: {keep: 1}\n")
+    ok(podium("up", str(lab.folder), timeout=1800), "podium up with releases.keep 1")
+    assert [r["number"] for r in history(lab)] == [1, 2, 3, 4]
+    assert model_entries(lab) == {digest_2}
+    assert digest_2 in served(lab)
+    print("\n".join(f"{k}: {v:.0f} s" for k, v in timings.items()))
