@@ -33,6 +33,9 @@ from podium.stack.versions import load_versions
 
 RICH = Path(__file__).parent / "data" / "injection" / "stack.yaml"
 BASE: dict[str, Any] = yaml.safe_load(RICH.read_text())
+# A field that takes one of two shapes holds the first in the file; fields of the other shape are
+# tried on a copy of the stack that holds it (artifact_mirror: a URL, or a bundle a node serves).
+OTHER_FORMS: dict[str, Any] = {"artifact_mirror": {"bundle": "/srv/podium-bundle", "node": "vm-ctrl"}}
 VERSIONS = load_versions()
 # Where a slot's path steps into the first item of a list, or the first key or value of a mapping.
 ITEM, KEY, VALUE = "<item>", "<key>", "<value>"
@@ -93,8 +96,16 @@ def value_at(doc: Any, slot: tuple[str, ...]) -> str:
     return str(node[last])
 
 
+def base_doc(slot: tuple[str, ...]) -> dict[str, Any]:
+    """The stack a slot is tried in: BASE, or BASE with the field's other shape."""
+    top = slot[0]
+    if top in OTHER_FORMS and not isinstance(BASE[top], dict) and len(slot) > 1:
+        return {**BASE, top: copy.deepcopy(OTHER_FORMS[top])}
+    return BASE
+
+
 def with_value(slot: tuple[str, ...], value: str) -> dict[str, Any]:
-    doc = copy.deepcopy(BASE)
+    doc = copy.deepcopy(base_doc(slot))
     node, last = _parent(doc, slot), slot[-1]
     if last == ITEM:
         node[0] = value
@@ -192,13 +203,21 @@ def swapped(data: Any, hostile: str, harmless: str) -> Any:
     return data
 
 
-_BASE_FILES: dict[str, Any] = {}
+_BASE_FILES: dict[str, dict[str, Any]] = {}
 
 
-def base_files() -> dict[str, Any]:
-    if not _BASE_FILES:
-        _BASE_FILES.update({k: parsed(k, v) for k, v in rendered(load_stack(RICH)).items()})
-    return _BASE_FILES
+def base_files(slot: tuple[str, ...], tmp_path: Path) -> dict[str, Any]:
+    """The files the slot's own stack renders with its harmless values, parsed."""
+    doc = base_doc(slot)
+    key = json.dumps(doc, sort_keys=True, default=str)
+    if key not in _BASE_FILES:
+        path = RICH
+        if doc is not BASE:
+            path = tmp_path / "base" / "stack.yaml"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(yaml.safe_dump(doc, allow_unicode=False))
+        _BASE_FILES[key] = {k: parsed(k, v) for k, v in rendered(load_stack(path)).items()}
+    return _BASE_FILES[key]
 
 
 @st.composite
@@ -210,7 +229,7 @@ def hostile_text(draw: st.DrawFn) -> str:
 
 
 def check_refused_or_inert(tmp_path: Path, slot: tuple[str, ...], hostile: str) -> str:
-    harmless = value_at(BASE, slot)
+    harmless = value_at(base_doc(slot), slot)
     path = tmp_path / "stack.yaml"
     path.write_text(yaml.safe_dump(with_value(slot, hostile), allow_unicode=False))
     try:
@@ -230,7 +249,7 @@ def check_refused_or_inert(tmp_path: Path, slot: tuple[str, ...], hostile: str) 
     assert not CONTROL.search(hostile), f"{slot}: a value with a control character was accepted: {hostile!r}"
     # The value as the schema keeps it (an engine flag loses its leading dashes, say).
     hostile = value_at(stack.model_dump(mode="json"), slot)
-    base = base_files()
+    base = base_files(slot, tmp_path)
     assert {swapped(k, hostile, harmless) for k in files} == set(base), f"{slot}: {hostile!r} changed file names"
     for name, text in files.items():
         ours = swapped(parsed(name, text), hostile, harmless)
@@ -244,7 +263,7 @@ def test_the_injection_stack_fills_every_string_field_of_the_schema() -> None:
     """A string field the stack under test leaves empty would escape the test below."""
     assert len(SLOTS) > 50, SLOTS
     for slot in SLOTS:
-        value_at(BASE, slot)  # KeyError or IndexError: add the field to tests/data/injection
+        value_at(base_doc(slot), slot)  # KeyError or IndexError: add the field to tests/data/injection
 
 
 @settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
