@@ -9,6 +9,9 @@ from pyinfra import host
 from pyinfra.api import operation
 from pyinfra.facts.server import Command
 
+# Written last into a venv by its install, naming what it was installed from: a run cut short
+# installs again, an unchanged venv is left alone without a check that counts as a change.
+VENV_MARK = ".podium-ready"
 # The exit status is printed last, so a command's own output never hides whether it passed.
 STATUS = "podium-check-status="
 
@@ -54,3 +57,13 @@ def user_as_declared(user: str, group: str, home: str, shell: str) -> bool:
         f"test -d {shlex.quote(home)} && echo home-present || true",
     )
     return (text or "").split() == [f"{home}:{shell}", group, "home-present"]
+
+
+def output(command: str) -> str:
+    """What `command` prints on the node, stripped; empty where it fails or prints nothing."""
+    return str(host.get_fact(Command, command=f"{command} 2>/dev/null || true") or "").strip()
+
+
+def venv_mark(venv: str) -> str:
+    """What the venv at `venv` was last installed from; empty when its install never finished."""
+    return output(f"cat {venv}/{VENV_MARK}")

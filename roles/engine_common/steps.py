@@ -32,7 +32,7 @@ CA_FILE = f"{REGISTRY_DIR}/ca.pem"
 AUTH_FILE = f"{REGISTRY_DIR}/pull.auth"
 WHEELS_DIR = "/opt/podium/wheels"
 WHEELHOUSES_DIR = "/opt/podium/wheelhouses"
-READY_MARK = ".podium-ready"
+READY_MARK = checks.VENV_MARK
 ENGINE_HOME = "/var/lib/podium/engines"
 # Podium's MLServer runtime and the two import-free package files it needs, shipped as-is.
 RUNTIME_FILES = {
@@ -167,7 +167,7 @@ def venv_from_wheelhouse(venv: str, wheelhouse: str, requirements: Sequence[str]
     `every_wheel` installs the folder's wheels as they are, unresolved: for a wheelhouse that
     left out distributions its requirements declare (see podium.artifacts.wheelhouse)."""
     mark = f"{wheelhouse.rsplit('/', 1)[-1]} {' '.join(sorted(requirements))}"
-    if _ready_mark(venv) == mark:
+    if checks.venv_mark(venv) == mark:
         return
     install = (f"--no-deps {wheelhouse}/*.whl" if every_wheel else
                f"--find-links {wheelhouse} {' '.join(shlex.quote(r) for r in requirements)}")
@@ -186,7 +186,7 @@ def venv_from_wheel(venv: str, wheel: Path, post: Sequence[str], what: str) -> N
     """A venv holding one wheel shipped from the control machine (no index, no dependencies)."""
     remote = f"{WHEELS_DIR}/{wheel.name}"
     files.put(name=f"Ship {wheel.name}", src=str(wheel), dest=remote, mode="644")
-    if _ready_mark(venv) == wheel.name:
+    if checks.venv_mark(venv) == wheel.name:
         return
     server.shell(
         name=f"Install {what} into {venv}",
@@ -206,7 +206,7 @@ def venv_from_mirror(
     """A venv installed from the bundle's wheelhouse on the mirror, by its lock's hashes; rebuilt
     when the lock changes."""
     mark = locks_mark(Path(host.data.podium_bundle), [house]).strip()
-    if _ready_mark(venv) == mark:
+    if checks.venv_mark(venv) == mark:
         return
     server.shell(
         name=f"Install {what} into {venv} from the mirror's wheelhouse {house}",
@@ -220,9 +220,6 @@ def venv_from_mirror(
     )
 
 
-def _ready_mark(venv: str) -> str:
-    text = host.get_fact(Command, command=f"cat {venv}/{READY_MARK} 2>/dev/null || true")
-    return (text or "").strip()
 
 
 def point_venv(name: str, venv: str) -> OperationMeta:

@@ -10,7 +10,6 @@ from pyinfra import host
 from pyinfra.api import FunctionCommand, operation
 from pyinfra.api import deploy as pyinfra_deploy
 from pyinfra.api.operation import OperationMeta
-from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
@@ -25,7 +24,7 @@ from podium.secrets import StackSecrets
 from roles import checks, folders
 from roles.gateway.defaults import DEFAULTS
 
-READY_MARK = ".podium-ready"
+READY_MARK = checks.VENV_MARK
 
 
 @pyinfra_deploy("gateway: deploy", data_defaults=DEFAULTS)
@@ -131,12 +130,6 @@ def deploy() -> None:
         )
 
 
-def _installed_mark(prefix: str) -> str:
-    """What the venv was last installed from, written last by the install: a run cut short
-    before the end installs again, an unchanged venv is left alone (no check that counts)."""
-    return (host.get_fact(Command, command=f"cat {prefix}/venv/{READY_MARK} 2>/dev/null || true") or "").strip()
-
-
 def _install_commands(prefix: str, mark: str, pip: list[str]) -> list[str]:
     return [
         f"rm -f {prefix}/venv/{READY_MARK}",
@@ -157,7 +150,7 @@ def _install_from_control_machine(prefix: str) -> list[OperationMeta]:
     )
     shipped_wheel = files.put(name="Ship Podium's wheel", src=str(wheel), dest=f"{prefix}/{wheel.name}")
     # The wheelhouse and the build of Podium's wheel (its folder is keyed by the source).
-    mark, installed = f"{house.name} {wheel.parent.name}", _installed_mark(prefix)
+    mark, installed = f"{house.name} {wheel.parent.name}", checks.venv_mark(f"{prefix}/venv")
     install = server.shell(
         name="Install the gateway into its venv",
         commands=_install_commands(prefix, mark, [
@@ -176,7 +169,7 @@ def _install_from_mirror(mirror: dict, prefix: str) -> list[OperationMeta]:
     houses = ["gateway", "podium"]
     text = locks_mark(Path(host.data.podium_bundle), houses)
     locks = files.put(name="The gateway's wheel locks", src=StringIO(text), dest=f"{prefix}/bundle-locks", mode="644")
-    mark, installed = hashlib.sha256(text.encode()).hexdigest()[:16], _installed_mark(prefix)
+    mark, installed = hashlib.sha256(text.encode()).hexdigest()[:16], checks.venv_mark(f"{prefix}/venv")
     pip = f"{prefix}/venv/bin/pip"
     install = server.shell(
         name="Install the gateway into its venv from the mirror's wheelhouses",

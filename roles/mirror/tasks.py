@@ -5,19 +5,14 @@ from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import deploy as pyinfra_deploy
-from pyinfra.facts.server import Command
 from pyinfra.operations import files, server, systemd
 
 from podium.bundle.manifest import MANIFEST
 from podium.files import files_for
 from podium.pinned import node_versions
 from podium.registry.ca import ca_certificate, server_certificate
-from roles import checks
+from roles import checks, nginx
 from roles.mirror.defaults import DEFAULTS
-
-
-def _fact(command: str) -> str:
-    return str(host.get_fact(Command, command=f"{command} 2>/dev/null || true") or "").strip()
 
 
 @pyinfra_deploy("mirror: deploy", data_defaults=DEFAULTS)
@@ -30,7 +25,7 @@ def deploy() -> None:
     # The manifest names every file with its sha256: the node's copy tells whether anything
     # changed, so an unchanged bundle costs one command. It is shipped last, so a ship cut off
     # halfway is taken up again on the next run.
-    if _fact(f"sha256sum {root}/{MANIFEST} | cut -d' ' -f1") == settings["bundle_digest"]:
+    if checks.output(f"sha256sum {root}/{MANIFEST} | cut -d' ' -f1") == settings["bundle_digest"]:
         host.noop(f"the bundle in {root} is the one on the control machine")
     else:
         files.sync(
@@ -50,23 +45,23 @@ def deploy() -> None:
     files.directory(name="No other sources for the bundle's apt run", path=f"{etc}/sources.d", mode="755")
     files.put(name="The bundle as a file: apt source", src=StringIO(rendered["bundle.list"]),
               dest=f"{etc}/bundle.list", mode="644")
-    nginx = node_versions().pinned("mirror", ["nginx"])[0]
+    package = node_versions().pinned("mirror", ["nginx"])[0]
     lists = host.data.mirror_apt_lists
     options = " ".join(
         f"-o {shlex.quote(o)}"
         for o in (f"Dir::Etc::SourceList={etc}/bundle.list", f"Dir::Etc::SourceParts={etc}/sources.d",
                   f"Dir::State::Lists={lists}")
     )
-    wanted = nginx.split("=", 1)[1]
-    if _fact("dpkg-query -W -f='${Version} ${db:Status-Status}' nginx") == f"{wanted} installed":
+    wanted = package.split("=", 1)[1]
+    if checks.output("dpkg-query -W -f='${Version} ${db:Status-Status}' nginx") == f"{wanted} installed":
         host.noop(f"nginx {wanted} is installed")
     else:
         server.shell(
-            name=f"Install {nginx} from the bundle",
+            name=f"Install {package} from the bundle",
             commands=[
                 f"mkdir -p {lists}/partial",
                 f"apt-get {options} update",
-                f"DEBIAN_FRONTEND=noninteractive apt-get {options} install -y --no-install-recommends {nginx}",
+                f"DEBIAN_FRONTEND=noninteractive apt-get {options} install -y --no-install-recommends {package}",
             ],
         )
     files.link(name="No default nginx site", path="/etc/nginx/sites-enabled/default", present=False)
@@ -80,18 +75,7 @@ def deploy() -> None:
     ]
     site = files.put(name="nginx serves the bundle", src=StringIO(rendered["podium-mirror.conf"]),
                      dest=host.data.mirror_nginx_site, mode="644")
-    changed = [site.did_change] + [op.did_change for op in tls]
-    server.shell(name="Check the nginx configuration", commands=["nginx -t -q"],
-                 _if=lambda: any(c() for c in changed))
-    systemd.service(
-        name="Restart nginx after its site or certificate changed",
-        service="nginx",
-        running=True,
-        enabled=True,
-        restarted=True,
-        _if=lambda: any(c() for c in changed),
-    )
-    systemd.service(name="Run nginx", service="nginx", running=True, enabled=True)
+    nginx.restart_on_change([site, *tls], "site or certificate")
 
 
 @pyinfra_deploy("mirror: check", data_defaults=DEFAULTS)

@@ -14,6 +14,10 @@ from podium.files import files_for
 from roles import checks
 from roles.network.defaults import DEFAULTS
 
+# Links are reapplied under the SSH connection that applies them: once this role changed
+# something, `podium up` opens new connections for the components after it.
+RESETS_CONNECTIONS = True
+
 
 @pyinfra_deploy("network: deploy", data_defaults=DEFAULTS)
 def deploy() -> None:

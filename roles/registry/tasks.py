@@ -4,14 +4,13 @@ from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import deploy as pyinfra_deploy
-from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
 
 from podium.files import files_for
 from podium.pinned import node_versions
 from podium.registry.access import pull_credential, push_credential
 from podium.registry.ca import server_certificate
-from roles import checks
+from roles import checks, nginx
 from roles.registry import accounts
 from roles.registry.defaults import DEFAULTS
 
@@ -21,10 +20,6 @@ GC_UNIT = "podium-registry-gc"
 def packages() -> list[str]:
     """docker-registry at the host's registry version and nginx, as stacks/versions.yaml pins them."""
     return node_versions().pinned("registry", ["docker-registry", "nginx"])
-
-
-def _fact(command: str) -> str:
-    return str(host.get_fact(Command, command=f"{command} 2>/dev/null || true") or "")
 
 
 @pyinfra_deploy("registry: deploy", data_defaults=DEFAULTS)
@@ -90,7 +85,7 @@ def deploy() -> None:
     )
 
     # nginx's workers reach the registry's socket as members of its group.
-    in_group = "docker-registry" in _fact("id -nG www-data").split()
+    in_group = "docker-registry" in checks.output("id -nG www-data").split()
     group = server.shell(
         name="nginx may reach the registry's socket",
         commands=["usermod -a -G docker-registry www-data"],
@@ -112,7 +107,7 @@ def deploy() -> None:
         # Read per request by nginx's workers: readable by www-data only.
         files.put(
             name=f"Registry accounts {name}",
-            src=StringIO(accounts.htpasswd(members, _fact(f"cat {path}"), rounds)),
+            src=StringIO(accounts.htpasswd(members, checks.output(f"cat {path}"), rounds)),
             dest=path,
             user="root",
             group="www-data",
@@ -125,19 +120,7 @@ def deploy() -> None:
         dest=host.data.registry_nginx_site,
         mode="644",
     )
-    restart = [site.did_change, group.did_change] + [op.did_change for op in tls]
-    server.shell(
-        name="Check the nginx configuration", commands=["nginx -t -q"], _if=lambda: any(c() for c in restart)
-    )
-    systemd.service(
-        name="Restart nginx after its site, certificate or groups changed",
-        service="nginx",
-        running=True,
-        enabled=True,
-        restarted=True,
-        _if=lambda: any(c() for c in restart),
-    )
-    systemd.service(name="Run nginx", service="nginx", running=True, enabled=True)
+    nginx.restart_on_change([site, group, *tls], "site, certificate or groups")
 
 
 @pyinfra_deploy("registry: check", data_defaults=DEFAULTS)

@@ -8,7 +8,6 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import deploy as pyinfra_deploy
 from pyinfra.api.exceptions import DeployError
-from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
 
 from podium.files import files_for
@@ -23,10 +22,6 @@ FSTAB_MARKER = "# {mark} podium storage"
 def package(name: str) -> str:
     """`name=version` as stacks/versions.yaml pins it for the host's storage version."""
     return node_versions().pinned("storage", [name])[0]
-
-
-def _fact(command: str) -> str:
-    return str(host.get_fact(Command, command=f"{command} 2>/dev/null || true") or "")
 
 
 def _when(flag: bool) -> Callable[[], bool]:
@@ -77,7 +72,7 @@ def _gluster_server(settings: dict[str, Any], rendered: dict[str, str], here: bo
 
     device = host.data.storage_brick_device if here else None
     folder = settings["brick"].rsplit("/", 1)[0]
-    fs = _fact(f"blkid -o value -s TYPE {shlex.quote(device)}").strip() if device else ""
+    fs = checks.output(f"blkid -o value -s TYPE {shlex.quote(device)}").strip() if device else ""
     if fs not in ("", "xfs"):
         raise DeployError(
             f"{host.name}: brick disk {device} holds a {fs} file system; "
@@ -98,7 +93,7 @@ def _gluster_server(settings: dict[str, Any], rendered: dict[str, str], here: bo
         replace=f"{device} {folder} xfs defaults,noatime 0 0",
         _if=_when(bool(device)),
     )
-    mounted = bool(device) and bool(_fact(f"findmnt -n --mountpoint {shlex.quote(folder)}").strip())
+    mounted = bool(device) and bool(checks.output(f"findmnt -n --mountpoint {shlex.quote(folder)}").strip())
     server.shell(
         name="Mount the brick disk",
         commands=[f"findmnt --mountpoint {shlex.quote(folder)} >/dev/null || mount {shlex.quote(folder)}"],
@@ -107,13 +102,13 @@ def _gluster_server(settings: dict[str, Any], rendered: dict[str, str], here: bo
 
     # The first server forms the pool and creates the volume, once every server runs glusterd.
     first = here and host.name == settings["servers"][0]
-    probes = gluster.peer_probes(settings, _fact("gluster pool list")) if first else []
+    probes = gluster.peer_probes(settings, checks.output("gluster pool list")) if first else []
     server.shell(
         name="Add the storage nodes to the pool",
         commands=probes or ["true"],
         _if=_when(bool(probes)),
     )
-    info = _fact(f"gluster volume info {shlex.quote(settings['volume'])} --xml") if first else ""
+    info = checks.output(f"gluster volume info {shlex.quote(settings['volume'])} --xml") if first else ""
     started = gluster.volume_info_started(info)
     server.shell(
         name=f"Create the volume {settings['volume']}",
@@ -171,7 +166,7 @@ def _mount(settings: dict[str, Any], rendered: dict[str, str], here: bool) -> No
         marker=FSTAB_MARKER,
         _if=_when(shared),
     )
-    source = _fact(f"findmnt -n -o SOURCE --mountpoint {shlex.quote(mount)}").strip() if shared else ""
+    source = checks.output(f"findmnt -n -o SOURCE --mountpoint {shlex.quote(mount)}").strip() if shared else ""
     wanted = rendered["fstab"].split()[0] if shared else ""
     changed = shared and (source != wanted or fstab.will_change)
     commands = [f"umount {shlex.quote(mount)}"] if source and changed else []

@@ -78,4 +78,4 @@ def key_file(stack: str, name: str) -> Path:
 def _keep(stack: str, name: str, secret: str) -> None:
     path = key_file(stack, name)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    StackSecrets._write(path, secret + "\n")
+    StackSecrets.write_private(path, secret + "\n")

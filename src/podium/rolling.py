@@ -10,9 +10,7 @@ stops the run: the hosts not reached yet keep serving the previous release, undr
 
 from __future__ import annotations
 
-import importlib
 import ssl
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -21,11 +19,10 @@ from typing import Any
 
 from rich.console import Console
 
-from podium.drivers.pyinfra_runner import ComponentRun, run_component
+from podium.drivers.pyinfra_runner import ComponentRun, roles_module, run_component
 from podium.errors import InvalidInput, PodiumError
 from podium.plan.actions import Action
 from podium.plan.state import HostState
-from podium.render import REPO
 from podium.stack.model import Stack
 from podium.stack.ports import replicas
 
@@ -46,10 +43,10 @@ class HostReplica:
     url: str
 
 
-def rolls(component: str, todo: Sequence[Action], dry_run: bool) -> bool:
+def rolls(component: str, due: Sequence[Action], dry_run: bool) -> bool:
     """Whether `podium up` changes this component host by host rather than all hosts at once."""
     return (not dry_run and (component in ENGINES or component == "gateway")
-            and any(a.action in ROLLED for a in todo))
+            and any(a.action in ROLLED for a in due))
 
 
 def host_replicas(stack: Stack, component: str, host: str) -> list[HostReplica]:
@@ -134,12 +131,6 @@ class Gateways:
                 for rep in replicas if rep.url == url]
 
 
-def _checks() -> object:
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    return importlib.import_module("roles.engine_common.checks")
-
-
 def engine_ready(stack: Stack, component: str, host: str, settings: dict[str, Any]) -> str | None:
     """None once every replica of `component` on `host` passes verify's readiness check, else why."""
     import testinfra
@@ -150,13 +141,13 @@ def engine_ready(stack: Stack, component: str, host: str, settings: dict[str, An
     node = stack.node(host)
     config = ssh_config(stack, StackSecrets(stack.name))
     target = testinfra.get_host(f"ssh://{host}", ssh_config=str(config), sudo=node.ssh.user != "root")
-    checks = _checks()
+    checks = roles_module("engine_common.checks")
     why = None
     deadline = time.monotonic() + READY_S
     while time.monotonic() < deadline:
         try:
             for replica in settings["replicas"]:
-                checks.ready(target, component.removeprefix("engine-"), replica)  # type: ignore[attr-defined]
+                checks.ready(target, component.removeprefix("engine-"), replica)
             return None
         except Exception as exc:  # a failed check or a lost SSH connection: asked again until the bound
             why = (str(exc).splitlines() or [type(exc).__name__])[0]
@@ -189,7 +180,7 @@ def gateway_ready(stack: Stack, host: str) -> str | None:
 def roll(
     stack: Stack,
     component: str,
-    todo: Sequence[Action],
+    due: Sequence[Action],
     entries: dict[str, dict[str, Any]],
     record: Callable[[str], HostState | None],
     states: dict[str, HostState],
@@ -197,9 +188,9 @@ def roll(
 ) -> ComponentRun:
     """Change `component` host by host (see the module's docstring); raises at the first failure,
     naming the replica and how to roll back."""
-    total = ComponentRun(component, "deploy", [a.host for a in todo])
+    total = ComponentRun(component, "deploy", [a.host for a in due])
     order = {name: i for i, name in enumerate(stack.node_names)}
-    together = [a.host for a in todo if a.action not in ROLLED]
+    together = [a.host for a in due if a.action not in ROLLED]
     if together:
         run = run_component([(h, entries[h]) for h in together], component, "deploy", record=record)
         _add(total, run)
@@ -207,7 +198,7 @@ def roll(
             failed, reason = next(iter(run.failed.items()))
             raise PodiumError(f"{component} failed on {failed}: {reason}")
     gateways = Gateways(stack, states, console) if component in ENGINES else None
-    for action in sorted((a for a in todo if a.action in ROLLED), key=lambda a: order[a.host]):
+    for action in sorted((a for a in due if a.action in ROLLED), key=lambda a: order[a.host]):
         host = action.host
         # One host may hold several replicas of an engine: its role may restart any of them, so
         # all of them are drained together.

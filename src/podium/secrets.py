@@ -66,7 +66,7 @@ class StackSecrets:
     def write_known_hosts(self, entries: dict[str, list[str]]) -> None:
         """entries: address → host key lines ("ssh-ed25519 AAAA...")."""
         lines = [f"{addr} {key}" for addr, keys in sorted(entries.items()) for key in keys]
-        self._write(self.known_hosts, "\n".join(lines) + "\n")
+        self.write_private(self.known_hosts, "\n".join(lines) + "\n")
 
     def token(self, name: str, nbytes: int = 32) -> str:
         """A named random secret, made once and kept 0600."""
@@ -74,7 +74,7 @@ class StackSecrets:
         if not path.exists():
             self._ensure_folder()
             path.parent.mkdir(mode=0o700, exist_ok=True)
-            self._write(path, secrets.token_urlsafe(nbytes))
+            self.write_private(path, secrets.token_urlsafe(nbytes))
         return path.read_text(encoding="utf-8").strip()
 
     def path(self, name: str) -> Path:
@@ -82,7 +82,8 @@ class StackSecrets:
         return self.folder / name
 
     @staticmethod
-    def _write(path: Path, content: str) -> None:
+    def write_private(path: Path, content: str) -> None:
+        """Write `content` to `path` whole (a reader sees the old file or the new), 0600."""
         tmp = path.with_suffix(path.suffix + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

@@ -39,9 +39,13 @@ def recorded_states(stack: Stack) -> dict[str, HostState]:
     return read_states(entries)
 
 
-def preflight(stack: Stack, actions: Sequence[Action]) -> None:
-    """Refuse, before touching a host, what a role would only find out halfway."""
-    _check_bundle(stack)
+def preflight(stack: Stack, actions: Sequence[Action], versions: VersionTable | None = None) -> None:
+    """Refuse, before touching a host, what a role would only find out halfway.
+
+    versions: the stack's effective table, when the caller has it already.
+    """
+    versions = versions or load_versions().for_stack(stack)
+    _check_bundle(stack, versions)
     kube = stack.kubernetes
     installs_k3s = any(a.component == "kubernetes" and a.action != "remove" for a in actions)
     if installs_k3s and kube and kube.distribution == "k3s" and not stack.mirror_url:
@@ -50,7 +54,7 @@ def preflight(stack: Stack, actions: Sequence[Action]) -> None:
             "but artifact_mirror is not set; name the mirror that holds k3s and its air-gap images"
         )
     if installs_k3s:
-        for key, art in load_versions().for_stack(stack).components["kubernetes"].artifacts.items():
+        for key, art in versions.components["kubernetes"].artifacts.items():
             if art.sha256 is None:
                 raise InvalidInput(
                     f"stack {stack.name}: k3s file {art.file} is operator-supplied and stacks/versions.yaml "
@@ -59,7 +63,7 @@ def preflight(stack: Stack, actions: Sequence[Action]) -> None:
                 )
 
 
-def _check_bundle(stack: Stack) -> None:
+def _check_bundle(stack: Stack, versions: VersionTable) -> None:
     """A bundle is shipped only whole and as its manifest describes it: `podium bundle verify`."""
     from podium.bundle.manifest import MANIFEST, recorded_slots, verify
 
@@ -71,7 +75,7 @@ def _check_bundle(stack: Stack) -> None:
             f"stack {stack.name}: artifact_mirror.bundle {bundle.bundle!r} ({folder}) holds no bundle yet; "
             f"write it with `podium bundle {stack.folder} --out {folder}`"
         )
-    problems = verify(folder, recorded_slots(folder, load_versions()))
+    problems = verify(folder, recorded_slots(folder, versions))
     if problems:
         raise InvalidInput(
             f"stack {stack.name}: bundle {folder} fails `podium bundle verify` ({problems[0]}"
@@ -123,7 +127,7 @@ def up(
         if name not in COMPONENT_NAMES:
             raise InvalidInput(f"--only {name}: not a component; components: {', '.join(COMPONENT_NAMES)}")
     versions = (versions or load_versions()).for_stack(stack)
-    preflight(stack, make_plan(stack, versions))
+    preflight(stack, make_plan(stack, versions), versions)
     # Before any role runs: base installs the CA on every node, registry and gateway sign with
     # it; made (or remade, when nodes changed) for the stack's own names and addresses only.
     ca_certificate(stack.name, CaScope.of(stack), replace=not (limit or only))
@@ -148,11 +152,11 @@ def up(
 
     for component in COMPONENTS:
         skip = ("remove",) if reapply else ("keep", "remove")
-        todo = [a for a in actions if a.component == component.name and a.action not in skip]
-        todo = [a for a in todo if selected(a)]
-        if not todo:
+        due = [a for a in actions if a.component == component.name and a.action not in skip]
+        due = [a for a in due if selected(a)]
+        if not due:
             continue
-        by_host = {a.host: a for a in todo}
+        by_host = {a.host: a for a in due}
 
         def record(host: str, by_host: dict[str, Action] = by_host, name: str = component.name) -> HostState | None:
             action = by_host[host]
@@ -164,10 +168,10 @@ def up(
             return new_states[host].model_copy(deep=True)
 
         hosts: list[HostEntry] = [(h, entries[h]) for h in by_host]
-        label = ", ".join(f"{a.host} ({a.action})" for a in todo)
-        if rolling.rolls(component.name, todo, dry_run):
+        label = ", ".join(f"{a.host} ({a.action})" for a in due)
+        if rolling.rolls(component.name, due, dry_run):
             # Engines and gateways change one host at a time, drained, each ready before the next.
-            run = rolling.roll(stack, component.name, todo, entries, record, states, console)
+            run = rolling.roll(stack, component.name, due, entries, record, states, console)
         else:
             with console.status(f"{component.name}: {label}"):
                 run = run_component(hosts, component.name, "deploy", dry_run=dry_run, record=record)

@@ -194,8 +194,8 @@ def recorded_nodes(stack: Stack, console: Console) -> tuple[dict[str, dict[str, 
 
     from podium.drivers.pyinfra_runner import read_node_files
     from podium.inventory import connection
-    from podium.plan.drift import RELEASE_RECORD, node_drift, parse_release
-    from podium.plan.state import STATE_PATH, parse_state
+    from podium.plan.drift import node_drift, parse_release
+    from podium.plan.state import RELEASE_RECORD, STATE_PATH, parse_state
     from podium.up import require_machines
 
     # paramiko logs a traceback for every host that does not answer; the note below says it.

@@ -49,13 +49,18 @@ class ComponentRun:
         return not self.failed
 
 
-def role_module(component: str) -> Any:
-    """roles/<role>/tasks.py, imported from the checkout (roles are not part of the wheel)."""
+def roles_module(name: str) -> Any:
+    """roles.<name>, imported from the checkout (roles are not part of the wheel)."""
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
+    return importlib.import_module(f"roles.{name}")
+
+
+def role_module(component: str) -> Any:
+    """roles/<role>/tasks.py of a component."""
     role = component.replace("-", "_")
     try:
-        return importlib.import_module(f"roles.{role}.tasks")
+        return roles_module(f"{role}.tasks")
     except ModuleNotFoundError as exc:
         if exc.name in (f"roles.{role}", f"roles.{role}.tasks"):
             raise PodiumError(f"component {component} has no role at roles/{role}/tasks.py") from None
@@ -210,8 +215,8 @@ def run_component(
             run_ops(state)
         _lap(result, "execute", clock)
         result.changes += _did_change(state)
-        if component == "network" and result.changes:
-            # Links were reapplied under the hosts' SSH connections: later runs connect afresh.
+        if result.changes and getattr(module, "RESETS_CONNECTIONS", False):
+            # The role changed what the hosts' SSH connections run over: later runs connect afresh.
             _forget(state)
         for host in state.inventory:
             if host.name in result.failed:

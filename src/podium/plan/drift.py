@@ -10,9 +10,6 @@ from typing import Any
 from podium.plan.actions import Action
 from podium.plan.state import HostState
 
-# Written by each release on the node (the releases of issue 14); absent before the first one.
-RELEASE_RECORD = "/var/lib/podium/releases/current.json"
-
 # What a plan action says about a component recorded on a node, as `podium status` marks it.
 DRIFT = {
     "keep": "",

@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from podium.errors import InvalidInput
 
 STATE_PATH = "/var/lib/podium/state.json"
+# Each release a node took part in, and the current one (see podium.releases.node).
+NODE_RELEASES = "/var/lib/podium/releases"
+RELEASE_RECORD = f"{NODE_RELEASES}/current.json"
 STATE_FORMAT = 1
 
 
@@ -63,7 +66,12 @@ def parse_states(text: str, source: str) -> dict[str, HostState]:
     return {s.host: s for s in states}
 
 
+def canonical_sha256(data: Any) -> str:
+    """The sha256 (hex) of `data` as canonical JSON: equal data, equal digest."""
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def config_hash(settings: dict[str, Any]) -> str:
     """A stable digest of a role's settings on one host: equal settings, equal hash."""
-    canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return canonical_sha256(settings)[:16]

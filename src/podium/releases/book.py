@@ -69,10 +69,11 @@ class ReleaseBook:
         os.chmod(self.folder, 0o700)
         snap = self.snapshot_dir(release.number)
         snap.mkdir(exist_ok=True)
-        StackSecrets._write(snap / SNAPSHOT_STACK, Path(stack.file).read_text(encoding="utf-8"))
-        StackSecrets._write(snap / SNAPSHOT_TABLE, yaml.safe_dump(effective_table(table, stack), sort_keys=False))
+        write = StackSecrets.write_private
+        write(snap / SNAPSHOT_STACK, Path(stack.file).read_text(encoding="utf-8"))
+        write(snap / SNAPSHOT_TABLE, yaml.safe_dump(effective_table(table, stack), sort_keys=False))
         path = self._file(release.number)
-        StackSecrets._write(path, release.to_json())
+        write(path, release.to_json())
         return path
 
     def snapshot(self, number: int) -> tuple[Path, Path]:

@@ -20,11 +20,9 @@ from pyinfra.operations import files, server
 from podium.drivers.pyinfra_runner import connected, unreachable
 from podium.errors import PodiumError
 from podium.inventory import HostEntry
+from podium.plan.state import NODE_RELEASES, RELEASE_RECORD
 from podium.releases.prune import ARTIFACT_DIRS, prunable
 from podium.releases.record import Release
-
-NODE_RELEASES = "/var/lib/podium/releases"
-CURRENT = f"{NODE_RELEASES}/current.json"
 
 
 def node_record_path(number: int) -> str:
@@ -60,7 +58,7 @@ def _on_node(release: Release, kept: list[Release], pruned: list[str]) -> None:
     files.directory(name="Podium releases folder", path=NODE_RELEASES, mode="755")
     files.put(name=f"Record release {release.number}", src=StringIO(record),
               dest=node_record_path(release.number), mode="644")
-    files.put(name="Record the current release", src=StringIO(record), dest=CURRENT, mode="644")
+    files.put(name="Record the current release", src=StringIO(record), dest=RELEASE_RECORD, mode="644")
     listing = host.get_fact(Command, command=listing_command()) or ""
     stale = prunable(host.name, listing.splitlines(), kept)
     if stale:

@@ -20,7 +20,7 @@ KIND_COMPONENT = {
     "vllm-cpu": "engine-vllm",
     "sglang": "engine-sglang",
 }
-KINDS = "llamacpp|mlserver|vllm-cpu|vllm|sglang"
+KINDS = "|".join(KIND_COMPONENT)
 VENV = re.compile(rf"^(?P<kind>{KINDS})-(?P<version>\d[^/]*)$")
 # <kind>-<version>-<16 hex digits of the pins>, as podium.artifacts.wheelhouse names them.
 WHEELHOUSE = re.compile(rf"^(?P<kind>{KINDS})-(?P<version>\d[^/]*)-[0-9a-f]{{16}}$")

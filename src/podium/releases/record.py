@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import getpass
-import hashlib
 import json
 import socket
 from collections.abc import Mapping, Sequence
@@ -14,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from podium.plan.actions import Action
-from podium.plan.state import HostState
+from podium.plan.state import HostState, canonical_sha256
 from podium.stack.model import Stack
 from podium.stack.versions import VersionTable
 
@@ -67,8 +66,7 @@ class Release(BaseModel):
 
 
 def digest_of(data: Any) -> str:
-    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
-    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+    return "sha256:" + canonical_sha256(data)
 
 
 def effective_table(table: VersionTable, stack: Stack) -> dict[str, Any]:

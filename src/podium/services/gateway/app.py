@@ -11,7 +11,6 @@ from typing import Any
 
 import prometheus_client
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -210,15 +209,6 @@ def _endpoint(gw: Gateway, handler: Handler) -> Callable[[Request], Awaitable[An
     return endpoint
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    code = "not_found" if exc.status_code == 404 else "method_not_allowed"
-    return errors.GatewayError(
-        exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
-        "invalid_request_error", code=code,
-    ).response()
-
-
 def create_apps(config: GatewayConfig) -> tuple[Starlette, Starlette]:
     """The API app and the metrics app of one gateway; the store and health checks start with
     the API app's lifespan. The metrics app has its own listener, which the firewall opens to
@@ -261,12 +251,12 @@ def create_apps(config: GatewayConfig) -> tuple[Starlette, Starlette]:
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={404: _http_error, 405: _http_error},
+        exception_handlers=errors.ROUTE_ERRORS,
     )
     app.state.gateway = gw
     scrape = Starlette(
         routes=[route("/metrics", metrics, ["GET"])],
-        exception_handlers={404: _http_error, 405: _http_error},
+        exception_handlers=errors.ROUTE_ERRORS,
     )
     return app, scrape
 

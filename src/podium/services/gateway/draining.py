@@ -15,7 +15,6 @@ from typing import Any
 
 import aiohttp
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -131,16 +130,11 @@ def control_app(gw: Gateway) -> Starlette:
 
         return Route(path, endpoint, methods=methods)
 
-    async def not_here(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        return errors.GatewayError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
-                                   "invalid_request_error").response()
-
     return Starlette(
         routes=[
             route("/admin/v1/replicas", list_replicas, ["GET"]),
             route("/admin/v1/replicas/drain", drain, ["POST"]),
             route("/admin/v1/replicas/undrain", undrain, ["POST"]),
         ],
-        exception_handlers={404: not_here, 405: not_here},
+        exception_handlers=errors.ROUTE_ERRORS,
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.responses import Response
 
 from podium.errors import PodiumError
@@ -102,3 +104,17 @@ def bad_gateway(message: str) -> GatewayError:
 
 def gateway_timeout(message: str) -> GatewayError:
     return GatewayError(504, message, "server_error", code="upstream_timeout")
+
+
+async def route_error(request: Request, exc: Exception) -> Response:
+    """A path or method no route takes, as an OpenAI error body like every other refusal."""
+    assert isinstance(exc, HTTPException)
+    code = "not_found" if exc.status_code == 404 else "method_not_allowed"
+    return GatewayError(
+        exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
+        "invalid_request_error", code=code,
+    ).response()
+
+
+# Every listener's app (API, metrics, control) answers unknown paths and methods the same way.
+ROUTE_ERRORS = {404: route_error, 405: route_error}
