@@ -27,7 +27,11 @@ from podium.services import model_pull
 from roles import checks, folders
 
 PULL_TOOL = "/usr/local/sbin/podium-model-pull"
-REGISTRY_DIR = "/etc/podium/registry"
+# The engines' own folder: the registry role keeps its TLS and accounts in /etc/podium/registry
+# (readable by nginx) and removes it with the registry, so a node serving both keeps them apart.
+REGISTRY_DIR = "/etc/podium/model-pull"
+# Where this folder was before: its files go, whatever the registry keeps there stays.
+OLD_ACCESS_FILES = ("/etc/podium/registry/ca.pem", "/etc/podium/registry/pull.auth")
 CA_FILE = f"{REGISTRY_DIR}/ca.pem"
 AUTH_FILE = f"{REGISTRY_DIR}/pull.auth"
 WHEELS_DIR = "/opt/podium/wheels"
@@ -113,6 +117,8 @@ def registry_access(settings: Mapping[str, Any]) -> None:
     stack = host.data.podium_stack
     files.put(name="Model pull tool", src=str(model_pull.__file__), dest=PULL_TOOL, mode="755")
     files.directory(name="Registry access folder", path=REGISTRY_DIR, mode="700")
+    for old in OLD_ACCESS_FILES:
+        files.file(name=f"No pull access left in {old}", path=old, present=False)
     if settings["registry"]["url"].startswith("https://"):
         files.put(name="Stack CA for the registry", src=str(registry_ca(stack)), dest=CA_FILE, mode="644")
     credential = pull_credential(stack)

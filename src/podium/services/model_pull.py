@@ -10,8 +10,8 @@ manifest gives it; only a complete, verified folder is renamed to
 off are kept and checked again on the next run.
 
     podium-model-pull --registry https://10.0.0.10:5000 --repository models/tiny \\
-        --digest sha256:<64 hex> --ca /etc/podium/registry/ca.pem \\
-        --auth-file /etc/podium/registry/pull.auth --link /var/lib/podium/models/sha256:<hex>.gguf
+        --digest sha256:<64 hex> --ca /etc/podium/model-pull/ca.pem \\
+        --auth-file /etc/podium/model-pull/pull.auth --link /var/lib/podium/models/sha256:<hex>.gguf
 
 Exit status: 0 when the model is in place, 2 for bad arguments, 1 for anything else,
 with one sentence on stderr.
