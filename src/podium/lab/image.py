@@ -221,7 +221,9 @@ def _run_debootstrap(recipe: ImageRecipe, target: Path, console: Console, reposi
     if repository is not None:
         # gpgv, which debootstrap checks Release with, reads binary keyrings only.
         keyring = target.parent / f".keyring-{os.getpid()}.gpg"
-        armored = (repository / "podium-bundle.asc").read_bytes()
+        from podium.bundle.debs import KEY_FILE
+
+        armored = (repository / KEY_FILE).read_bytes()
         keyring.write_bytes(subprocess.run(["gpg", "--dearmor"], input=armored, capture_output=True, check=True).stdout)
     try:
         _debootstrap(debootstrap_command(recipe, target, repository, keyring), recipe, console)
