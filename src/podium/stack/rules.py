@@ -13,6 +13,10 @@ from podium.stack.sections import Engine, Model
 
 Path = tuple[str | int, ...]
 
+# SGLang's CPU engine needs sgl-kernel's CPU build, which no package index carries (README,
+# "SGLang on CPU"): a model that must run on CPU goes to vLLM's CPU build instead.
+SGLANG_ON_CPU = "serve the model on CPU with kind vllm and device: cpu"
+
 ENGINE_FORMATS = {
     "llamacpp": {"gguf"},
     "vllm": {"safetensors"},
@@ -249,7 +253,8 @@ def _engine_devices(stack: Stack, e: int) -> Iterator[Problem]:
     engine = stack.engines[e]
     known = {n.name: n for n in stack.nodes}
     if engine.kind == "sglang" and engine.device == "cpu":
-        yield Problem(("engines", e, "device"), "cpu", "is not supported by SGLang; use gpu or vllm")
+        yield Problem(("engines", e, "device"), "cpu",
+                      f"is not supported by SGLang; use gpu, or {SGLANG_ON_CPU}")
         return
     if engine.kind == "predictive" and engine.device == "gpu":
         yield Problem(("engines", e, "device"), "gpu", "is not used by scikit-learn; use cpu")
@@ -260,7 +265,8 @@ def _engine_devices(stack: Stack, e: int) -> Iterator[Problem]:
         if node is None:
             continue
         if node.gpus == 0:
-            fix = "set device: cpu on the engine" if engine.kind == "vllm" else "place it on a GPU node"
+            fix = {"vllm": "set device: cpu on the engine",
+                   "sglang": f"place it on a GPU node, or {SGLANG_ON_CPU}"}.get(engine.kind, "place it on a GPU node")
             yield Problem(
                 ("engines", e, "nodes", i),
                 name,
