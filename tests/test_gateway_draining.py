@@ -1,4 +1,5 @@
-"""Draining an engine replica through the gateway's control listener, and a gateway's graceful stop.
+"""Draining an engine replica through the gateway's control listener, a gateway's graceful stop,
+and a gateway restarted on the API socket systemd holds for it.
 
 Real gateway processes on 127.0.0.1 in front of two scripted engines (tests/scripted_engine.py),
 each of which records the requests it served, so a test sees exactly which replica got what.
@@ -6,10 +7,15 @@ each of which records the requests it served, so a test sees exactly which repli
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,7 +23,7 @@ import pytest
 
 from podium.errors import InvalidInput
 from podium.services.gateway.client import ReplicaAdmin
-from tests.fixtures_gateway import GatewayFactory, GatewayProcess, free_port, gateways
+from tests.fixtures_gateway import GatewayFactory, GatewayProcess, free_port, gateways, wait_http
 from tests.scripted_engine import ScriptedEngine
 
 __all__ = ["gateways"]
@@ -206,3 +212,68 @@ def test_sigterm_waits_no_longer_than_the_shutdown_grace(
     assert took < 8, f"the gateway took {took:.1f} s to stop with a 1 s shutdown grace"
     stream.join(30)
     assert not stream.body.endswith(b"data: [DONE]\n\n")
+
+
+def on_held_socket(gw: GatewayProcess, held: socket.socket, log: Path) -> subprocess.Popen[bytes]:
+    """The gateway as systemd starts it from podium-gateway.socket: the API's listening socket,
+    which this test holds as systemd would, passed as fd 3 with LISTEN_PID and LISTEN_FDS."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            ["bash", "-c", 'exec 3<&"$HELD"; export LISTEN_PID=$$ LISTEN_FDS=1; exec "$@"', "bash",
+             sys.executable, "-m", "podium.services.gateway", "--config", str(gw.config_path),
+             "--log-level", "warning"],
+            env={**os.environ, "HELD": str(held.fileno())}, pass_fds=(held.fileno(),),
+            stdout=out, stderr=subprocess.STDOUT,
+        )
+    wait_http(gw.url + "/v2/health/live", proc=proc)
+    return proc
+
+
+def test_a_gateway_restarted_on_its_held_socket_refuses_no_request(
+    gateways: GatewayFactory, engines: tuple[ScriptedEngine, ScriptedEngine], tmp_path: Path
+) -> None:
+    gw = gateways.config(models={"m": {"replicas": [e.url for e in engines]}}, health=HEALTH)
+    held = socket.create_server(("127.0.0.1", gw.port), backlog=128)
+    log = tmp_path / "held-gateway.log"
+    first = on_held_socket(gw, held, log)
+    later: subprocess.Popen[bytes] | None = None
+    key = gw.new_key("client")
+    answers: list[tuple[float, float, int | str]] = []  # (sent at, answered at, status or error)
+    stop = threading.Event()
+
+    def load() -> None:  # one keep-alive client, at most 30 s and 3000 requests
+        with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {key}"}) as client:
+            deadline = time.monotonic() + 30
+            while not stop.is_set() and time.monotonic() < deadline and len(answers) < 3000:
+                body = {"model": "m", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]}
+                sent = time.monotonic()
+                try:
+                    status: int | str = client.post(gw.url + "/v1/chat/completions", json=body).status_code
+                except httpx.HTTPError as exc:
+                    status = f"{type(exc).__name__}: {exc}"
+                answers.append((sent, time.monotonic(), status))
+                time.sleep(0.01)
+
+    client = threading.Thread(target=load, daemon=True)
+    try:
+        client.start()
+        time.sleep(1)
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(15) in (0, -signal.SIGTERM)
+        time.sleep(0.5)  # no process accepts: connections wait in the held socket's queue
+        relaunched = time.monotonic()
+        later = on_held_socket(gw, held, log)
+        time.sleep(2)
+    finally:
+        stop.set()
+        client.join(40)
+        for proc in (first, later):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(15)
+        held.close()
+    failed = [a for _, _, a in answers if a != 200]
+    assert not failed, f"{len(failed)} of {len(answers)} requests failed across the restart: {failed[:5]}"
+    # Sent before the first gateway had gone and answered after: it waited for the next one.
+    assert any(sent < relaunched < done for sent, done, _ in answers), answers
+    assert any(sent > relaunched for sent, _, _ in answers), answers

@@ -1,6 +1,9 @@
 """Releases on real lab machines: up (release 1); an upgrade (a firewall opening, a new model
 version and engine arg) killed after its first component, then re-run to convergence (release 2);
-a rollback (release 3) after which the node serves release 1's model digest and config again."""
+a rollback (release 3) after which the node serves release 1's model digest and config again.
+Two more upgrades are killed, one in the middle of the engine role (its new model pulled, its
+replica not yet restarted) and one after every component is laid down and recorded on the node
+but before the release is; each re-run converges to one new release."""
 
 from __future__ import annotations
 
@@ -10,11 +13,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import yaml
 
+from podium.drivers.nspawn import NspawnDriver
 from podium.render import REPO
 from tests.fixtures_lab import UniqueStack, podium, remove_stack_state, require_lab_host, unique_stack
 
@@ -38,6 +43,30 @@ def served(stack: UniqueStack) -> str:
     pid = on_node(stack, f"systemctl show -p MainPID --value {UNIT}").strip()
     assert pid not in ("", "0"), f"{UNIT} is not running"
     return on_node(stack, f"tr '\\0' ' ' < /proc/{pid}/cmdline")
+
+
+def node_root(stack: UniqueStack) -> Path:
+    """node1's filesystem as this machine sees it (the machine's merged overlay): what the role
+    has done there is read without an SSH round trip, so a kill lands where it is meant to."""
+    return NspawnDriver().machine_dir(stack.name, "node1") / "root"
+
+
+def killed_up(stack: UniqueStack, due: Callable[[str], bool]) -> str:
+    """Start `podium up`, SIGKILL it (and what it started) as soon as `due(its log so far)` holds;
+    its log. Fails when the run ended first."""
+    log = stack.folder / "killed-up.log"
+    with log.open("w") as stderr:
+        run = subprocess.Popen([sys.executable, "-m", "podium", "up", str(stack.folder)], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline and run.poll() is None and not due(log.read_text()):
+                time.sleep(0.02)
+            assert run.poll() is None, f"podium up ended before it could be killed:\n{log.read_text()[-3000:]}"
+            os.killpg(run.pid, signal.SIGKILL)
+        finally:
+            run.wait(timeout=60)
+    return log.read_text()
 
 
 def history(stack: UniqueStack) -> list[dict]:
@@ -90,19 +119,8 @@ def test_upgrade_killed_halfway_converges_then_rollback_restores_release_1(lab: 
 
     # Kill the upgrade once its first component (base) is done and the engine's is under way.
     start = time.monotonic()
-    log = lab.folder / "killed-up.log"
-    with log.open("w") as stderr:
-        run = subprocess.Popen([sys.executable, "-m", "podium", "up", str(lab.folder)], cwd=REPO,
-                               stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
-        try:
-            deadline = time.monotonic() + 600
-            while time.monotonic() < deadline and run.poll() is None and "base: changed" not in log.read_text():
-                time.sleep(0.05)
-            assert run.poll() is None, f"podium up ended before it could be killed:\n{log.read_text()[-3000:]}"
-            os.killpg(run.pid, signal.SIGKILL)
-        finally:
-            run.wait(timeout=60)
-    assert "engine-llamacpp" not in log.read_text(), log.read_text()
+    log = killed_up(lab, lambda text: "base: changed" in text)
+    assert "engine-llamacpp" not in log, log
     assert [r["number"] for r in history(lab)] == [1], "a killed run recorded a release"
 
     ok(podium("up", str(lab.folder), timeout=1800), "podium up after the kill")
@@ -139,4 +157,65 @@ def test_upgrade_killed_halfway_converges_then_rollback_restores_release_1(lab: 
     assert [r["number"] for r in history(lab)] == [1, 2, 3, 4]
     assert model_entries(lab) == {digest_2}
     assert digest_2 in served(lab)
+    print("\n".join(f"{k}: {v:.0f} s" for k, v in timings.items()))
+
+
+def engine_recorded(stack: UniqueStack) -> str:
+    """The config digest node1's recorded state holds for its engine ("" while it cannot be read:
+    the role writes the file whole, but a read may meet it half written)."""
+    try:
+        state = json.loads((node_root(stack) / "var/lib/podium/state.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    return str(state["components"].get("engine-llamacpp", {}).get("config_hash", ""))
+
+
+def pulled(stack: UniqueStack) -> set[str]:
+    return {p.name for p in (node_root(stack) / "var/lib/podium/models").glob("sha256:*") if "." not in p.name}
+
+
+def converges(stack: UniqueStack, number: int) -> None:
+    """A re-run records release `number`, once; a run after it changes nothing."""
+    ok(podium("up", str(stack.folder), timeout=1800), "podium up after the kill")
+    assert [r["number"] for r in history(stack)][-1] == number, "the re-run did not record one release"
+    again = podium("up", str(stack.folder), timeout=600)
+    assert f"release {number}: unchanged" in ok(again, "podium up with nothing to do") + again.stderr
+    assert [r["number"] for r in history(stack)][-1] == number, "a run that changed nothing recorded a release"
+
+
+def test_kills_inside_the_engine_role_and_before_the_release_converge(lab: UniqueStack) -> None:
+    timings: dict[str, float] = {}
+    current = history(lab)[-1]["number"]  # whichever release the test before left current
+    path = lab.folder / "stack.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["models"].append({**data["models"][0], "version": "3"})
+    data["engines"][0]["model"] = "tiny-llama:3"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    # Kill 2: in the middle of the engine role, once its new model is on the node and before the
+    # role ends (it records its state last, after the replica restarted and was ready).
+    start, had, recorded = time.monotonic(), pulled(lab), engine_recorded(lab)
+    log = killed_up(lab, lambda _: bool(pulled(lab) - had))
+    assert engine_recorded(lab) == recorded, "the engine role ended before the kill:\n" + log[-3000:]
+    assert history(lab)[-1]["number"] == current, "a killed run recorded a release"
+    converges(lab, current + 1)
+    timings["upgrade killed in the engine role, re-run"] = time.monotonic() - start
+    release = history(lab)[-1]
+    digest_3 = release["models"]["tiny-llama:3"]
+    assert digest_3 in served(lab)
+    assert json.loads(on_node(lab, "cat /var/lib/podium/releases/current.json"))["number"] == current + 1
+
+    # Kill 3: every component laid down and recorded on its node, the release not yet recorded
+    # (podium up is checking the changed replica's readiness, then records the release).
+    data["engines"][0]["args"]["ctx-size"] = 384
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    start, recorded = time.monotonic(), engine_recorded(lab)
+    log = killed_up(lab, lambda _: engine_recorded(lab) not in ("", recorded))
+    assert history(lab)[-1]["number"] == current + 1, "the kill came after the release was recorded:\n" + log[-3000:]
+    converges(lab, current + 2)
+    timings["upgrade killed before its release, re-run"] = time.monotonic() - start
+    command = served(lab)
+    assert digest_3 in command and "--ctx-size 384" in command, command
+    assert json.loads(on_node(lab, "cat /var/lib/podium/releases/current.json"))["number"] == current + 2
+    ok(podium("verify", str(lab.folder), timeout=600), "podium verify after the re-runs")
     print("\n".join(f"{k}: {v:.0f} s" for k, v in timings.items()))

@@ -56,6 +56,21 @@ def test_the_control_listener_is_opened_to_the_admin_sources_only_and_bounds_the
     assert "TimeoutStopSec=45\n" in rendered["podium-gateway.service"]
 
 
+def test_systemd_holds_the_gateways_api_port_it_is_configured_to_listen_on() -> None:
+    from podium.files import files_for
+    from podium.plan.components import BY_NAME
+
+    stack = load_stack(REPO / "tests" / "stacks" / "labroll")
+    rendered = files_for("gateway", "ctrl", BY_NAME["gateway"].settings(stack, "ctrl"))
+    config = GatewayConfig.model_validate(yaml.safe_load(rendered["gateway.yaml"]))
+    socket_unit = rendered["podium-gateway.socket"]
+    # The gateway refuses a passed socket bound elsewhere than its listen address.
+    assert f"ListenStream={config.listen.host}:{config.listen.port}\n" in socket_unit, socket_unit
+    assert "Service=podium-gateway.service\n" in socket_unit
+    # A restart of the gateway alone leaves the socket, and its queue of waiting clients, held.
+    assert "Requires=podium-gateway.socket\n" in rendered["podium-gateway.service"]
+
+
 def test_a_stopped_roll_names_the_replica_its_address_and_the_rollback() -> None:
     stack = load_stack(REPO / "tests" / "stacks" / "labroll")
     reps = host_replicas(stack, "engine-llamacpp", "node1")

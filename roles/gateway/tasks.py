@@ -99,9 +99,22 @@ def deploy() -> None:
         dest="/etc/systemd/system/podium-gateway.service",
         mode="644",
     )
+    socket_unit = files.put(
+        name="Gateway API socket unit",
+        src=StringIO(rendered["podium-gateway.socket"]),
+        dest="/etc/systemd/system/podium-gateway.socket",
+        mode="644",
+    )
     # Decided as the operations run (did_change), not while the role is prepared: asking then
     # would read every file's facts twice.
-    systemd.daemon_reload(name="Reload systemd for the gateway unit", _if=unit.did_change)
+    systemd.daemon_reload(name="Reload systemd for the gateway unit", _if=any_changed(unit, socket_unit))
+    # A gateway that bound the API port itself holds it until it stops; then systemd takes it.
+    systemd.service(name="Stop the gateway to hand its port to systemd", service="podium-gateway",
+                    running=False, _if=socket_unit.did_change)
+    systemd.service(name="Hold the gateway's API port across restarts", service="podium-gateway.socket",
+                    running=True, enabled=True, restarted=True, _if=socket_unit.did_change)
+    systemd.service(name="Hold the gateway's API port", service="podium-gateway.socket", running=True,
+                    enabled=True)
     systemd.service(
         name="Restart the gateway after its files changed",
         service="podium-gateway",
@@ -214,9 +227,11 @@ def check() -> None:
 
 @pyinfra_deploy("gateway: remove", data_defaults=DEFAULTS)
 def remove() -> None:
+    # The socket first: while it is held, a client connecting would start the gateway again.
+    systemd.service(name="Release the gateway's API port", service="podium-gateway.socket", running=False,
+                    enabled=False)
     systemd.service(name="Stop the gateway", service="podium-gateway", running=False, enabled=False)
-    files.file(
-        name="Remove the gateway unit", path="/etc/systemd/system/podium-gateway.service", present=False
-    )
+    for unit in ("podium-gateway.service", "podium-gateway.socket"):
+        files.file(name=f"Remove {unit}", path=f"/etc/systemd/system/{unit}", present=False)
     files.directory(name="Remove the gateway program", path=host.data.gateway_prefix, present=False)
     # The usage records in gateway_data stay: metering is kept even when a gateway moves.

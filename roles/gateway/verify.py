@@ -98,6 +98,13 @@ def test_010_gateway_runs_and_answers(host, settings, private):
     assert status == 200
 
 
+def test_015_systemd_holds_the_api_port_across_restarts(host):
+    # A client that connects while the gateway restarts waits in this socket's queue instead of
+    # being refused.
+    held = host.service("podium-gateway.socket")
+    assert held.is_running and held.is_enabled, "podium-gateway.socket is not active and enabled"
+
+
 def test_020_wrong_key_gets_401(host, settings, private):
     wrong = f"{private}/wrong.header"
     host.check_output(f"echo 'Authorization: Bearer pdm-not-a-real-key' > {shlex.quote(wrong)}")

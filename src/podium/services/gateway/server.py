@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import socket
 import time
 from asyncio import TimerHandle
@@ -26,6 +27,8 @@ from podium.services.gateway.errors import error_body
 log = logging.getLogger("podium.gateway")
 # How long a refused connection's remaining input is read and dropped before it is closed.
 LINGER_S = 5.0
+# The first socket a service manager passes (sd_listen_fds(3)).
+LISTEN_FDS_START = 3
 
 
 class _Notes:
@@ -239,6 +242,29 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def held_for_us(host: str, port: int) -> socket.socket | None:
+    """The API's listening socket when systemd holds it for the gateway (podium-gateway.socket
+    passes it as fd 3), else None.
+
+    A socket the service manager holds outlives the gateway's process: a client that connects
+    while the gateway restarts (a config change, an upgrade) waits in its queue for the next
+    process instead of being refused.
+    """
+    if os.environ.get("LISTEN_PID") != str(os.getpid()) or os.environ.get("LISTEN_FDS") != "1":
+        return None
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)  # not for anything the gateway starts
+    sock = socket.socket(fileno=LISTEN_FDS_START)
+    bound, wanted = sock.getsockname()[:2], (host, port)
+    if bound != wanted:
+        sock.close()
+        raise InvalidInput(
+            f"the socket systemd passed the gateway listens on {bound[0]}:{bound[1]}, not on the config's"
+            f" listen {host}:{port}; make podium-gateway.socket's ListenStream the listen address"
+        )
+    return sock
+
+
 def run(config: GatewayConfig, log_level: str) -> None:
     """Serve the API and the metrics listener from one process until SIGTERM or SIGINT.
 
@@ -249,9 +275,10 @@ def run(config: GatewayConfig, log_level: str) -> None:
     from podium.services.gateway.app import create_apps
     from podium.services.gateway.draining import control_app
 
+    api_socket = held_for_us(config.listen.host, config.listen.port)
     api, metrics = create_apps(config)
     metrics_host, metrics_port = config.metrics_address()
-    sockets = [bind(config.listen.host, config.listen.port), bind(metrics_host, metrics_port)]
+    sockets = [api_socket or bind(config.listen.host, config.listen.port), bind(metrics_host, metrics_port)]
     others: dict[int, ASGIApp] = {metrics_port: metrics}
     if config.admin_listen is not None:
         # The control machine's own listener: drains never share a port with the API.
