@@ -16,6 +16,7 @@ replica and `podium rollback`.
 from __future__ import annotations
 
 import json
+import re
 import ssl
 import subprocess
 import threading
@@ -328,3 +329,18 @@ def test_a_replica_that_fails_readiness_stops_the_roll_and_the_other_keeps_servi
     node2 = unit(lab, "node2")
     assert node2["MainPID"] == before["node2"]["MainPID"], "node2's replica was touched"
     assert "--no-such-flag" not in node2["ExecStart"]
+
+    # The rollback the error names restores the release the hosts served before the run, under
+    # load again, with no failed request.
+    named = re.search(r"`podium rollback \S+ --to (\d+)`", output)
+    assert named, output[-3000:]
+    back, took_back, load = under_load(lab, "rollback", str(lab["folder"]), "--to", named.group(1))
+    lab["figures"]["rollback after the failed roll"] = (took_back, load.ok, len(load.failures))
+    print(f"rollback after the failed roll: {took_back:.1f} s, {load.ok} requests ok, {len(load.failures)} failed")
+    assert back.returncode == 0, back.stdout[-3000:] + back.stderr[-5000:]
+    assert not load.failures, f"{len(load.failures)} requests failed:\n" + "\n".join(load.failures[:10])
+    context = re.search(r"--ctx-size \d+", before["node1"]["ExecStart"])
+    assert context, before["node1"]["ExecStart"]
+    for node in UNITS:
+        restored = unit(lab, node)["ExecStart"]
+        assert "--no-such-flag" not in restored and context.group(0) in restored, (node, restored)

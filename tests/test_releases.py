@@ -302,3 +302,15 @@ def test_rollback_runs_the_roles_against_release_ns_apt_pins(tmp_path, state_dir
     with table_in_use(table_file):
         assert load_versions().pinned("registry", ["docker-registry"]) == ["docker-registry=2.7.1+ds2-7"]
     assert load_versions().pinned("registry", ["docker-registry"]) == ["docker-registry=2.8.2+ds1-1"]
+
+
+def test_a_stopped_roll_names_the_release_the_hosts_served_before_it(tmp_path, state_dir):
+    from podium.rolling import _stopped
+
+    first = stack_copy(tmp_path / "none")
+    stopped = _stopped(first, "engine-llamacpp", "tiny-llama-cpp/0 on node1", [], "it did not start.")
+    assert f"`podium rollback {first.name}`," in stopped  # no release yet: nothing to name
+    _, second, _, two, _ = two_releases(tmp_path)
+    # Plain `podium rollback` would go to release 1, past release 2 that the run never replaced.
+    stopped = _stopped(second, "engine-llamacpp", "tiny-llama-cpp/0 on node1", [], "it did not start.")
+    assert f"`podium rollback {second.name} --to {two.number}`," in stopped, stopped

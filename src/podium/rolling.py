@@ -231,9 +231,15 @@ def _add(total: ComponentRun, run: ComponentRun) -> None:
 
 
 def _stopped(stack: Stack, component: str, what: str, reps: Sequence[HostReplica], why: str) -> str:
+    from podium.releases.book import ReleaseBook
+
     urls = f" ({', '.join(r.url for r in reps)}, left drained)" if reps else ""
+    # The release the hosts served before this run, named: plain `podium rollback` goes back one
+    # more, past the release this run never replaced.
+    current = ReleaseBook(stack.name).current()
+    back = f"podium rollback {stack.name}" + (f" --to {current.number}" if current else "")
     return (
         f"{component}: {what}{urls} did not pass readiness: {why.rstrip('. ')}. The rolling change"
         " stopped there; the hosts after it still serve the previous release. Roll back with"
-        f" `podium rollback {stack.name}`, or fix the stack and run `podium up` again"
+        f" `{back}`, or fix the stack and run `podium up` again"
     )
