@@ -57,6 +57,18 @@ def test_state_equal_to_stack_keeps_everything():
     assert {a.action for a in actions} == {"keep"}
 
 
+def test_a_component_a_run_left_unsettled_is_laid_down_again_by_the_same_stack():
+    """After a failed run, the release the host recorded must not read as already there."""
+    stack, versions = load_stack("stacks/lab"), load_versions()
+    states = applied(make_plan(stack, versions))
+    engine_host = next(a.host for a in make_plan(stack, versions) if a.component == "engine-llamacpp")
+    states[engine_host].unsettle("engine-llamacpp")
+    states[engine_host].unsettle("engine-llamacpp")  # twice is once
+    assert states[engine_host].components["engine-llamacpp"].config_hash.count("unsettled:") == 1
+    changed = {(a.host, a.component, a.action) for a in make_plan(stack, versions, states) if a.action != "keep"}
+    assert changed == {(engine_host, "engine-llamacpp", "reconfigure")}
+
+
 def test_version_bump_upgrades_that_component_on_its_hosts_only(tmp_path):
     stack, versions = load_stack("stacks/lab"), load_versions()
     state = applied(make_plan(stack, versions))

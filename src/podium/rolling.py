@@ -177,6 +177,14 @@ def gateway_ready(stack: Stack, host: str) -> str | None:
     return f"GET {url}: {why}"
 
 
+class RollStopped(PodiumError):
+    """A rolling change stopped at `host`: its role failed there or its replicas were not ready."""
+
+    def __init__(self, host: str, message: str) -> None:
+        super().__init__(message)
+        self.host = host
+
+
 def roll(
     stack: Stack,
     component: str,
@@ -196,7 +204,7 @@ def roll(
         _add(total, run)
         if run.failed:
             failed, reason = next(iter(run.failed.items()))
-            raise PodiumError(f"{component} failed on {failed}: {reason}")
+            raise RollStopped(failed, f"{component} failed on {failed}: {reason}")
     gateways = Gateways(stack, states, console) if component in ENGINES else None
     for action in sorted((a for a in due if a.action in ROLLED), key=lambda a: order[a.host]):
         host = action.host
@@ -219,7 +227,7 @@ def roll(
             if sick:
                 why = f"ready on its node, but not healthy as the gateway sees it: {', '.join(sick)}"
         if why is not None:
-            raise PodiumError(_stopped(stack, component, what, reps, why))
+            raise RollStopped(host, _stopped(stack, component, what, reps, why))
         console.print(f"[green]✓[/] {component} on {host}: {drained}, changed {run.changes}, ready",
                       soft_wrap=True)
     return total

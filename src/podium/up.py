@@ -6,11 +6,12 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from rich.console import Console
 
 from podium import rolling
-from podium.drivers.pyinfra_runner import ComponentRun, read_states, run_component
+from podium.drivers.pyinfra_runner import UNREACHABLE, ComponentRun, read_states, run_component, write_states
 from podium.errors import InvalidInput, PodiumError
 from podium.inventory import HostEntry, connection, host_entries
 from podium.plan.actions import Action, make_plan
@@ -171,7 +172,11 @@ def up(
         label = ", ".join(f"{a.host} ({a.action})" for a in due)
         if rolling.rolls(component.name, due, dry_run):
             # Engines and gateways change one host at a time, drained, each ready before the next.
-            run = rolling.roll(stack, component.name, due, entries, record, states, console)
+            try:
+                run = rolling.roll(stack, component.name, due, entries, record, states, console)
+            except rolling.RollStopped as stop:
+                _unsettle(component.name, {stop.host: str(stop)}, new_states, entries)
+                raise
         else:
             with console.status(f"{component.name}: {label}"):
                 run = run_component(hosts, component.name, "deploy", dry_run=dry_run, record=record)
@@ -179,6 +184,7 @@ def up(
         result.changes += run.changes
         result.ran.append(component.name)
         if run.failed:
+            _unsettle(component.name, run.failed, new_states, entries)
             host, why = next(iter(run.failed.items()))
             raise PodiumError(f"{component.name} failed on {host}: {why}")
         if component.name == "registry" and not dry_run:
@@ -217,6 +223,18 @@ def up(
         release = publish(stack, versions, new_states, actions, list(entries.items()), digests, kind, console)
         result.release = release.number
     return result
+
+
+def _unsettle(component: str, failed: Mapping[str, str], states: dict[str, HostState],
+              entries: Mapping[str, dict[str, Any]]) -> None:
+    """Record `component` as unsettled on the hosts where it failed: what the role left there
+    matches no release, so the next run lays it down again, even a rollback to the release the
+    host recorded before (which would otherwise find it unchanged and keep it)."""
+    reachable = [h for h in failed if h in entries and failed[h] != UNREACHABLE]
+    for host in reachable:
+        states[host].unsettle(component)
+    if reachable:
+        write_states([(h, entries[h]) for h in reachable], {h: states[h] for h in reachable})
 
 
 def _pinned(digests: dict[str, str] | None, pinned: Mapping[str, str] | None) -> dict[str, str] | None:

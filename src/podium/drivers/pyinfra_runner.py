@@ -9,7 +9,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from io import StringIO
@@ -31,6 +31,8 @@ from podium.plan.state import STATE_PATH, HostState, parse_state
 from podium.render import REPO
 
 VERBS = ("deploy", "check", "remove")
+# Why a host failed when pyinfra could not reach it: nothing ran there.
+UNREACHABLE = "could not connect over SSH"
 
 
 @dataclass
@@ -159,6 +161,18 @@ def read_states(entries: Sequence[HostEntry]) -> dict[str, HostState]:
     return {h: parse_state(t[STATE_PATH], f"{h}:{STATE_PATH}") for h, t in texts.items() if STATE_PATH in t}
 
 
+def write_states(entries: Sequence[HostEntry], states: Mapping[str, HostState]) -> None:
+    """Record each host's state as given (after a failed run: see HostState.unsettle)."""
+    with connected(entries) as state:
+        state.set_stage(StateStage.Prepare)
+        for host in state.inventory.get_active_hosts():
+            if host.name in states:
+                add_deploy(state, _record_state, states[host.name].to_json(), host=host)
+        state.set_stage(StateStage.Execute)
+        with contextlib.suppress(PyinfraError):
+            run_ops(state)
+
+
 def read_node_files(entries: Sequence[HostEntry], paths: Sequence[str]) -> dict[str, dict[str, str]]:
     """host → path → text of the given files on every host, over one connection each; a file a
     host lacks (or that is empty) is left out."""
@@ -194,7 +208,7 @@ def run_component(
     with connected(entries, diff=dry_run) as state:
         clock = _lap(result, "connect", clock)
         for name in unreachable(state, entries):
-            result.failed[name] = "could not connect over SSH"
+            result.failed[name] = UNREACHABLE
         state.set_stage(StateStage.Prepare)
         try:
             add_deploy(state, func)

@@ -26,6 +26,10 @@ class ComponentState(BaseModel):
     applied_at: str = ""
 
 
+# Prefixed to a component's config digest on a host where a run failed part-way through it.
+UNSETTLED = "unsettled:"
+
+
 class HostState(BaseModel):
     model_config = ConfigDict(extra="forbid")
     format: int = STATE_FORMAT
@@ -35,6 +39,13 @@ class HostState(BaseModel):
     def record(self, component: str, version: str, config_hash: str) -> None:
         now = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
         self.components[component] = ComponentState(version=version, config_hash=config_hash, applied_at=now)
+
+    def unsettle(self, component: str) -> None:
+        """Mark what a failed run left of `component` as matching no plan, so the next run (a
+        rollback to the recorded release included) lays it down again instead of keeping it."""
+        recorded = self.components.get(component)
+        if recorded is not None and not recorded.config_hash.startswith(UNSETTLED):
+            recorded.config_hash = UNSETTLED + recorded.config_hash
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(), indent=2, sort_keys=True) + "\n"
