@@ -15,7 +15,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from podium.services.gateway import admin, errors, openapi, proxy
+from podium.services.gateway import admin, errors, health, openapi, proxy
 from podium.services.gateway.config import GatewayConfig
 from podium.services.gateway.errors import GatewayError
 from podium.services.gateway.keys import ApiKey
@@ -237,6 +237,7 @@ def create_apps(config: GatewayConfig) -> tuple[Starlette, Starlette]:
         route("/v1/chat/completions", openai_request, ["POST"]),
         route("/v1/completions", openai_request, ["POST"]),
         route("/v1/embeddings", openai_request, ["POST"]),
+        route("/health", health.health, ["GET"]),
         route("/v2/health/live", live, ["GET"]),
         route("/v2/health/ready", ready, ["GET"]),
         route("/v2/models/{name}", v2_model, ["GET"]),
