@@ -245,7 +245,7 @@ def rm(
 def make_tiny(
     out: Annotated[Path, typer.Argument(help="Where to write the model (file or directory).")],
     kind: Annotated[
-        str, typer.Option("--kind", help="gguf, hf (safetensors + tokenizer) or sklearn.")
+        str, typer.Option("--kind", help="gguf, gguf-embedding, hf (safetensors + tokenizer) or sklearn.")
     ],
     seed: Annotated[
         int, typer.Option("--seed", help="Random seed, so the weights are reproducible.")
