@@ -202,6 +202,10 @@ def show(
         ("aliases", ", ".join(info.aliases) or "-"),
         ("trusted", "yes" if info.trust.get("trusted") else "no"),
     ]
+    for side in ("inputs", "outputs"):
+        tensors = (info.signature or {}).get(side, [])
+        rows.append((side, "; ".join(f"{t['name']} {t['datatype']} {t['shape']}" for t in tensors)
+                     or "-"))
     for key, value in rows:
         out.print(f"{key:8} {value}", markup=False)
     table = Table("file", "size", "sha256", title_justify="left")
