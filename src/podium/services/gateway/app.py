@@ -223,9 +223,17 @@ def create_apps(config: GatewayConfig) -> tuple[Starlette, Starlette]:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gw.start()
+        grpc_server = None
+        if config.grpc_listen is not None:
+            # Imported here: grpcio and tritonclient are needed only where gRPC is served.
+            from podium.services.gateway import grpc_service
+
+            grpc_server = await grpc_service.start(gw)
         try:
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(config.shutdown_grace_s)
             await gw.stop()
 
     def route(path: str, handler: Handler, methods: list[str]) -> Route:
