@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+import yaml
+from roles.gateway.verify import GRPC_CHECK
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
@@ -54,8 +56,6 @@ def gw(factory: GatewayFactory, mlserver: EngineServer) -> GatewayProcess:
 
 
 def yaml_port(config: Path) -> int:
-    import yaml
-
     return int(yaml.safe_load(config.read_text())["grpc_listen"]["port"])
 
 
@@ -190,3 +190,44 @@ def test_grpc_with_tls_from_the_stack_ca(factory: GatewayFactory, gw: GatewayPro
     assert code_of(lambda: untrusting.is_server_live()) == "StatusCode.UNAVAILABLE"
     plain = triton.InferenceServerClient(f"127.0.0.1:{port}")
     assert code_of(lambda: plain.is_server_live()) == "StatusCode.UNAVAILABLE"
+    # The check `podium verify` runs on a gateway node, here against this gateway.
+    check = subprocess.run([sys.executable, "-c", GRPC_CHECK, f"127.0.0.1:{port}", str(ca), "gw"],
+                           capture_output=True, text=True, timeout=60)
+    assert check.stdout.split() == ["live", "StatusCode.UNAUTHENTICATED"], check.stderr
+
+
+def test_the_stack_opens_the_grpc_port_to_every_client_and_the_gateway_serves_it() -> None:
+    from podium.files import files_for
+    from podium.plan.components import BY_NAME
+    from podium.render import REPO
+    from podium.services.gateway.config import GatewayConfig
+    from podium.stack import load_stack
+
+    stack = load_stack(REPO / "stacks" / "lab")
+    assert stack.gateway is not None
+    node, port = stack.gateway.nodes[0], stack.gateway.port + 3
+    settings = BY_NAME["base"].settings(stack, node)
+    by_port = {o["port"]: o for o in settings["openings"]}
+    assert by_port[port]["sources"] == [], "gRPC is for every client, as the API port"
+    assert f"tcp dport {port} accept" in files_for("base", node, settings)["nftables.conf"]
+    rendered = files_for("gateway", node, BY_NAME["gateway"].settings(stack, node))
+    config = GatewayConfig.model_validate(yaml.safe_load(rendered["gateway.yaml"]))
+    assert config.grpc_listen is not None and config.grpc_listen.port == port
+    assert config.grpc_tls is not None and config.grpc_tls.cert.name == "grpc-tls.crt"
+
+
+def test_a_grpc_port_another_listener_holds_is_refused_naming_the_field(tmp_path: Path) -> None:
+    import shutil
+
+    from podium.errors import InvalidInput
+    from podium.render import REPO
+    from podium.stack import load_stack
+
+    folder = tmp_path / "lab"
+    shutil.copytree(REPO / "stacks" / "lab", folder)
+    text = (folder / "stack.yaml").read_text()
+    (folder / "stack.yaml").write_text(text.replace("  port: 8443\n", "  port: 8443\n  grpc_port: 8444\n", 1))
+    with pytest.raises(InvalidInput) as refused:
+        load_stack(folder)
+    assert "gateway.grpc_port = 8444" in str(refused.value)
+    assert "gateway metrics" in str(refused.value)
