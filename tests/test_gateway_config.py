@@ -56,6 +56,7 @@ def test_example_config_loads_with_defaults_and_relative_paths(tmp_path: Path) -
     (EXAMPLE + "metrics_listen: {host: 127.0.0.1, port: 8080}\n", "metrics_listen"),
     (EXAMPLE + "connections: {max_header_bytes: 10}\n", "connections.max_header_bytes"),
     (EXAMPLE + "connections: {write_timeout_s: 0}\n", "connections.write_timeout_s"),
+    (EXAMPLE + "grpc_listen: {host: 127.0.0.1, port: 8081}\n", "grpc_listen.port 8081"),
 ])
 def test_errors_name_the_file_the_field_and_the_value(tmp_path: Path, text: str,
                                                       fragment: str) -> None:

@@ -204,6 +204,42 @@ def test_predictive_model_answers_v2_infer(lab):
     assert answer["outputs"][0]["data"] == sidecar["expected_prediction"]
 
 
+def test_grpc_metadata_infer_and_errors_with_tritonclient(lab):
+    """The Open Inference Protocol over gRPC on the port `podium lab up` printed, with TLS from
+    the stack CA, through tritonclient.grpc; each call is in `podium usage`."""
+    import numpy as np
+    import tritonclient.grpc as triton
+    from tritonclient.utils import InferenceServerException
+
+    client = triton.InferenceServerClient(
+        line(lab["output"], "grpc: "), ssl=True, root_certificates=lab["ca"],
+        channel_args=[("grpc.ssl_target_name_override", line(lab["output"], "grpc-tls-name: "))])
+    created = podium("keys", "create", lab["stack"], "--name", "grpc-lab", "--models", "iris", "--json")
+    assert created.returncode == 0, created.stderr
+    key = json.loads(created.stdout)["key"]
+    metadata = client.get_model_metadata("iris", headers={"authorization": f"Bearer {key}"}, as_json=True)
+    assert metadata["inputs"] == [{"name": "input-0", "datatype": "FP64", "shape": ["-1", "4"]}]
+    sidecar = json.loads((tiny_cache(lab["name"]) / "iris-1" / "iris.json").read_text())
+    tensor = triton.InferInput("input-0", [1, 4], "FP64")
+    tensor.set_data_from_numpy(np.array(sidecar["example_input"], dtype=np.float64))
+    result = client.infer("iris", [tensor], headers={"authorization": f"Bearer {key}"})
+    assert result.as_numpy("predict").ravel().tolist() == sidecar["expected_prediction"]
+    for headers, code in (({"authorization": "Bearer pdm-not-a-key"}, "UNAUTHENTICATED"),
+                          ({"authorization": f"Bearer {lab['key']}"}, None)):
+        try:
+            client.get_model_metadata("iris", headers=headers)
+            assert code is None, f"expected {code}"
+        except InferenceServerException as exc:
+            assert str(exc.status()) == f"StatusCode.{code}"
+    with pytest.raises(InferenceServerException) as denied:
+        client.get_model_metadata("tiny-llama", headers={"authorization": f"Bearer {key}"})
+    assert str(denied.value.status()) == "StatusCode.PERMISSION_DENIED"
+    usage = podium("usage", lab["stack"], "--by", "key", "--json")
+    assert usage.returncode == 0, usage.stderr
+    rows = {r["key"]: r for r in json.loads(usage.stdout)}
+    assert rows["grpc-lab"]["requests"] >= 2
+
+
 def test_usage_is_metered_per_key(client, lab):
     client.completions.create(model="tiny-llama", prompt="count me", max_tokens=3)
     result = podium("usage", lab["stack"], "--by", "model", "--json")

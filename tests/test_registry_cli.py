@@ -204,6 +204,18 @@ def test_skops_with_untrusted_types_is_refused(registry: RunningRegistry, tmp_pa
     shown = json.loads(podium("show", "skopsed:v1", "--json", *at(registry)).stdout)
     assert shown["format"] == "skops"
     assert shown["trust"]["skops_types"] == ["builtins.print", "functools.partial"]
+    assert shown["signature"] is None  # a dict, not an estimator: nothing to describe
+
+
+def test_show_names_a_scikit_learn_models_inputs_and_outputs(registry: RunningRegistry,
+                                                              tmp_path: Path) -> None:
+    from podium.models import make_tiny
+
+    model = make_tiny("sklearn", tmp_path / "iris.skops")
+    push(registry, model, "iris-shown", "v1")
+    shown = podium("show", "iris-shown:v1", *at(registry)).stdout
+    assert "inputs   input-0 FP64 [-1, 4]" in shown
+    assert "outputs  predict INT64 [-1, 1]; predict_proba FP64 [-1, 3]" in shown
 
 
 def test_bad_input_is_one_sentence_with_exit_2(registry: RunningRegistry, tmp_path: Path) -> None:

@@ -257,6 +257,26 @@ def test_a_relative_source_is_read_from_the_stack_folder(env: Front) -> None:
         sync_models(stack, push=True)
 
 
+def test_a_tiny_embedding_model_is_pushed_as_one_gguf_file(env: Front) -> None:
+    models = [{"name": "theta", "version": "1", "format": "gguf",
+               "source": "tiny:gguf-embedding"}]
+    stack = _stack(env, "theta", models, [_engine("theta", "theta:1")])
+    digest = sync_models(stack, push=True)["theta:1"]
+    info = stack_registry(stack, pull_credential(STACK)).show(ModelRef("theta", digest=digest))
+    assert [f["path"] for f in info.files] == ["theta.gguf"]
+
+
+def test_a_pushed_skops_model_carries_its_inputs_and_outputs_in_its_config(env: Front
+                                                                          ) -> None:
+    models = [{"name": "lambda", "version": "1", "format": "skops", "source": "tiny:sklearn"}]
+    stack = _stack(env, "lambda", models, [_engine("lambda", "lambda:1", kind="predictive")])
+    digest = sync_models(stack, push=True)["lambda:1"]
+    info = stack_registry(stack, pull_credential(STACK)).show(ModelRef("lambda", digest=digest))
+    assert info.signature is not None
+    assert info.signature["inputs"] == [{"name": "input-0", "datatype": "FP64", "shape": [-1, 4]}]
+    assert [o["name"] for o in info.signature["outputs"]] == ["predict", "predict_proba"]
+
+
 def test_skops_types_beyond_the_safe_list_need_the_stacks_trust(env: Front) -> None:
     sio = pytest.importorskip("skops.io")
     import operator

@@ -69,6 +69,18 @@ def test_gguf_reads_back_as_a_llama_model_with_a_chat_tokenizer(tmp_path: Path) 
     assert size_mb(tmp_path / "tiny.gguf") < 10
 
 
+def test_gguf_embedding_is_the_llama_model_named_apart_with_mean_pooling(tmp_path: Path
+                                                                        ) -> None:
+    chat = gguf.GGUFReader(make_tiny("gguf", tmp_path / "chat.gguf")).fields
+    embed = gguf.GGUFReader(make_tiny("gguf-embedding", tmp_path / "embed.gguf")).fields
+    # llama.cpp pools per-token states into one vector only when the model says how.
+    assert embed["llama.pooling_type"].contents() == int(gguf.PoolingType.MEAN)
+    assert "llama.pooling_type" not in chat
+    assert embed["general.name"].contents() == served_name("tiny", embedding=True) != (
+        chat["general.name"].contents())
+    assert embed["llama.embedding_length"].contents() == SIZES["tiny"].n_embd
+
+
 def size_mb(path: Path) -> float:
     return path.stat().st_size / 1e6
 

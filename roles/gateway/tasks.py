@@ -87,6 +87,18 @@ def deploy() -> None:
                 name="Gateway key", src=str(key), dest=f"{etc}/tls.key", user="root", group=user, mode="640"
             )
         )
+        # gRPC clients (BoringSSL) refuse an IP address under the CA's name constraints, so
+        # the gRPC listener's certificate names the node alone.
+        grpc_cert, grpc_key = server_certificate(stack, f"gateway-grpc-{host.name}", [], [host.name])
+        changed.append(
+            files.put(name="Gateway gRPC certificate", src=str(grpc_cert), dest=f"{etc}/grpc-tls.crt", mode="644")
+        )
+        changed.append(
+            files.put(
+                name="Gateway gRPC key", src=str(grpc_key), dest=f"{etc}/grpc-tls.key", user="root", group=user,
+                mode="640",
+            )
+        )
         files.put(
             name="Stack CA for gateway checks",
             src=str(ca_certificate(stack)),

@@ -1,7 +1,7 @@
 """Role gateway, proved on each gateway node through its own API: it answers over TLS, refuses a
 wrong key (401) and a key on a model it may not use (404, as for no such model), serves a
-completion, and meters it; /metrics is served on the metrics listener only, and /openapi.json
-needs a key.
+completion, and meters it; /metrics is served on the metrics listener only, /openapi.json
+needs a key, and the Open Inference Protocol's gRPC port answers over TLS and refuses a wrong key.
 
 Secrets stay on the node and out of every process's arguments: the admin token and the keys
 these tests create reach curl as header files (`-H @file`) in a 0700 folder of the node, and
@@ -176,3 +176,34 @@ def test_060_metrics_listener_serves_the_gateway_metrics(host, settings, private
 def test_070_openapi_needs_a_key(host, settings, private):
     status, _ = api(host, settings, private, "GET", "/openapi.json")
     assert status == 401, f"GET /openapi.json without a key: expected 401, got {status}"
+
+
+GRPC_CHECK = """
+import sys
+import tritonclient.grpc as triton
+from tritonclient.utils import InferenceServerException
+target, ca, name = sys.argv[1:4]
+options = [("grpc.ssl_target_name_override", name)] if ca else None
+client = triton.InferenceServerClient(target, ssl=bool(ca), root_certificates=ca or None,
+                                      channel_args=options)
+print("live" if client.is_server_live() else "not live")
+try:
+    client.get_model_metadata("any", headers={"authorization": "Bearer pdm-not-a-real-key"})
+    print("answered")
+except InferenceServerException as exc:
+    print(exc.status())
+"""
+
+
+def test_080_grpc_answers_over_tls_and_refuses_a_wrong_key(host, settings):
+    # The gateway's own venv holds the Open Inference Protocol client; the certificate names
+    # the node (its hostname), which BoringSSL checks against the stack CA.
+    python = "/opt/podium/gateway/venv/bin/python"
+    target = f"{host.backend.get_hostname()}:{settings['grpc_port']}"
+    ca = f"{ETC}/ca.crt" if settings["tls"] else ""
+    name = host.check_output("hostname").strip()
+    args = [python, "-c", GRPC_CHECK, target, ca, name]
+    answer = host.check_output(" ".join(shlex.quote(a) for a in args)).split()
+    assert answer == ["live", "StatusCode.UNAUTHENTICATED"], (
+        f"gRPC ServerLive then ModelMetadata with a wrong key on {target}: expected live and "
+        f"UNAUTHENTICATED, got {answer}")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from podium.bundle.manifest import file_sha256
 from podium.registry import artifact, media
+from podium.registry.signature import model_signature
 from podium.registry.sync import model_source
 from podium.registry.trust import check_trust
 from podium.stack.model import Stack
@@ -28,7 +29,8 @@ def write_models(stack: Stack, out: Path) -> list[str]:
         fmt = media.check_format(model.format) if model.format else media.guess_format(source, files)
         trust = check_trust(source, files, fmt, trusted=model.trusted, trusted_types=model.trusted_types)
         described = artifact.describe(source, files, fmt)
-        config = artifact.model_config(model.name, model.version, fmt, described, model.source, trust)
+        config = artifact.model_config(model.name, model.version, fmt, described, model.source,
+                                       trust, model_signature(source, files, fmt, trust))
         manifest = artifact.model_manifest(model.name, model.version, fmt, config, described)
         digest = "sha256:" + artifact.sha256_hex(manifest)
         digests.append(digest)

@@ -202,6 +202,10 @@ def show(
         ("aliases", ", ".join(info.aliases) or "-"),
         ("trusted", "yes" if info.trust.get("trusted") else "no"),
     ]
+    for side in ("inputs", "outputs"):
+        tensors = (info.signature or {}).get(side, [])
+        rows.append((side, "; ".join(f"{t['name']} {t['datatype']} {t['shape']}" for t in tensors)
+                     or "-"))
     for key, value in rows:
         out.print(f"{key:8} {value}", markup=False)
     table = Table("file", "size", "sha256", title_justify="left")
@@ -245,7 +249,7 @@ def rm(
 def make_tiny(
     out: Annotated[Path, typer.Argument(help="Where to write the model (file or directory).")],
     kind: Annotated[
-        str, typer.Option("--kind", help="gguf, hf (safetensors + tokenizer) or sklearn.")
+        str, typer.Option("--kind", help="gguf, gguf-embedding, hf (safetensors + tokenizer) or sklearn.")
     ],
     seed: Annotated[
         int, typer.Option("--seed", help="Random seed, so the weights are reproducible.")

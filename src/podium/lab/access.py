@@ -1,5 +1,5 @@
-"""The lines `podium lab up` ends with: gateway URL, a freshly created API key, the CA to trust,
-and a curl line that works as printed."""
+"""The lines `podium lab up` ends with: gateway URL, its gRPC address, a freshly created API key,
+the CA to trust, and a curl line that works as printed."""
 
 from __future__ import annotations
 
@@ -20,6 +20,13 @@ def print_gateway_access(stack: Stack, out: Console) -> None:
     ca = ca_certificate(stack.name)
     llms = [m.name for m in stack.models if m.format in ("gguf", "safetensors")]
     out.print(f"gateway: {url}/v1", soft_wrap=True)
+    gw = stack.gateway
+    assert gw is not None  # gateway_url refused a stack without one
+    node = gw.nodes[0]
+    # The gRPC listener's certificate names the node, not its address (see grpc_tls).
+    out.print(f"grpc: {stack.node(node).address}:{gw.grpc_listen_port}", soft_wrap=True)
+    if gw.tls:
+        out.print(f"grpc-tls-name: {node}", soft_wrap=True)
     out.print(f"key: {key}", soft_wrap=True)
     out.print(f"ca: {ca}", soft_wrap=True)
     if llms:

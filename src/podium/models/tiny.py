@@ -7,7 +7,7 @@ from typing import Literal, get_args
 
 from podium.errors import InvalidInput
 
-TinyKind = Literal["gguf", "hf", "sklearn"]
+TinyKind = Literal["gguf", "gguf-embedding", "hf", "sklearn"]
 KINDS: tuple[str, ...] = get_args(TinyKind)
 
 
@@ -15,8 +15,9 @@ def make_tiny(kind: TinyKind, out: Path, *, seed: int = 0, size: str = "tiny") -
     """Write a tiny model of `kind` to `out`; the same seed and size give the same bytes.
 
     Args:
-        kind: "gguf" (a .gguf file for llama.cpp), "hf" (a transformers/vLLM
-            directory) or "sklearn" (a .skops file plus a .json sidecar).
+        kind: "gguf" (a .gguf file for llama.cpp), "gguf-embedding" (the same, as an
+            embedding model), "hf" (a transformers/vLLM directory) or "sklearn" (a .skops
+            file plus a .json sidecar).
         out: the file (gguf, sklearn) or directory (hf) to write; parents are created.
         seed: seeds the random weights (and the sklearn classifier).
         size: "tiny" (a few MB) or, for gguf and hf, "1b" (about 1e9 parameters, f16).
@@ -34,10 +35,10 @@ def make_tiny(kind: TinyKind, out: Path, *, seed: int = 0, size: str = "tiny") -
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Imports are per kind: each writer pulls in its own heavy libraries.
-    if kind == "gguf":
+    if kind in ("gguf", "gguf-embedding"):
         from podium.models.tiny_gguf import write_gguf
 
-        return write_gguf(out, seed=seed, size=size)
+        return write_gguf(out, seed=seed, size=size, embedding=kind == "gguf-embedding")
     if kind == "hf":
         from podium.models.tiny_hf import write_hf
 

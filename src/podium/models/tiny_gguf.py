@@ -17,18 +17,20 @@ TOKEN_CONTROL = int(gguf.TokenType.CONTROL)
 TOKEN_UNUSED = int(gguf.TokenType.UNUSED)
 
 
-def served_name(size: str) -> str:
+def served_name(size: str, *, embedding: bool = False) -> str:
     """The model name written into general.name (what an engine reports)."""
-    return f"podium-llama-{size}"
+    return f"podium-{'embed' if embedding else 'llama'}-{size}"
 
 
-def write_gguf(out: Path, *, seed: int, size: str) -> Path:
+def write_gguf(out: Path, *, seed: int, size: str, embedding: bool = False) -> Path:
     """Write the model to `out` one tensor at a time, so a 1B model needs one tensor of memory.
 
     Args:
         out: the .gguf file to create (replaced atomically when complete).
         seed: seeds every weight; the same seed gives the same bytes.
         size: a key of podium.models.tiny_llama.SIZES ("tiny" or "1b").
+        embedding: mark the model as an embedding model (mean pooling), so llama-server
+            started with --embeddings answers /v1/embeddings with vectors of n_embd floats.
 
     Example:
         >>> write_gguf(Path("/tmp/m.gguf"), seed=0, size="tiny")  # doctest: +SKIP
@@ -39,7 +41,7 @@ def write_gguf(out: Path, *, seed: int, size: str) -> Path:
 
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     writer = gguf.GGUFWriter(tmp, ARCH)
-    writer.add_name(served_name(size))
+    writer.add_name(served_name(size, embedding=embedding))
     writer.add_file_type(int(gguf.LlamaFileType.MOSTLY_F16))
     writer.add_context_length(shape.n_ctx)
     writer.add_embedding_length(shape.n_embd)
@@ -53,6 +55,10 @@ def write_gguf(out: Path, *, seed: int, size: str) -> Path:
     writer.add_vocab_size(len(vocab.tokens))
     writer.add_uint32("podium.seed", seed)
     writer.add_string("podium.size", size)
+    if embedding:
+        # How llama.cpp turns per-token states into one vector; without it (pooling "none")
+        # llama-server refuses the OpenAI embeddings endpoint.
+        writer.add_pooling_type(gguf.PoolingType.MEAN)
 
     specials = set(vocab.special_ids)
     first_reserved = len(vocab.tokens) - vocab.n_reserved

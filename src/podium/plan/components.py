@@ -424,6 +424,7 @@ def _gateway_settings(stack: Stack, host: str) -> Settings:
         "port": gw.port,
         "metrics_port": gw.scrape_port,
         "admin_port": gw.control_port,
+        "grpc_port": gw.grpc_listen_port,
         "drain_timeout_s": gw.drain_timeout_s,
         "max_connections": gw.max_connections,
         "write_timeout_s": gw.write_timeout_s,

@@ -108,20 +108,26 @@ def describe(
 
 
 def model_config(
-    name: str, version: str, fmt: str, files: list[ModelFile], source: str, trust: Trust
+    name: str, version: str, fmt: str, files: list[ModelFile], source: str, trust: Trust,
+    signature: dict[str, Any] | None = None,
 ) -> bytes:
-    """The config blob: what engines and `podium model show` read without fetching weights."""
-    return canonical_json(
-        {
-            "schema": 1,
-            "name": name,
-            "version": version,
-            "format": fmt,
-            "files": [f.to_dict() for f in files],
-            "source": source,
-            "trust": trust.to_dict(),
-        }
-    )
+    """The config blob: what engines and `podium model show` read without fetching weights.
+
+    signature: the model's inputs and outputs (registry/signature.py), where it has them;
+    left out otherwise, so a model without one keeps the digest it always had.
+    """
+    config: dict[str, Any] = {
+        "schema": 1,
+        "name": name,
+        "version": version,
+        "format": fmt,
+        "files": [f.to_dict() for f in files],
+        "source": source,
+        "trust": trust.to_dict(),
+    }
+    if signature is not None:
+        config["signature"] = signature
+    return canonical_json(config)
 
 
 def model_manifest(

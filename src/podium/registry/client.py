@@ -23,6 +23,7 @@ from podium.registry.pull import (
     place,
 )
 from podium.registry.ref import REPOSITORY_PREFIX, ModelRef, check_name, check_tag
+from podium.registry.signature import model_signature
 from podium.registry.transport import Transport, raise_for
 from podium.registry.trust import check_trust
 
@@ -69,6 +70,8 @@ class ModelInfo:
     aliases: list[str]  # those other than the one asked for
     source: str = ""
     trust: dict[str, Any] = field(default_factory=dict)
+    # Inputs and outputs read from the model at push time (None: the model has none recorded).
+    signature: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -164,7 +167,8 @@ class Registry:
         trust = check_trust(path, files, model_format, trusted=trusted, trusted_types=trusted_types)
         described = artifact.describe(path, files, model_format, progress)
         config = artifact.model_config(
-            name, version, model_format, described, source or path.name, trust
+            name, version, model_format, described, source or path.name, trust,
+            model_signature(path, files, model_format, trust),
         )
         manifest = artifact.model_manifest(name, version, model_format, config, described)
         digest = "sha256:" + artifact.sha256_hex(manifest)
@@ -376,6 +380,7 @@ class Registry:
             aliases=[t for t in tags if t != ref.tag],
             source=str(config.get("source", "")),
             trust=config.get("trust", {}),
+            signature=config.get("signature"),
         )
 
     # -- change -------------------------------------------------------------------------------

@@ -94,7 +94,7 @@ def model_source(stack: Stack, index: int, model: Model) -> Path:
     if not path.exists():
         raise InvalidInput(
             f"models[{index}].source {model.source!r} of model {model.name}: {path} does not "
-            "exist; give a file or folder relative to the stack folder, or tiny:gguf|hf|sklearn"
+            "exist; give a file or folder relative to the stack folder, or tiny:gguf|gguf-embedding|hf|sklearn"
         )
     return path
 
@@ -109,7 +109,7 @@ def _tiny(stack: Stack, index: int, model: Model) -> Path:
             f"use one of: {', '.join(TINY_PREFIX + k for k in KINDS)}"
         )
     cache = tiny_cache(stack.name) / f"{model.name}-{model.version}"
-    if kind == "gguf":
+    if kind in ("gguf", "gguf-embedding"):
         to_push = written = cache / f"{model.name}.gguf"
         target = written
     elif kind == "sklearn":

@@ -1,9 +1,9 @@
 """MLServer runtime that serves scikit-learn models from skops files and refuses untrusted types.
 
 It runs inside MLServer's own venv (mlserver, mlserver-sklearn, skops), never
-Podium's, and imports nothing else from Podium, so that venv only needs this
-package on its path: `PYTHONPATH=<podium>/src` in tests, `pip install --no-deps`
-of Podium's wheel on nodes. A model-settings.json that uses it:
+Podium's, and imports nothing else from Podium but model_signature (numpy only),
+so that venv only needs this package on its path: `PYTHONPATH=<podium>/src` in
+tests, `pip install --no-deps` of Podium's wheel on nodes. A model-settings.json that uses it:
 
     {"name": "iris", "implementation": "podium.services.mlserver_skops.SkopsModel",
      "parameters": {"uri": "./iris.skops",
@@ -22,8 +22,11 @@ from typing import Any
 import joblib
 import skops.io
 from mlserver.errors import MLServerError
+from mlserver.types import MetadataTensor
 from mlserver.utils import get_model_uri
 from mlserver_sklearn import SKLearnModel
+
+from podium.services.model_signature import sklearn_signature
 
 SKOPS_SUFFIX = ".skops"
 PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
@@ -92,4 +95,11 @@ class SkopsModel(SKLearnModel):  # type: ignore[misc]
         types, trusted = _settings_extra(self.settings)
         uri = await get_model_uri(self.settings, wellknown_filenames=WELLKNOWN_FILENAMES)
         self._model = load_model(Path(uri), trusted_types=types, trusted=trusted)
+        # GET /v2/models/NAME names the model's inputs and outputs, read from the model as at
+        # push time, so a client can build a request from metadata alone; inputs or outputs
+        # written in model-settings.json win.
+        signature = sklearn_signature(self._model)
+        if signature is not None and not self.settings.inputs and not self.settings.outputs:
+            self.settings.inputs = [MetadataTensor(**t) for t in signature["inputs"]]
+            self.settings.outputs = [MetadataTensor(**t) for t in signature["outputs"]]
         return True

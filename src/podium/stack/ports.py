@@ -154,6 +154,13 @@ def listeners(stack: Stack) -> list[Listener]:
                     ("admin",),
                 )
             )
+            # The Open Inference Protocol over gRPC: the API's clients, as the API port.
+            out.append(
+                Listener(
+                    node_name, gw.grpc_listen_port, "gateway", ("gateway", "grpc_port"), "gateway grpc",
+                    ("any",),
+                )
+            )
         if gw.store == "postgresql" and gw.store_node:
             out.append(
                 Listener(

@@ -174,6 +174,8 @@ class Gateway(Strict):
     metrics_port: Port | None = None
     # The control machine drains engine replicas here (admin token; admin sources only); default port + 2.
     admin_port: Port | None = None
+    # The Open Inference Protocol's gRPC service (TLS, API keys as on the API port); default port + 3.
+    grpc_port: Port | None = None
     # How long a replica being changed, or a gateway being stopped, has to finish its requests.
     drain_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
     # Connections open at once per gateway node; more are answered 503 and closed.
@@ -197,6 +199,11 @@ class Gateway(Strict):
     def control_port(self) -> int:
         """The gateway's control listener (replica drains)."""
         return self.admin_port if self.admin_port is not None else self.port + 2
+
+    @property
+    def grpc_listen_port(self) -> int:
+        """The gateway's gRPC listener (Open Inference Protocol)."""
+        return self.grpc_port if self.grpc_port is not None else self.port + 3
 
 
 class Releases(Strict):

@@ -15,7 +15,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from podium.services.gateway import admin, errors, openapi, proxy
+from podium.services.gateway import admin, errors, health, openapi, proxy
 from podium.services.gateway.config import GatewayConfig
 from podium.services.gateway.errors import GatewayError
 from podium.services.gateway.keys import ApiKey
@@ -223,9 +223,17 @@ def create_apps(config: GatewayConfig) -> tuple[Starlette, Starlette]:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gw.start()
+        grpc_server = None
+        if config.grpc_listen is not None:
+            # Imported here: grpcio and tritonclient are needed only where gRPC is served.
+            from podium.services.gateway import grpc_service
+
+            grpc_server = await grpc_service.start(gw)
         try:
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(config.shutdown_grace_s)
             await gw.stop()
 
     def route(path: str, handler: Handler, methods: list[str]) -> Route:
@@ -237,6 +245,7 @@ def create_apps(config: GatewayConfig) -> tuple[Starlette, Starlette]:
         route("/v1/chat/completions", openai_request, ["POST"]),
         route("/v1/completions", openai_request, ["POST"]),
         route("/v1/embeddings", openai_request, ["POST"]),
+        route("/health", health.health, ["GET"]),
         route("/v2/health/live", live, ["GET"]),
         route("/v2/health/ready", ready, ["GET"]),
         route("/v2/models/{name}", v2_model, ["GET"]),

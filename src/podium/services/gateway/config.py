@@ -150,6 +150,11 @@ class GatewayConfig(_Strict):
     # The control machine's replica admin (drain, undrain), behind the admin token; the
     # firewall opens it to the admin sources only. None: not served.
     admin_listen: Listen | None = None
+    # The Open Inference Protocol's gRPC service (grpc_service.py). None: not served.
+    grpc_listen: Listen | None = None
+    # Its certificate when it needs one apart from `tls`: gRPC's TLS library cannot check an
+    # IP address against a CA's name constraints, so this one names the node by DNS only.
+    grpc_tls: Tls | None = None
     # On SIGTERM, how long requests in flight (streams included) have to finish before exit.
     shutdown_grace_s: float = Field(default=30.0, gt=0, le=3600)
     connections: Connections = Field(default_factory=Connections)
@@ -193,6 +198,11 @@ class GatewayConfig(_Strict):
             raise ValueError(
                 f"admin_listen.port {admin.port} is the API's or the metrics listener's port;"
                 " choose another")
+        grpc_port = self.grpc_listen.port if self.grpc_listen else None
+        if grpc_port is not None and grpc_port in (self.listen.port, self.metrics_address()[1],
+                                                   admin.port if admin else None):
+            raise ValueError(f"grpc_listen.port {grpc_port} is taken by another listener of the"
+                             " gateway; choose another")
         return self
 
     def metrics_address(self) -> tuple[str, int]:
@@ -248,4 +258,6 @@ def load_config(path: Path) -> GatewayConfig:
         updates["state_dir"] = base / config.state_dir
     if config.tls and not config.tls.cert.is_absolute():
         updates["tls"] = Tls(cert=base / config.tls.cert, key=base / config.tls.key)
+    if config.grpc_tls and not config.grpc_tls.cert.is_absolute():
+        updates["grpc_tls"] = Tls(cert=base / config.grpc_tls.cert, key=base / config.grpc_tls.key)
     return config.model_copy(update=updates) if updates else config

@@ -191,6 +191,7 @@ def document(models: dict[str, str] | None = None) -> dict[str, Any]:
                 }, llms),
                 "A list of embedding objects.",
             ),
+            "/health": _get("Any replica of any model can serve.", 503, secured=False),
             "/v2/health/live": _get("The gateway process is up.", secured=False),
             "/v2/health/ready": _get("The gateway can serve.", 503, secured=False),
             "/v2/models/{name}": _get("A predictive model's metadata.", 401, 404,
