@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := build-essential cmake pkg-config git python3-venv apt-utils gnupg \
 	systemd-container debootstrap iproute2 nftables iptables openssh-client chrony tcpdump \
-	docker-registry apache2-utils nginx postgresql \
+	docker-registry apache2-utils nginx wrk postgresql \
 	prometheus prometheus-node-exporter prometheus-alertmanager \
 	libvirt-dev libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils libxml2-utils \
 	ovmf dosfstools e2fsprogs fdisk systemd vagrant vagrant-libvirt
@@ -48,3 +48,4 @@ bench:
 	$(PY) bench/provision.py
 	$(PY) bench/usage_store.py
 	$(PY) bench/gateway.py
+	$(PY) bench/gateway.py --instant

@@ -25,6 +25,7 @@ host touches all of them alike; p50 and p99 are over all rounds' requests.
     .venv/bin/python bench/gateway.py --json out.json
     .venv/bin/python bench/gateway.py --shared          # no CPU pinning
     .venv/bin/python bench/gateway.py --engine vllm     # vLLM's CPU build, tiny HF model
+    .venv/bin/python bench/gateway.py --instant         # the gateway's own cost (gateway_overhead.py)
 """
 
 from __future__ import annotations
@@ -47,10 +48,13 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import yaml
+
+if TYPE_CHECKING:
+    from podium.services.gateway.keys import KeySpec
 
 LLAMACPP_VERSION = "11434.0.0"
 LITELLM_VENV = Path.home() / ".cache/podium/bench/litellm"
@@ -160,19 +164,22 @@ class Stack:
         wait_http(url + "/health", proc, timeout=300)
         return url, "tiny-hf"
 
-    def podium(self, engine: str, model: str) -> Target:
+    def podium(self, engine: str, model: str, spec: KeySpec | None = None,
+               more: dict[str, str] | None = None) -> Target:
+        """The gateway serving `model` on `engine` (and each of `more`: model -> replica URL)."""
         from podium.services.gateway.client import StoreAdmin
         from podium.services.gateway.keys import KeySpec
 
         store = f"sqlite:///{self.root / 'gateway.db'}"
-        key = StoreAdmin(store).create_key(KeySpec(name="bench"))["key"]
+        key = StoreAdmin(store).create_key(spec or KeySpec(name="bench"))["key"]
         port = free_port()
         config = self.root / "gateway.yaml"
         config.write_text(yaml.safe_dump({
             "listen": {"host": "127.0.0.1", "port": port},
             "store": store,
             # The engine's own name, as the gateway role configures it in the appliance.
-            "models": {model: {"replicas": [engine], "max_outstanding_per_replica": 256}},
+            "models": {name: {"replicas": [url], "max_outstanding_per_replica": 256}
+                       for name, url in {model: engine, **(more or {})}.items()},
         }))
         proc = self.spawn([sys.executable, "-m", "podium.services.gateway", "--config",
                            str(config), "--log-level", "warning"], "podium", cpus=self.proxy_cpus)
@@ -203,13 +210,24 @@ class Stack:
         return Target("litellm", f"http://127.0.0.1:{port}/v1", "tiny", master_key)
 
     def nginx(self, engine: str, model: str) -> Target:
-        binary = shutil.which("nginx") or "/usr/sbin/nginx"
-        port = free_port()
         upstream = engine.removeprefix("http://")
+        port = self.nginx_server("nginx", f"""
+    location / {{
+      proxy_pass http://{upstream};
+      proxy_buffering off;
+      proxy_read_timeout 300s;
+    }}""", self.proxy_cpus)
+        return Target("nginx", f"http://127.0.0.1:{port}/v1", model)
+
+    def nginx_server(self, name: str, server: str, cpus: set[int] | None,
+                     http: str = "") -> int:
+        """An nginx of its own (one worker, no access log) with `server` as its one server
+        block's body and `http` added to its http block; its port once /health answers."""
+        port = free_port()
+        temp = self.root / name
         for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-            (self.root / "nginx" / sub).mkdir(parents=True, exist_ok=True)
-        temp = self.root / "nginx"
-        conf = self.root / "nginx.conf"
+            (temp / sub).mkdir(parents=True, exist_ok=True)
+        conf = self.root / f"{name}.conf"
         conf.write_text(f"""
 user root;
 worker_processes 1;
@@ -219,21 +237,20 @@ error_log {temp}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
   access_log off;
+  keepalive_requests 1000000;
   client_body_temp_path {temp}/body; proxy_temp_path {temp}/proxy;
   fastcgi_temp_path {temp}/fastcgi; uwsgi_temp_path {temp}/uwsgi; scgi_temp_path {temp}/scgi;
+  {http}
   server {{
-    listen 127.0.0.1:{port};
-    location / {{
-      proxy_pass http://{upstream};
-      proxy_buffering off;
-      proxy_read_timeout 300s;
-    }}
+    listen 127.0.0.1:{port} backlog=4096;
+    {server}
   }}
 }}
 """)
-        proc = self.spawn([binary, "-c", str(conf), "-p", str(temp)], "nginx", cpus=self.proxy_cpus)
+        proc = self.spawn([shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(conf), "-p",
+                           str(temp)], name, cpus=cpus)
         wait_http(f"http://127.0.0.1:{port}/health", proc)
-        return Target("nginx", f"http://127.0.0.1:{port}/v1", model)
+        return port
 
 
 def pct(values: list[float], q: float) -> float:
@@ -412,6 +429,12 @@ def placement(shared: bool) -> tuple[set[int] | None, set[int] | None, str]:
 
 
 def main() -> None:
+    if "--instant" in sys.argv[1:]:
+        # Against an upstream that answers instantly, where every figure is the proxy's own.
+        from gateway_overhead import main as overhead
+
+        overhead([a for a in sys.argv[1:] if a != "--instant"])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--requests", type=int, default=1500, help="per cell, at most")

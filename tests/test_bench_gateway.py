@@ -64,3 +64,24 @@ def test_the_gateway_benchmark_runs_on_vllm(vllm_cpu_python: Path, tmp_path: Pat
             assert cell["errors"] == 0 and cell["n"] >= 4, (name, c, cell)
         assert figures[name]["stream"]["tok_s"] > 0
     assert "engine: vllm" in run.stdout
+
+
+def test_the_overhead_benchmark_measures_every_proxy_without_a_single_error(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "figures.json"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gateway.py"), "--instant", "--rounds", "1",
+         "--seconds", "3", "--streams", "12", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert set(figures) == {"direct", "podium", "nginx"}
+    for name, cell in figures.items():
+        assert cell["non_2xx"] == 0, (name, cell)
+        assert 0 < cell["p50_ms"] <= cell["p99_ms"] and cell["rps"] > 0, (name, cell)
+        assert cell["streams"] >= 2 and cell["ttft_ms"] > 0, (name, cell)
+    # CPU is read from the proxies' own processes; direct has no proxy to read.
+    assert figures["podium"]["cpu_us"] > 0 and figures["nginx"]["cpu_us"] > 0
+    assert "gateway targets (instant upstream)" in run.stdout

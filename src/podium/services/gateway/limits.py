@@ -13,11 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, and_, delete, func, or_, select
+from sqlalchemy import Connection, and_, bindparam, delete, func, or_, select
 
 from podium.services.gateway.config import Limits, parse_quota
 from podium.services.gateway.keys import ApiKey
-from podium.services.gateway.reservation import Reservation, add
+from podium.services.gateway.reservation import COUNTER_ROW, Reservation, add
+from podium.services.gateway.statements import Prepared
 from podium.services.gateway.store import counters_table, in_flight_table, keys_table, upsert
 
 
@@ -74,18 +75,24 @@ def period_window(now: float, period: str) -> tuple[int, int]:
     return start, calendar.timegm((year, month, 1, 0, 0, 0))
 
 
+# Add to a window only while it is under the limit; returns the row only when it did.
+_TAKE = Prepared(lambda conn: upsert(conn, counters_table, COUNTER_ROW).on_conflict_do_update(
+    index_elements=["key_id", "kind", "window"],
+    set_={"value": counters_table.c.value + bindparam("amount")},
+    where=counters_table.c.value < bindparam("limit"),
+).returning(counters_table.c.value))
+
+
 def _take(conn: Connection, key_id: int, kind: str, window: int, amount: int,
           limit: int) -> bool:
     """Add `amount` to a window only while it is under `limit`; False when it is not."""
     if limit <= 0:
         return False
-    first = {"key_id": key_id, "kind": kind, "window": window, "value": amount}
-    stmt = upsert(conn, counters_table, first).on_conflict_do_update(
-        index_elements=["key_id", "kind", "window"],
-        set_={"value": counters_table.c.value + amount},
-        where=counters_table.c.value < limit,
-    ).returning(counters_table.c.value)
-    return conn.execute(stmt).first() is not None
+    cursor = _TAKE.execute(conn, {"key_id": key_id, "kind": kind, "window": window,
+                                  "amount": amount, "limit": limit})
+    taken = cursor.fetchone() is not None
+    cursor.close()
+    return taken
 
 
 def _requests_in_flight(conn: Connection, key: ApiKey, now: float) -> int:

@@ -10,7 +10,8 @@ from sqlalchemy import Connection
 
 from podium.services.gateway.config import Price
 from podium.services.gateway.reservation import Reservation, settle
-from podium.services.gateway.store import RowInsert, usage_table
+from podium.services.gateway.statements import RowInsert
+from podium.services.gateway.store import usage_table
 
 
 @dataclass

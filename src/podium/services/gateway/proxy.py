@@ -141,16 +141,21 @@ async def forward(
 async def _exchange(
     gw: Gateway, call: Call, replica: EngineReplica, method: str, path: str, body: bytes | None
 ) -> Response:
-    assert gw.json_client is not None
+    assert gw.json_client is not None and gw.upstream is not None
     t = gw.config.timeouts
     try:
         async with asyncio.timeout(t.first_byte_s + t.read_s):
-            async with gw.json_client.request(
-                method, replica.url + path, data=body, headers=_JSON if body else None
-            ) as resp:
-                payload = await resp.read()
-                status = resp.status
-                ctype = resp.headers.get("Content-Type", "application/json")
+            if gw.upstream.handles(replica.url):
+                answer = await gw.upstream.exchange(replica.url, method, path, body)
+                payload, status = answer.body, answer.status
+                ctype = answer.content_type or "application/json"
+            else:
+                async with gw.json_client.request(
+                    method, replica.url + path, data=body, headers=_JSON if body else None
+                ) as resp:
+                    payload = await resp.read()
+                    status = resp.status
+                    ctype = resp.headers.get("Content-Type", "application/json")
     except _UPSTREAM_ERRORS + (TimeoutError,) as exc:
         raise _upstream_failure(exc, "before its time limit") from None
     if _retryable(status):

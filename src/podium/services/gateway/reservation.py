@@ -12,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete
+from sqlalchemy import Connection, bindparam, delete
 
+from podium.services.gateway.statements import Prepared
 from podium.services.gateway.store import counters_table, in_flight_table, upsert
 
 
@@ -79,12 +80,16 @@ def settle(conn: Connection, key_id: int, reservation: Reservation, request_id: 
         conn.execute(delete(in_flight_table).where(in_flight_table.c.request_id == request_id))
 
 
+# A counter window's row, its first value the amount added.
+COUNTER_ROW: dict[str, Any] = {"key_id": bindparam("key_id"), "kind": bindparam("kind"),
+               "window": bindparam("window"), "value": bindparam("amount")}
+_ADD = Prepared(lambda conn: upsert(conn, counters_table, COUNTER_ROW).on_conflict_do_update(
+    index_elements=["key_id", "kind", "window"],
+    set_={"value": counters_table.c.value + bindparam("amount")},
+))
+
+
 def add(conn: Connection, key_id: int, kind: str, window: int, amount: int) -> None:
     """Add to a counter window, creating it (a settlement may reach a window cleaned up)."""
-    first = {"key_id": key_id, "kind": kind, "window": window, "value": amount}
-    conn.execute(
-        upsert(conn, counters_table, first).on_conflict_do_update(
-            index_elements=["key_id", "kind", "window"],
-            set_={"value": counters_table.c.value + amount},
-        )
-    )
+    _ADD.execute(conn, {"key_id": key_id, "kind": kind, "window": window,
+                        "amount": amount}).close()
