@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -368,15 +369,16 @@ class StreamRelay:
         ttft = None if self.first_token is None else self.first_token - self.call.started
         return self.call.usage(self.replica.url, status, tokens, ttft)
 
-    def _relay(self, event: bytes, data: bytes, now: float) -> bytes | None:
-        """One upstream event (and its data) as the client gets it (None: not at all), metered."""
+    def _relay(self, event: bytes, data: bytes, token: bool, now: float) -> bytes | None:
+        """One upstream event (and its data) as the client gets it (None: not at all), metered;
+        `token`: whether it carries text, `now`: its timestamp."""
         out: bytes | None = event
         found = _chunk_usage(data)
         if found is not None:
             self.tokens = found[0]
             if self.strip_usage:
                 out = _without_usage(found[1])
-        if _has_token(data):
+        if token:
             m, model = self.gw.metrics, self.call.model
             if self.first_token is None:
                 self.first_token = now
@@ -389,6 +391,19 @@ class StreamRelay:
             self.text_events.append(data)
         return out
 
+    def _stamps(self, count: int, now: float) -> Iterator[float]:
+        """Timestamps for the `count` token events of one read, arrived by `now`.
+
+        Events that arrive in one read (an engine faster than the gateway reads, a busy
+        host) were produced over the time since the previous token: each gets its share of
+        it, the last `now`, so inter-token latency reads the pace the tokens came at
+        instead of one real interval and zeros. The first read has no previous token: its
+        events all get `now`.
+        """
+        since = now if self.last_token is None else self.last_token
+        step = (now - since) / count if count else 0.0
+        return (since + step * i for i in range(1, count + 1))
+
     async def _events(self) -> Any:
         m, model, gw = self.gw.metrics, self.call.model, self.gw
         read_s = gw.config.timeouts.read_s
@@ -398,12 +413,14 @@ class StreamRelay:
             while batch is not None:
                 now = time.perf_counter()
                 out: list[bytes] = []
-                for event in batch:
-                    data = _data(event)
+                datas = [_data(event) for event in batch]
+                tokens = [_has_token(data) for data in datas]
+                stamps = self._stamps(sum(tokens), now)
+                for event, data, token in zip(batch, datas, tokens, strict=True):
                     if data == b"[DONE]":
                         done = True
                         break
-                    relayed = self._relay(event, data, now)
+                    relayed = self._relay(event, data, token, next(stamps) if token else now)
                     if relayed is not None:
                         out.append(relayed)
                 if out:
