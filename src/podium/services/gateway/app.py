@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from podium.services.gateway import admin, errors, health, openapi, proxy
 from podium.services.gateway.config import GatewayConfig
@@ -209,7 +210,31 @@ def _endpoint(gw: Gateway, handler: Handler) -> Callable[[Request], Awaitable[An
     return endpoint
 
 
-def create_apps(config: GatewayConfig) -> tuple[Starlette, Starlette]:
+class HotRoutes:
+    """The API app, with the routes every inference request takes answered before it.
+
+    Starlette's two middlewares, its route table and its per-route wrappers cost about a
+    seventh of the CPU of a whole proxied request; these routes need none of it (their
+    endpoint turns every error into its answer itself). Anything else, other methods on
+    these paths included, goes to the Starlette app as before.
+    """
+
+    def __init__(self, app: Starlette, routes: dict[str, Callable[[Request], Awaitable[Any]]]
+                 ) -> None:
+        self.app = app
+        self.routes = routes
+        self.state = app.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = self.routes.get(scope["path"]) if scope["type"] == "http" else None
+        if endpoint is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        response = await endpoint(Request(scope, receive, send))
+        await response(scope, receive, send)
+
+
+def create_apps(config: GatewayConfig) -> tuple[HotRoutes, Starlette]:
     """The API app and the metrics app of one gateway; the store and health checks start with
     the API app's lifespan. The metrics app has its own listener, which the firewall opens to
     the monitoring node only, so /metrics needs no credential there and is absent from the API.
@@ -263,9 +288,11 @@ def create_apps(config: GatewayConfig) -> tuple[Starlette, Starlette]:
         exception_handlers=errors.ROUTE_ERRORS,
     )
     app.state.gateway = gw
+    hot = HotRoutes(app, {path: _endpoint(gw, openai_request) for path in (
+        "/v1/chat/completions", "/v1/completions", "/v1/embeddings")})
     scrape = Starlette(
         routes=[route("/metrics", metrics, ["GET"])],
         exception_handlers=errors.ROUTE_ERRORS,
     )
-    return app, scrape
+    return hot, scrape
 
