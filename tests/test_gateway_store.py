@@ -7,9 +7,10 @@ import queue
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import Connection, func, select, text
+from sqlalchemy import Connection, event, func, select, text
 
 from podium.services.gateway.metering import UsageRecord, record_op
 from podium.services.gateway.store import Store, usage_table
@@ -105,5 +106,47 @@ def test_records_from_many_threads_are_all_committed_once(tmp_path: Path) -> Non
         for fut in futures:
             fut.result(timeout=30)
         assert store.run_sync(_count) == 800
+    finally:
+        store.close()
+
+
+def test_one_event_loop_turn_is_one_transaction_and_each_caller_gets_its_own_outcome(
+    tmp_path: Path,
+) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'g.db'}")
+    store.create_schema()
+    begun = 0
+
+    @event.listens_for(store.engine, "begin")
+    def _count_transactions(conn: Connection) -> None:
+        nonlocal begun
+        begun += 1
+
+    def broken(conn: Connection) -> None:
+        conn.execute(text("INSERT INTO no_such_table VALUES (1)"))
+
+    async def turn(ops: list[Any]) -> list[object]:
+        calls = [asyncio.ensure_future(store.run(op)) for op in ops]
+        if not store._threads:
+            await asyncio.sleep(0.05)  # all of them queued before the thread starts
+            store.start()
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    async def main() -> tuple[list[object], int, list[object]]:
+        first = await turn([record_op(_record(i), None) for i in range(8)] + [_count])
+        after_first = begun
+        second = await turn([record_op(_record(i), None) for i in range(8, 12)]
+                            + [broken, _count])
+        return first, after_first, second
+
+    try:
+        first, after_first, second = asyncio.run(main())
+        # One turn of the loop, one hand-off, one transaction for all nine.
+        assert first == [None] * 8 + [8] and after_first == 1
+        # A failing operation fails only itself: the batch is retried one by one.
+        assert second[:4] == [None] * 4 and second[5] == 12
+        assert "no_such_table" in str(second[4])
+        assert begun == 1 + 1 + 6
+        assert store.run_sync(_count) == 12
     finally:
         store.close()
