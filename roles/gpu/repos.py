@@ -9,6 +9,9 @@ from typing import Any
 
 from pyinfra.api.exceptions import DeployError
 
+from podium.bundle.artifact_urls import artifact_url
+from podium.pinned import node_versions
+
 # (ID, VERSION_ID) of /etc/os-release → the folder of NVIDIA's CUDA repository.
 SUPPORTED = {
     ("debian", "12"): "debian12",
@@ -39,13 +42,18 @@ class Node:
 
 
 def mirrored(url: str, settings: Mapping[str, Any]) -> str:
-    """NVIDIA's URL, or the same path under <artifact mirror>/nvidia when the stack says mirror."""
+    """NVIDIA's URL, or the same path inside the mirror's copy of NVIDIA's repositories when the
+    stack says mirror: <mirror>/nvidia on a site's mirror, the unpacked nvidia-repository slot of
+    a bundle."""
     if settings["source"] != "mirror":
         return url
-    if not settings.get("mirror"):
+    # Outside a pyinfra run (a plan, a test) the table's own pins; the artifact's path is the same.
+    base = artifact_url(settings.get("mirror"), settings.get("mirror_form"), node_versions(), "gpu",
+                        "nvidia-repository")
+    if base is None:
         raise DeployError("gpu.source is mirror but the stack sets no artifact_mirror; set one")
     path = url.split("://", 1)[1].split("/", 1)[1]
-    return f"{settings['mirror'].rstrip('/')}/nvidia/{path}"
+    return f"{base}/{path}"
 
 
 def cuda_repository(settings: Mapping[str, Any], node: Node, defaults: Mapping[str, Any]) -> str:

@@ -2,17 +2,22 @@
 
 import shlex
 from io import StringIO
+from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import deploy as pyinfra_deploy
 from pyinfra.operations import files, server, systemd
 
+from podium.bundle.artifact_urls import UNPACKED_MARK, unpack_command
 from podium.bundle.manifest import MANIFEST
 from podium.files import files_for
 from podium.pinned import node_versions
 from podium.registry.ca import ca_certificate, server_certificate
 from roles import checks, nginx
 from roles.mirror.defaults import DEFAULTS
+
+# On the node, beside the manifest: the sha256 and path of each slot file it was shipped with.
+SLOTS_MARK = ".podium-slots"
 
 
 @pyinfra_deploy("mirror: deploy", data_defaults=DEFAULTS)
@@ -22,22 +27,42 @@ def deploy() -> None:
     rendered = files_for("mirror", host.name, settings)
     root, etc, bundle = settings["root"], settings["etc"], host.data.podium_bundle
 
-    # The manifest names every file with its sha256: the node's copy tells whether anything
-    # changed, so an unchanged bundle costs one command. It is shipped last, so a ship cut off
-    # halfway is taken up again on the next run.
-    if checks.output(f"sha256sum {root}/{MANIFEST} | cut -d' ' -f1") == settings["bundle_digest"]:
+    # The manifest names every file with its sha256 and the slots mark names the operator's
+    # files by theirs: the node's copies tell whether anything changed, so an unchanged bundle
+    # costs one command. Both are shipped last, so a ship cut off halfway is taken up again on
+    # the next run.
+    slots = settings["slots"]
+    mark = "".join(f"{s['sha256']} {s['path']}\n" for s in slots)
+    held = checks.output(f"sha256sum {root}/{MANIFEST} | cut -d' ' -f1; cat {root}/{SLOTS_MARK}")
+    if held == f"{settings['bundle_digest']}\n{mark}".strip():
         host.noop(f"the bundle in {root} is the one on the control machine")
     else:
+        kept = [MANIFEST, SLOTS_MARK, ".podium-bundle"]
         files.sync(
             name=f"Ship the bundle to {root} (changed files only)",
             src=bundle,
             dest=root,
             delete=True,
-            exclude=[MANIFEST, ".podium-bundle"],
+            # pyinfra matches these against whole paths, the control machine's and the node's;
+            # the folders tar slots are served as are the node's own.
+            exclude=[*(f"{where}/{name}" for where in (Path(bundle), root) for name in kept),
+                     *(f"{root}/{s['folder']}/*" for s in slots if s["folder"])],
             add_deploy_dir=False,
         )
         files.put(name="Ship the bundle's manifest", src=f"{bundle}/{MANIFEST}",
                   dest=f"{root}/{MANIFEST}", mode="644")
+        files.put(name="Mark the operator's files shipped", src=StringIO(mark), dest=f"{root}/{SLOTS_MARK}",
+                  mode="644")
+    # A tar of a folder (NVIDIA's repositories) is served unpacked, where roles read inside it.
+    for slot in slots:
+        if not slot["folder"]:
+            continue
+        folder = f"{root}/{slot['folder']}"
+        if checks.output(f"cat {folder}/{UNPACKED_MARK}") == slot["sha256"]:
+            host.noop(f"{slot['path']} is served unpacked as {slot['folder']}")
+        else:
+            server.shell(name=f"Serve {slot['path']} unpacked as {slot['folder']}",
+                         commands=[unpack_command(f"{root}/{slot['path']}", folder, slot["sha256"])])
 
     # nginx comes from the bundle itself, through a file: source only this one apt run reads:
     # nothing else is reachable, and the node's own sources name the mirror (role base).

@@ -5,13 +5,16 @@ from typing import Any
 
 from pyinfra import host
 from pyinfra.api import deploy as pyinfra_deploy
+from pyinfra.api.exceptions import DeployError
 from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
+from podium.bundle.artifact_urls import artifact_url
 from podium.files import files_for
 from podium.monitoring import role_files as rf
 from podium.pinned import node_versions, pinned_artifact, pinned_key, recorded_sha256
+from podium.stack.versions import VersionTable
 from roles import checks
 from roles.monitoring.defaults import DEFAULTS
 
@@ -137,6 +140,16 @@ def _alertmanager(rendered: dict[str, str]) -> None:
     )
 
 
+def dcgm_exporter_url(settings: dict[str, Any], table: VersionTable) -> str:
+    """Where a GPU node fetches dcgm-exporter: the bundle's slot, or the site mirror's path."""
+    url = artifact_url(settings["artifact_mirror"], settings.get("mirror_form"), table, "monitoring",
+                       "dcgm-exporter")
+    if url is None:
+        raise DeployError(f"monitoring: stack {settings['stack']} names no artifact_mirror to fetch "
+                          "dcgm-exporter from; set one")
+    return url
+
+
 def _dcgm_exporter(settings: dict[str, Any], rendered: dict[str, str]) -> None:
     mirror = settings["artifact_mirror"]
     if not mirror:
@@ -147,7 +160,7 @@ def _dcgm_exporter(settings: dict[str, Any], rendered: dict[str, str]) -> None:
         )
         return
     table = node_versions()
-    url = f"{mirror.rstrip('/')}/{table.components['monitoring'].artifacts['dcgm-exporter'].file}"
+    url = dcgm_exporter_url(settings, table)
     # Refused before anything is installed: an unrecorded digest would let the mirror choose
     # what runs next to the GPUs.
     sha256 = recorded_sha256(table, "monitoring", "dcgm-exporter", url)

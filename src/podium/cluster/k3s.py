@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from podium.bundle.artifact_urls import stack_artifact_url
 from podium.cluster.meta import mirror_host
 from podium.stack.model import Stack
 from podium.stack.versions import VersionTable
@@ -22,14 +23,6 @@ SERVICE_CIDR = "10.43.0.0/16"
 IMAGES_ARTIFACT = "k3s-airgap-images-amd64.tar.zst"
 # NVIDIA's device plugin release unless versions.yaml pins `kubernetes.device_plugin`.
 DEVICE_PLUGIN_VERSION = "v0.17.0"
-
-
-def artifact_url(mirror: str | None, version: str, file: str) -> str | None:
-    """`<mirror>/k3s/<version>/<file>`: the mirror keeps one folder per pinned release. None
-    without a mirror: the k3s role then stops and says to set `artifact_mirror`."""
-    if not mirror:
-        return None
-    return f"{mirror.rstrip('/')}/k3s/{version}/{file}"
 
 
 def k3s_settings(stack: Stack, versions: VersionTable, host: str) -> dict[str, Any]:
@@ -58,9 +51,10 @@ def k3s_settings(stack: Stack, versions: VersionTable, host: str) -> dict[str, A
         "cluster_nodes": cluster_nodes,
         "gpu_nodes": {n: stack.node(n).gpus for n in cluster_nodes if stack.node(n).gpus},
         "mirror": stack.mirror_url,
-        "binary": {"url": artifact_url(stack.mirror_url, version, table["k3s"].file),
+        # None without a mirror: the k3s role then stops and says to set `artifact_mirror`.
+        "binary": {"url": stack_artifact_url(stack, versions, "kubernetes", "k3s"),
                    "sha256": table["k3s"].sha256},
-        "images": {"url": artifact_url(stack.mirror_url, version, images.file),
+        "images": {"url": stack_artifact_url(stack, versions, "kubernetes", IMAGES_ARTIFACT),
                    "sha256": images.sha256, "file": images.file},
         "device_plugin_image": f"{mirror_host(stack)}/nvidia/k8s-device-plugin:"
         f"{versions.extra('kubernetes').get('device_plugin', DEVICE_PLUGIN_VERSION)}",

@@ -9,6 +9,7 @@ from ipaddress import IPv4Network
 from typing import Any
 from urllib.parse import urlsplit
 
+from podium.bundle.artifact_urls import filled_slots, mirror_form
 from podium.bundle.debs import KEY_FILE
 from podium.bundle.manifest import MANIFEST, file_sha256
 from podium.errors import InvalidInput
@@ -127,10 +128,15 @@ def _mirror_settings(stack: Stack, host: str) -> Settings:
     """The bundle's node: what it serves, where, to whom, and which bundle (its manifest's
     digest, so a changed bundle is shipped again and an unchanged one is kept, wherever it sits
     on the control machine: roles find it as host data `podium_bundle`)."""
+    from podium.stack.versions import load_versions
+
     bundle, folder = stack.mirror_bundle, stack.bundle_folder
     assert bundle is not None and folder is not None
     manifest = folder / MANIFEST
     return {
+        # The operator's files are not in the manifest: a filled or refilled slot ships too.
+        # (Artifacts are the same at every version, so the table as it is names them.)
+        "slots": filled_slots(folder, load_versions()),
         "port": bundle.port,
         "address": str(stack.node(host).address),
         "server_names": [host],
@@ -248,6 +254,8 @@ def _gpu_settings(stack: Stack, host: str) -> Settings:
         # gpu.driver_branch), else the table's.
         "driver_branch": load_versions().version("gpu", stack),
         "mirror": stack.mirror_url,
+        # A bundle keeps NVIDIA's repositories in its slot, a site's mirror under nvidia/.
+        "mirror_form": mirror_form(stack),
     }
 
 
@@ -347,6 +355,8 @@ def _monitoring_settings(stack: Stack, host: str) -> Settings:
         # GPU nodes also run the DCGM exporter, fetched from the stack's artifact mirror.
         "gpu": stack.node(host).gpus > 0,
         "artifact_mirror": stack.mirror_url,
+        # A bundle keeps dcgm-exporter in its slot, a site's mirror at the file's own path.
+        "mirror_form": mirror_form(stack),
         # Only Prometheus' node needs the targets: a node exporter is not reconfigured when
         # an engine moves.
         "targets": _monitoring_targets(stack) if server else [],

@@ -43,6 +43,7 @@ def check(stack: Stack, components: frozenset[str]) -> list[Problem]:
         *_models(stack),
         *_engines(stack),
         *_gpu_capacity(stack),
+        *_gpu_source(stack),
         *_gateway(stack),
         *_kubernetes(stack),
         *_ports(stack),
@@ -329,6 +330,18 @@ def _gateway(stack: Stack) -> Iterator[Problem]:
     for name in gw.prices:
         if name not in model_names:
             yield Problem(("gateway", "prices", name), name, "is not a model name of this stack")
+
+
+def _gpu_source(stack: Stack) -> Iterator[Problem]:
+    # A node of a bundle stack reaches only the bundle, which carries NVIDIA's packages in its
+    # nvidia-repository slot alone (Debian's non-free is not in its apt repository).
+    if stack.mirror_bundle and stack.gpu.source != "mirror" and any(n.gpus for n in stack.nodes):
+        yield Problem(
+            ("gpu", "source"),
+            stack.gpu.source,
+            "is out of reach of nodes that install from artifact_mirror's bundle; set gpu.source: "
+            "mirror and drop NVIDIA's repository into the bundle's slot slots/gpu/",
+        )
 
 
 def _kubernetes(stack: Stack) -> Iterator[Problem]:
