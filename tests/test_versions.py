@@ -178,7 +178,7 @@ def test_kubernetes_override_is_the_k3s_release_the_node_fetches(tmp_path: Path,
 def test_bundle_carries_the_overridden_pins(tmp_path: Path) -> None:
     stack = stack_from(tmp_path, "single-gpu", {"engine-vllm": "0.34.1", "storage": "10.4-1"})
     contents = bundle_contents(stack, TABLE)
-    assert contents.wheelhouses["engine-vllm"] == ["vllm==0.34.1"]
+    assert contents.wheelhouses["engine-vllm"].requirements == ["vllm==0.34.1"]
 
 
 def test_a_hand_written_inventory_version_the_table_cannot_pin_stops_the_role() -> None:

