@@ -11,6 +11,7 @@ from podium.bundle.wheels import VLLM_HOUSES
 from podium.errors import InvalidInput
 from podium.lab.image import DEBOOTSTRAP_BASE
 from podium.lab.image import PACKAGES as LAB_IMAGE_PACKAGES
+from podium.lab.vmimage import VM_PACKAGES
 from podium.plan.components import COMPONENTS
 from podium.stack.devices import device as engine_device
 from podium.stack.model import Stack
@@ -89,11 +90,18 @@ def bundle_contents(stack: Stack, table: VersionTable, lab_image: bool | None = 
         components=names,
         debs=debs,
         lab_image=lab_image,
-        lab_packages=[*LAB_IMAGE_PACKAGES, *DEBOOTSTRAP_BASE] if lab_image else [],
+        lab_packages=lab_packages(stack) if lab_image else [],
         wheelhouses=houses,
         llamacpp=table.version("engine-llamacpp", stack) if "engine-llamacpp" in names else None,
         slots=slots,
     )
+
+
+def lab_packages(stack: Stack) -> list[str]:
+    """What the lab images need beyond the pins: debootstrap's base system and the container
+    image's packages, and the kernel and boot loader of the VM image where a machine is a VM."""
+    vms = any(n.machine is not None and n.machine.driver == "libvirt" for n in stack.nodes)
+    return [*LAB_IMAGE_PACKAGES, *DEBOOTSTRAP_BASE, *(VM_PACKAGES if vms else ())]
 
 
 def vllm_wheelhouses(stack: Stack, table: VersionTable) -> dict[str, Wheelhouse]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from rich.console import Console
 
 from podium.drivers.base import LabNetwork, MachineDriver, MachineSpec, get_driver
+from podium.drivers.libvirt import LibvirtDriver
 from podium.drivers.nspawn import NspawnDriver
 from podium.errors import InvalidInput, PodiumError
 from podium.inventory import write_inventory
@@ -97,14 +98,21 @@ def ensure_bundle(stack: Stack, console: Console) -> None:
 
 
 def _bundle_image(parts: LabParts, console: Console) -> None:
-    """Offline, nspawn machines boot an image debootstrapped from the bundle's apt repository."""
-    folder = parts.stack.bundle_folder
-    if not (parts.network.mirror and folder and isinstance(parts.driver, NspawnDriver)) or parts.driver.rootfs:
+    """Offline, machines boot an image debootstrapped from the bundle's apt repository: nspawn
+    machines its root file system, VMs a disk made of it with the kernel from the bundle too."""
+    folder, driver = parts.stack.bundle_folder, parts.driver
+    if not (parts.network.mirror and folder):
         return
     from podium.lab.image import build_rootfs, bundle_recipe
 
     repository = folder / "apt"
-    parts.driver.rootfs = build_rootfs(recipe=bundle_recipe(repository), repository=repository, console=console)
+    if isinstance(driver, NspawnDriver) and not driver.rootfs:
+        driver.rootfs = build_rootfs(recipe=bundle_recipe(repository), repository=repository, console=console)
+    elif isinstance(driver, LibvirtDriver) and not driver.image:
+        from podium.lab.vmimage import VmImageRecipe, build_vm_image
+
+        driver.image = build_vm_image(recipe=VmImageRecipe(base=bundle_recipe(repository)),
+                                      repository=repository, console=console)
 
 
 def machines_up(parts: LabParts, console: Console) -> None:

@@ -50,6 +50,16 @@ boot
 
 PARTITION_START = 2048  # sectors: the root partition starts at 1 MiB
 
+# An image from a bundle: the chroot's apt reads the bundle's repository, bind-mounted here,
+# and nothing else (the source and key are removed before the disk is made).
+BUNDLE_IN_CHROOT = "/mnt/podium-bundle-apt"
+BUNDLE_KEY_IN_CHROOT = "/etc/apt/podium-bundle-build.asc"
+BUNDLE_SOURCE_IN_CHROOT = "/etc/apt/podium-bundle-build.list"
+BUNDLE_APT_OPTIONS = (
+    f"Dir::Etc::SourceList={BUNDLE_SOURCE_IN_CHROOT}",
+    "Dir::Etc::SourceParts=-",
+)
+
 # Runs in the image's chroot after VM_SETUP_SCRIPT: GRUB's modules where its
 # prefix points, and a core.img that finds that prefix on the first partition.
 GRUB_SCRIPT = """\
@@ -165,6 +175,7 @@ def build_vm_image(
     force: bool = False,
     recipe: VmImageRecipe | None = None,
     console: Console | None = None,
+    repository: Path | None = None,
 ) -> Path:
     """Return the cached bootable qcow2 of `recipe`, building it (and its rootfs) if missing.
 
@@ -172,6 +183,8 @@ def build_vm_image(
     force: rebuild the disk even if it is cached (the rootfs is reused).
     recipe: what to build; the default is the lab's Debian 12 image with a kernel.
     console: where progress goes (stderr by default).
+    repository: a bundle's apt folder, for a recipe whose base is a `bundle_recipe`: the rootfs
+        and the kernel come from it, with no network.
 
     Example: `disk = build_vm_image()` then use it as the backing file of each VM's overlay.
     """
@@ -188,7 +201,7 @@ def build_vm_image(
             "`apt-get install -y qemu-utils fdisk e2fsprogs`."
         )
     console = console or Console(stderr=True)
-    rootfs = build_rootfs(cache_dir, recipe=recipe.base, console=console)
+    rootfs = build_rootfs(cache_dir, recipe=recipe.base, console=console, repository=repository)
     with build_lock(cache_dir):
         if final.is_file() and not force:
             return final
@@ -199,7 +212,7 @@ def build_vm_image(
         try:
             raw = scratch / "disk.raw"
             with console.status(f"building VM disk {final.name}"):
-                _make_disk(raw, rootfs, recipe, scratch)
+                _make_disk(raw, rootfs, recipe, scratch, repository)
                 partial = scratch / "disk.qcow2"
                 tool_output(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(partial)])
             # The rename is the commit point: a half-built disk is never seen as cached.
@@ -211,7 +224,8 @@ def build_vm_image(
     return final
 
 
-def _make_disk(raw: Path, rootfs: Path, recipe: VmImageRecipe, scratch: Path) -> None:
+def _make_disk(raw: Path, rootfs: Path, recipe: VmImageRecipe, scratch: Path,
+               repository: Path | None = None) -> None:
     """Lay out `raw`: an MBR, GRUB in the gap before the partition, the ext4 root in it.
 
     Everything is written into plain files (mkfs.ext4 -d, dd) rather than
@@ -220,11 +234,13 @@ def _make_disk(raw: Path, rootfs: Path, recipe: VmImageRecipe, scratch: Path) ->
     """
     root = scratch / "root"
     tool_output(["cp", "-a", f"{rootfs}/.", f"{root}/"])
-    with _chroot_mounts(root):
+    with _chroot_mounts(root, repository):
         packages = " ".join(recipe.packages)
+        options = "" if repository is None else " ".join(f"-o {o}" for o in BUNDLE_APT_OPTIONS)
         _chroot(
             root,
-            f"set -eu; apt-get update -q; apt-get install -y -q --no-install-recommends {packages}",
+            f"set -eu; apt-get {options} update -q; "
+            f"apt-get {options} install -y -q --no-install-recommends {packages}",
         )
         _chroot(root, recipe.setup)
         _chroot(root, recipe.grub)
@@ -253,21 +269,47 @@ def _make_disk(raw: Path, rootfs: Path, recipe: VmImageRecipe, scratch: Path) ->
         disk.write(core_bytes)
 
 
+def bundle_apt_files(root: Path, repository: Path) -> list[Path]:
+    """The one apt source the chroot reads when the image comes from a bundle: its repository
+    (bind-mounted at BUNDLE_IN_CHROOT), signed by the bundle key; returns the files written."""
+    from podium.bundle.debs import KEY_FILE, SUITE
+
+    key = root / BUNDLE_KEY_IN_CHROOT.lstrip("/")
+    key.write_bytes((repository / KEY_FILE).read_bytes())
+    source = root / BUNDLE_SOURCE_IN_CHROOT.lstrip("/")
+    source.write_text(f"deb [signed-by={BUNDLE_KEY_IN_CHROOT}] file:{BUNDLE_IN_CHROOT} {SUITE} main\n")
+    (root / BUNDLE_IN_CHROOT.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    return [key, source]
+
+
 @contextlib.contextmanager
-def _chroot_mounts(root: Path) -> Iterator[None]:
-    """/dev, /proc and /sys for apt and grub-install, plus the host's resolver for apt."""
+def _chroot_mounts(root: Path, repository: Path | None = None) -> Iterator[None]:
+    """/dev, /proc and /sys for apt and grub-install, plus the host's resolver for apt, or, for
+    an image from a bundle, the bundle's repository as apt's only source."""
     mounted: list[Path] = []
     resolv = root / "etc" / "resolv.conf"
+    written: list[Path] = []
     try:
         for name in ("dev", "proc", "sys"):
             tool_output(["mount", "--bind", f"/{name}", str(root / name)])
             mounted.append(root / name)
-        shutil.copyfile("/etc/resolv.conf", resolv)
+        if repository is None:
+            shutil.copyfile("/etc/resolv.conf", resolv)
+        else:
+            written = bundle_apt_files(root, repository)
+            target = root / BUNDLE_IN_CHROOT.lstrip("/")
+            tool_output(["mount", "--bind", "-o", "ro", str(repository), str(target)])
+            mounted.append(target)
         yield
     finally:
         resolv.unlink(missing_ok=True)
+        for path in written:
+            path.unlink(missing_ok=True)
         for path in reversed(mounted):
             subprocess.run(["umount", "--lazy", str(path)], capture_output=True)
+        if repository is not None:
+            with contextlib.suppress(OSError):
+                (root / BUNDLE_IN_CHROOT.lstrip("/")).rmdir()
 
 
 def _chroot(root: Path, script: str) -> None:
