@@ -164,3 +164,38 @@ def test_a_filled_or_refilled_slot_changes_what_the_mirror_ships(tmp_path: Path)
     assert empty["slots"] == [] and filled["bundle_digest"] == empty["bundle_digest"]
     assert filled["slots"] == [{"path": "slots/kubernetes/k3s", "sha256": None, "folder": None}], (
         "a slot file the manifest cannot list must still reconfigure the mirror, or it is never shipped")
+
+
+def test_a_bundle_stack_takes_grafana_from_its_slot_with_debians_dependencies(tmp_path: Path) -> None:
+    """`monitoring.grafana_repository: bundle`: the .deb at the slot the manifest names, its
+    Debian dependencies pinned in the bundle's apt repository, and no apt source for Grafana."""
+    from podium.files import files_for
+    from podium.monitoring import role_files as rf
+    from roles.monitoring.tasks import grafana_deb_url
+
+    table = load_versions()
+    stack = write_stack(tmp_path / "stack", CLUSTER_STACK.replace(SITE, BUNDLE).replace(
+        "monitoring: {node: ctl}", "monitoring: {node: ctl, grafana_repository: bundle}"))
+    settings = BY_NAME["monitoring"].settings(stack, "ctl")
+    url = grafana_deb_url(settings, table)
+    assert url == f"{SLOT_URL}/monitoring/grafana_11.3.0_amd64.deb"
+    slot = next(s for s in bundle_contents(stack, table).slots if (s.component, s.artifact) == ("monitoring", "grafana"))
+    assert url.endswith("/" + slot.path)
+    rendered = files_for("monitoring", "ctl", settings)
+    assert rf.GRAFANA_SOURCE not in rendered and rf.GRAFANA_DROPIN in rendered
+    assert any(p.startswith(rf.GRAFANA_DASHBOARDS) for p in rendered)
+    wanted = table.extra("monitoring")["grafana_packages"]
+    assert set(wanted) == {"adduser", "libfontconfig1", "musl"}
+    debs = bundle_contents(stack, table).debs
+    assert {p: debs.get(p) for p in wanted} == wanted
+    # A bundle stack without Grafana from its slot carries none of them for Grafana's sake.
+    plain = _stack(tmp_path / "plain", BUNDLE)
+    assert "musl" not in bundle_contents(plain, table).debs
+
+
+def test_grafana_from_a_bundle_is_refused_where_the_stack_serves_none(tmp_path: Path) -> None:
+    with pytest.raises(StackError) as caught:
+        write_stack(tmp_path / "stack", CLUSTER_STACK.replace(
+            "monitoring: {node: ctl}", "monitoring: {node: ctl, grafana_repository: bundle}"))
+    message = str(caught.value)
+    assert "monitoring.grafana_repository" in message and "set artifact_mirror: {bundle: PATH}" in message

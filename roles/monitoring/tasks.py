@@ -7,6 +7,7 @@ from pyinfra import host
 from pyinfra.api import deploy as pyinfra_deploy
 from pyinfra.api.exceptions import DeployError
 from pyinfra.api.operation import OperationMeta
+from pyinfra.facts.deb import DebPackages
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
@@ -14,6 +15,7 @@ from podium.bundle.artifact_urls import artifact_url
 from podium.files import files_for
 from podium.monitoring import role_files as rf
 from podium.pinned import node_versions, pinned_artifact, pinned_key, recorded_sha256
+from podium.stack.types import FROM_BUNDLE
 from podium.stack.versions import VersionTable
 from roles import checks
 from roles.monitoring.defaults import DEFAULTS
@@ -193,18 +195,48 @@ def _dcgm_exporter(settings: dict[str, Any], rendered: dict[str, str]) -> None:
     )
 
 
+def grafana_deb_url(settings: dict[str, Any], table: VersionTable) -> str:
+    """Where a bundle stack's monitoring node fetches Grafana's .deb: the bundle's grafana slot."""
+    url = artifact_url(settings["artifact_mirror"], settings.get("mirror_form"), table, "monitoring", "grafana")
+    if url is None or settings.get("mirror_form") != "bundle":
+        raise DeployError(f"monitoring: stack {settings['stack']} takes Grafana from a bundle but serves "
+                          "none; set artifact_mirror: {bundle: PATH}")
+    return url
+
+
+def _grafana_from_bundle(settings: dict[str, Any]) -> None:
+    table = node_versions()
+    url = grafana_deb_url(settings, table)
+    # Refused before anything is installed, as dcgm-exporter is: the operator records the
+    # digest of the .deb they dropped into the slot.
+    sha256 = recorded_sha256(table, "monitoring", "grafana", url)
+    # Its dependencies from the bundle's apt repository first, so dpkg finds them in place.
+    depends = [f"{p}={v}" for p, v in sorted(table.extra("monitoring")["grafana_packages"].items())]
+    apt.packages(name="Grafana's dependencies", packages=depends, no_recommends=True)
+    deb = f"{rf.GRAFANA_DEB_DIR}/{url.rsplit('/', 1)[-1]}"
+    files.directory(name="Folder for Grafana's package", path=rf.GRAFANA_DEB_DIR, mode="755")
+    fetched = pinned_artifact("grafana", url, deb, sha256, mode="644")
+    wanted = table.extra("monitoring")["grafana"]
+    if fetched is not None or wanted not in (host.get_fact(DebPackages).get("grafana") or ()):
+        server.shell(name=f"Install Grafana {wanted} from the bundle", commands=[f"dpkg -i {deb}"])
+
+
 def _grafana(settings: dict[str, Any], rendered: dict[str, str]) -> None:
-    url, _ = rf.grafana_source(settings["grafana_repository"])
-    files.directory(name="Folder for apt keyrings", path="/etc/apt/keyrings", mode="755")
-    apt.packages(name="Tools to fetch and check apt keys", packages=pinned(["curl", "gpg"]), no_recommends=True)
-    # Checked against its fingerprint in stacks/versions.yaml before apt trusts the repository.
-    fingerprint = node_versions().components["monitoring"].keys["podium-grafana.asc"].fingerprint
-    key = pinned_key("podium-grafana.asc", f"{url}/{host.data.monitoring_grafana_key}", rf.GRAFANA_KEYRING, fingerprint)
-    source = _put(rendered, rf.GRAFANA_SOURCE)
-    apt.update(name="Read the Grafana repository", _if=any_changed(*([key] if key else []), source))
-    # Grafana's own repository, so its pin is the table's `grafana` entry, not a Debian one.
-    grafana = f"grafana={node_versions().extra('monitoring')['grafana']}"
-    apt.packages(name="Install Grafana", packages=[grafana], no_recommends=True)
+    if settings["grafana_repository"] == FROM_BUNDLE:
+        _grafana_from_bundle(settings)
+    else:
+        url, _ = rf.grafana_source(settings["grafana_repository"])
+        files.directory(name="Folder for apt keyrings", path="/etc/apt/keyrings", mode="755")
+        apt.packages(name="Tools to fetch and check apt keys", packages=pinned(["curl", "gpg"]), no_recommends=True)
+        # Checked against its fingerprint in stacks/versions.yaml before apt trusts the repository.
+        fingerprint = node_versions().components["monitoring"].keys["podium-grafana.asc"].fingerprint
+        key = pinned_key("podium-grafana.asc", f"{url}/{host.data.monitoring_grafana_key}", rf.GRAFANA_KEYRING,
+                         fingerprint)
+        source = _put(rendered, rf.GRAFANA_SOURCE)
+        apt.update(name="Read the Grafana repository", _if=any_changed(*([key] if key else []), source))
+        # Grafana's own repository, so its pin is the table's `grafana` entry, not a Debian one.
+        grafana = f"grafana={node_versions().extra('monitoring')['grafana']}"
+        apt.packages(name="Install Grafana", packages=[grafana], no_recommends=True)
     provisioned = [
         _put(rendered, path)
         for path in sorted(rendered)

@@ -15,6 +15,7 @@ from podium.lab.vmimage import VM_PACKAGES
 from podium.plan.components import COMPONENTS
 from podium.stack.devices import device as engine_device
 from podium.stack.model import Stack
+from podium.stack.types import FROM_BUNDLE
 from podium.stack.versions import VersionTable
 
 
@@ -54,6 +55,13 @@ def package_pins(table: VersionTable, stack: Stack, component: str) -> dict[str,
     return dict(entry.packages)
 
 
+def grafana_packages(table: VersionTable, stack: Stack, component: str) -> list[tuple[str, str]]:
+    """What Grafana's .deb depends on, pinned, for a stack that installs Grafana from its slot."""
+    if component != "monitoring" or not stack.monitoring or stack.monitoring.grafana_repository != FROM_BUNDLE:
+        return []
+    return sorted(table.extra("monitoring")["grafana_packages"].items())
+
+
 def bundle_contents(stack: Stack, table: VersionTable, lab_image: bool | None = None) -> Contents:
     """Everything `podium bundle` writes for `stack`.
 
@@ -70,7 +78,7 @@ def bundle_contents(stack: Stack, table: VersionTable, lab_image: bool | None = 
     houses: dict[str, Wheelhouse] = {}
     slots = []
     for name in names:
-        for package, version in package_pins(table, stack, name).items():
+        for package, version in [*package_pins(table, stack, name).items(), *grafana_packages(table, stack, name)]:
             if debs.setdefault(package, version) != version:
                 raise InvalidInput(
                     f"package {package} is pinned to {debs[package]} and to {version} ({name}) in "

@@ -18,6 +18,7 @@ from podium.monitoring.rules import AlertThresholds, render_alert_rules, render_
 from podium.monitoring.scrape import check_duration, render_prometheus_config
 from podium.monitoring.targets import DCGM_EXPORTER_PORT, NODE_EXPORTER_PORT, ScrapeTarget
 from podium.secrets import StackSecrets
+from podium.stack.types import FROM_BUNDLE
 
 PROMETHEUS_CONFIG = "etc/prometheus/prometheus.yml"
 ALERT_RULES = "etc/prometheus/podium-alerts.yml"
@@ -59,6 +60,8 @@ GRAFANA_QUIET = {
 }
 # The admin password, from the stack's secrets on the control machine (secret GRAFANA_SECRET).
 GRAFANA_PASSWORD_FILE = "/etc/grafana/podium-admin-password"
+# Where a bundle stack keeps the Grafana .deb it installed from the bundle's slot.
+GRAFANA_DEB_DIR = "/var/cache/podium/grafana"
 GRAFANA_SECRET = "grafana-admin"
 # Debian's bundle of trusted CAs: Podium's CA joins it on every node, and Prometheus re-reads
 # the file when it changes, so a CA added after Prometheus started is still used.
@@ -192,20 +195,22 @@ def _server_files(settings: Mapping[str, Any]) -> dict[str, str]:
 
 def _grafana_files(settings: Mapping[str, Any]) -> dict[str, str]:
     env = template_env()
-    url, suite = grafana_source(settings["grafana_repository"])
     provisioning = render_grafana_provisioning(
         prometheus_url(settings),
         dashboards_path=f"/{GRAFANA_DASHBOARDS}",
         scrape_interval=settings["scrape_interval"],
     )
     files = {
-        GRAFANA_SOURCE: env.get_template("role/grafana.list.j2").render(
-            keyring=GRAFANA_KEYRING, url=url, suite=suite
-        ),
         GRAFANA_DROPIN: env.get_template("role/grafana-server.conf.j2").render(
             port=GRAFANA_PORT, password_file=GRAFANA_PASSWORD_FILE, quiet=GRAFANA_QUIET
         ),
     }
+    if settings["grafana_repository"] != FROM_BUNDLE:
+        # From the bundle, Grafana is one .deb from its slot: no repository to read.
+        url, suite = grafana_source(settings["grafana_repository"])
+        files[GRAFANA_SOURCE] = env.get_template("role/grafana.list.j2").render(
+            keyring=GRAFANA_KEYRING, url=url, suite=suite
+        )
     files.update({f"{GRAFANA_PROVISIONING}/{k}": v for k, v in provisioning.items()})
     for name in DASHBOARDS:
         path = dashboards_dir() / f"{name}.json"

@@ -10,6 +10,7 @@ from podium.stack.devices import gpu_count, gpus_wanted, uses_gpu
 from podium.stack.model import Stack
 from podium.stack.ports import listeners
 from podium.stack.sections import Engine, Model
+from podium.stack.types import FROM_BUNDLE
 
 Path = tuple[str | int, ...]
 
@@ -44,6 +45,7 @@ def check(stack: Stack, components: frozenset[str]) -> list[Problem]:
         *_engines(stack),
         *_gpu_capacity(stack),
         *_gpu_source(stack),
+        *_grafana_source(stack),
         *_gateway(stack),
         *_kubernetes(stack),
         *_ports(stack),
@@ -341,6 +343,17 @@ def _gpu_source(stack: Stack) -> Iterator[Problem]:
             stack.gpu.source,
             "is out of reach of nodes that install from artifact_mirror's bundle; set gpu.source: "
             "mirror and drop NVIDIA's repository into the bundle's slot slots/gpu/",
+        )
+
+
+def _grafana_source(stack: Stack) -> Iterator[Problem]:
+    mon = stack.monitoring
+    if mon is not None and mon.grafana_repository == FROM_BUNDLE and not stack.mirror_bundle:
+        yield Problem(
+            ("monitoring", "grafana_repository"),
+            FROM_BUNDLE,
+            "takes Grafana from artifact_mirror's bundle, which this stack does not serve; set "
+            "artifact_mirror: {bundle: PATH}, or name Grafana's apt repository",
         )
 
 

@@ -94,16 +94,23 @@ def _arg_key(value: object) -> object:
     return value.lstrip("-") if isinstance(value, str) else value
 
 
+# `monitoring.grafana_repository: bundle`: Grafana's .deb from the bundle's slot, no repository.
+FROM_BUNDLE = "bundle"
+
+
 def _apt_source(value: str) -> str:
-    """A URL, optionally followed by the suite and components of an apt source line."""
+    """A URL, optionally followed by the suite and components of an apt source line; or `bundle`."""
     _no_control(value)
+    if value == FROM_BUNDLE:
+        return value
     url, *words = value.split(" ")
     if not _URL.fullmatch(url) or not url.startswith(("http://", "https://")) or not all(
         _WORD.fullmatch(w) for w in words
     ):
         raise ValueError(
             "is an http(s) URL optionally followed by a suite and components, each made of "
-            "letters, digits and . _ / - (e.g. https://mirror.example.internal/grafana stable main)"
+            "letters, digits and . _ / - (e.g. https://mirror.example.internal/grafana stable main), "
+            "or bundle (from artifact_mirror's bundle)"
         )
     return value
 
