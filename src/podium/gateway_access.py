@@ -1,5 +1,5 @@
 """Reaching a deployed gateway from the control machine: its URL, the stack CA, the admin token,
-and the stack's declared API keys (created once, kept 0600 here, shown only on request)."""
+and the stack's declared API keys (kept as declared, secrets 0600 here, shown only on request)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 from podium.errors import PodiumError
 from podium.secrets import StackSecrets
 from podium.services.gateway.client import AdminApi
+from podium.services.gateway.declared import KeyChange
 from podium.stack.model import Stack
 
 ADMIN_TOKEN = "gateway-admin"
@@ -39,36 +40,66 @@ def stack_admin(stack: str | Stack) -> AdminApi:
 
 
 def ensure_declared_keys(stack: str, url: str, keys: list[dict[str, Any]]) -> list[str]:
-    """Create the stack's declared keys the gateway does not have; their secrets are kept 0600."""
-    from podium.services.gateway.keys import KeySpec, parse_expiry
+    """Make the gateway's keys what the stack declares; the names of the keys changed."""
+    return [c.name for c in reconcile_declared_keys(stack, url, keys)]
+
+
+def reconcile_declared_keys(stack: str, url: str, keys: list[dict[str, Any]]) -> list[KeyChange]:
+    """Create the declared keys the gateway lacks (secrets kept 0600 here), update those whose
+    limits, models, team, budget or expiry changed in the stack, and revoke the keys the stack
+    declared before and no longer does (their usage stays)."""
+    from podium.services.gateway.declared import declared_settings
+    from podium.services.gateway.keys import KeySpec
 
     api = admin_api(stack, url)
-    missing = missing_declared_keys(stack, url, keys, api)
-    created = []
-    for key in keys:
-        if key["name"] not in missing:
-            continue
-        models = key.get("models") or "*"
-        spec = KeySpec(
-            name=key["name"],
-            models=("*",) if models == "*" else tuple(models),
-            rpm=key.get("rpm"),
-            tpm=key.get("tpm"),
-            quota=key.get("quota"),
-            max_in_flight=key.get("max_in_flight"),
-            expires_at=parse_expiry(str(key["expires"])) if key.get("expires") else None,
-        )
-        _keep(stack, key["name"], api.create_key(spec)["key"])
-        created.append(key["name"])
-    return created
+    changes = declared_key_changes(stack, url, keys, api)
+    entries = {k["name"]: k for k in keys}
+    for change in changes:
+        if change.action == "create":
+            settings = declared_settings(entries[change.name])
+            spec = KeySpec.from_json({"name": change.name, **settings})
+            _keep(stack, change.name, api.create_key(spec)["key"])
+        elif change.action == "update":
+            api.update_key(change.name, {f: new for f, (_, new) in change.fields.items()})
+        else:
+            api.revoke_key(change.name)
+            key_file(stack, change.name).unlink(missing_ok=True)
+    return changes
 
 
-def missing_declared_keys(
+def declared_key_changes(
     stack: str, url: str, keys: list[dict[str, Any]], api: AdminApi | None = None
-) -> list[str]:
-    """Names of the declared keys the gateway at `url` does not have."""
-    existing = {k["name"] for k in (api or admin_api(stack, url)).list_keys()}
-    return [k["name"] for k in keys if k["name"] not in existing]
+) -> list[KeyChange]:
+    """What the gateway at `url` must change to hold the stack's declared keys."""
+    from podium.services.gateway.declared import key_changes
+
+    return key_changes(keys, (api or admin_api(stack, url)).list_keys(), managed_keys(stack))
+
+
+def planned_key_changes(previous: Path | None, keys: list[dict[str, Any]]) -> list[KeyChange]:
+    """Key changes from the stack file of the last release (`previous`; None: none yet) to
+    the declared `keys`, for the plan: it reads no gateway, as it reads no host."""
+    import yaml
+
+    from podium.services.gateway.declared import as_listed, key_changes
+
+    before: list[dict[str, Any]] = []
+    if previous is not None:
+        document = yaml.safe_load(previous.read_text(encoding="utf-8")) or {}
+        before = list(((document.get("gateway") or {}).get("keys")) or [])
+    return key_changes(keys, as_listed(before), {k["name"] for k in before})
+
+
+def managed_keys(stack: str) -> set[str]:
+    """Keys the stack declared (their secrets are kept here); only these does it ever revoke."""
+    folder = StackSecrets(stack).path("keys")
+    return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+
+
+def keep_rotated(stack: str, name: str, secret: str) -> None:
+    """A declared key's new secret replaces the kept one (keys made by hand are not kept)."""
+    if key_file(stack, name).exists():
+        _keep(stack, name, secret)
 
 
 def key_file(stack: str, name: str) -> Path:

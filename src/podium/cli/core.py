@@ -79,7 +79,16 @@ def plan(
     from podium.releases.book import ReleaseBook
     from podium.releases.publish import show_preview
 
-    show_preview(out, ReleaseBook(loaded.name), actions)
+    book = ReleaseBook(loaded.name)
+    show_preview(out, book, actions)
+    if loaded.gateway is not None:
+        from podium.gateway_access import planned_key_changes
+
+        current = book.current()
+        previous = book.snapshot(current.number)[0] if current is not None else None
+        keys = [k.model_dump(mode="json") for k in loaded.gateway.keys]
+        for change in planned_key_changes(previous, keys):
+            out.print(f"  {change.describe()}")
     if states and any(a.component.startswith("engine-") and a.action == "reconfigure"
                       for a in actions):
         # Recorded engine configs include the model digests the registry gave at apply time;

@@ -280,6 +280,12 @@ def create_apps(config: GatewayConfig) -> tuple[HotRoutes, Starlette]:
         route("/admin/v1/keys", admin.create_key, ["POST"]),
         route("/admin/v1/keys", admin.list_keys, ["GET"]),
         route("/admin/v1/keys/{name}", admin.revoke_key, ["DELETE"]),
+        route("/admin/v1/keys/{name}", admin.show_key, ["GET"]),
+        route("/admin/v1/keys/{name}", admin.update_key, ["PATCH"]),
+        route("/admin/v1/keys/{name}/rotate", admin.rotate_key, ["POST"]),
+        route("/admin/v1/audit", admin.audit_log, ["GET"]),
+        route("/admin/v1/audit", admin.audit_report, ["POST"]),
+        route("/admin/v1/audit/verify", admin.audit_verify, ["GET"]),
         route("/admin/v1/usage", admin.usage_report, ["GET"]),
     ]
     app = Starlette(
