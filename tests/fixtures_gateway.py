@@ -340,17 +340,18 @@ class CliRun:
 
 
 def podium(*args: str) -> CliRun:
-    """Run `podium keys|usage|gateway ...` in-process as podium.cli.main would."""
+    """Run `podium keys|usage|gateway|audit ...` in-process as podium.cli.main would."""
     import typer
     from typer.testing import CliRunner
 
+    from podium.cli import audit as audit_cli
     from podium.cli import gateway as gateway_cli
     from podium.cli import keys as keys_cli
     from podium.cli import usage as usage_cli
     from podium.errors import PodiumError
 
     app = typer.Typer()
-    for module in (gateway_cli, keys_cli, usage_cli):
+    for module in (audit_cli, gateway_cli, keys_cli, usage_cli):
         module.register(app)
     result = CliRunner().invoke(app, list(args))
     if isinstance(result.exception, PodiumError):

@@ -102,6 +102,18 @@ def keep_rotated(stack: str, name: str, secret: str) -> None:
         _keep(stack, name, secret)
 
 
+def report_action(stack: Stack, action: str, target: str, detail: dict[str, Any]) -> str | None:
+    """Append one of the control machine's actions to the stack's audit log; why it could not
+    be (no gateway, or none answering), else None."""
+    if stack.gateway is None:
+        return f"stack {stack.name} has no gateway to keep an audit log"
+    try:
+        stack_admin(stack).report(action, target, detail)
+    except PodiumError as exc:
+        return f"{action} {target} is not in the audit log: {exc}"
+    return None
+
+
 def key_file(stack: str, name: str) -> Path:
     return StackSecrets(stack).path("keys") / name
 

@@ -222,6 +222,8 @@ def up(
 
         release = publish(stack, versions, new_states, actions, list(entries.items()), digests, kind, console)
         result.release = release.number
+    if not dry_run:
+        _audit(stack, kind, result, limit, only, console)
     return result
 
 
@@ -235,6 +237,21 @@ def _unsettle(component: str, failed: Mapping[str, str], states: dict[str, HostS
         states[host].unsettle(component)
     if reachable:
         write_states([(h, entries[h]) for h in reachable], {h: states[h] for h in reachable})
+
+
+def _audit(stack: Stack, kind: str, result: UpResult, limit: Sequence[str], only: Sequence[str],
+           console: Console) -> None:
+    """Every run that may have changed the stack goes into the gateway's audit log."""
+    if stack.gateway is None:
+        return
+    from podium.gateway_access import report_action
+
+    action = "stack.rollback" if kind.startswith("rollback") else "stack.up"
+    detail: dict[str, object] = {"changes": result.changes, "release": result.release,
+                                 "limit": list(limit), "only": list(only), "kind": kind}
+    problem = report_action(stack, action, stack.name, detail)
+    if problem:
+        console.print(f"[yellow]warning:[/] {problem}")
 
 
 def _pinned(digests: dict[str, str] | None, pinned: Mapping[str, str] | None) -> dict[str, str] | None:
