@@ -152,6 +152,7 @@ def deploy() -> None:
         stack=stack,
         url=gateway_url_for(address, settings),
         keys=settings["keys"],
+        teams=settings.get("teams", []),
     )
 
 
@@ -209,23 +210,24 @@ def _install_from_mirror(mirror: dict, prefix: str) -> list[OperationMeta]:
 
 
 @operation()
-def declared_keys(stack: str, url: str, keys: list[dict]) -> Generator[FunctionCommand, None, None]:
+def declared_keys(stack: str, url: str, keys: list[dict], teams: list[dict]) -> Generator[FunctionCommand, None, None]:
     """Create, update and revoke keys so the gateway holds what the stack declares; a gateway
     that already does is left alone.
 
     + stack: the stack's name (its admin token and kept key secrets)
     + url: the gateway, e.g. https://10.77.0.10:8443
     + keys: the stack's gateway.keys entries
+    + teams: the stack's gateway.teams entries
     """
     try:
-        changes = declared_key_changes(stack, url, keys)
+        changes = declared_key_changes(stack, url, keys, teams=teams)
     except (PodiumError, OSError):
         # Not answering yet (a first run asks before the gateway starts): ask again when it runs.
         changes = None
     if changes == []:
         host.noop(f"the gateway's API keys are those declared ({', '.join(k['name'] for k in keys)})")
         return
-    yield FunctionCommand(reconcile_declared_keys, (stack, url, keys), {})
+    yield FunctionCommand(reconcile_declared_keys, (stack, url, keys, teams), {})
 
 
 def gateway_url_for(address: str, settings: dict) -> str:

@@ -41,19 +41,27 @@ def stack_admin(stack: str | Stack) -> AdminApi:
 
 def ensure_declared_keys(stack: str, url: str, keys: list[dict[str, Any]]) -> list[str]:
     """Make the gateway's keys what the stack declares; the names of the keys changed."""
-    return [c.name for c in reconcile_declared_keys(stack, url, keys)]
+    return [c.name for c in reconcile_declared_keys(stack, url, keys) if c.kind == "key"]
 
 
-def reconcile_declared_keys(stack: str, url: str, keys: list[dict[str, Any]]) -> list[KeyChange]:
+def reconcile_declared_keys(stack: str, url: str, keys: list[dict[str, Any]],
+                            teams: list[dict[str, Any]] | None = None) -> list[KeyChange]:
     """Create the declared keys the gateway lacks (secrets kept 0600 here), update those whose
     limits, models, team, budget or expiry changed in the stack, and revoke the keys the stack
-    declared before and no longer does (their usage stays)."""
-    from podium.services.gateway.declared import declared_settings
+    declared before and no longer does (their usage stays). Teams are put first and removed
+    last, so no key is ever in a team the gateway lacks."""
+    from podium.services.gateway.declared import declared_settings, team_changes
     from podium.services.gateway.keys import KeySpec
 
     api = admin_api(stack, url)
+    declared_teams = {t["name"]: t for t in teams or []}
+    team_moves = team_changes(declared_teams.values(), api.teams(), managed_teams(stack))
     changes = declared_key_changes(stack, url, keys, api)
     entries = {k["name"]: k for k in keys}
+    for move in team_moves:
+        if move.action != "remove":
+            team = declared_teams[move.name]
+            api.put_team(move.name, {f: team.get(f) for f in ("models", "rpm", "tpm", "budget")})
     for change in changes:
         if change.action == "create":
             settings = declared_settings(entries[change.name])
@@ -64,36 +72,60 @@ def reconcile_declared_keys(stack: str, url: str, keys: list[dict[str, Any]]) ->
         else:
             api.revoke_key(change.name)
             key_file(stack, change.name).unlink(missing_ok=True)
-    return changes
+    for move in team_moves:
+        if move.action == "remove":
+            api.remove_team(move.name)
+    _keep_teams(stack, set(declared_teams))
+    return [*team_moves, *changes]
 
 
 def declared_key_changes(
-    stack: str, url: str, keys: list[dict[str, Any]], api: AdminApi | None = None
+    stack: str, url: str, keys: list[dict[str, Any]], api: AdminApi | None = None,
+    teams: list[dict[str, Any]] | None = None,
 ) -> list[KeyChange]:
-    """What the gateway at `url` must change to hold the stack's declared keys."""
-    from podium.services.gateway.declared import key_changes
+    """What the gateway at `url` must change to hold the stack's declared keys (and, when
+    `teams` is given, its teams)."""
+    from podium.services.gateway.declared import key_changes, team_changes
 
-    return key_changes(keys, (api or admin_api(stack, url)).list_keys(), managed_keys(stack))
+    api = api or admin_api(stack, url)
+    moves = team_changes(teams, api.teams(), managed_teams(stack)) if teams is not None else []
+    return [*moves, *key_changes(keys, api.list_keys(), managed_keys(stack))]
 
 
-def planned_key_changes(previous: Path | None, keys: list[dict[str, Any]]) -> list[KeyChange]:
-    """Key changes from the stack file of the last release (`previous`; None: none yet) to
-    the declared `keys`, for the plan: it reads no gateway, as it reads no host."""
+def planned_key_changes(previous: Path | None, keys: list[dict[str, Any]],
+                        teams: list[dict[str, Any]] | None = None) -> list[KeyChange]:
+    """Team and key changes from the stack file of the last release (`previous`; None: none
+    yet) to the declared ones, for the plan: it reads no gateway, as it reads no host."""
     import yaml
 
-    from podium.services.gateway.declared import as_listed, key_changes
+    from podium.services.gateway.declared import as_listed, key_changes, team_changes
 
-    before: list[dict[str, Any]] = []
+    before: dict[str, Any] = {}
     if previous is not None:
         document = yaml.safe_load(previous.read_text(encoding="utf-8")) or {}
-        before = list(((document.get("gateway") or {}).get("keys")) or [])
-    return key_changes(keys, as_listed(before), {k["name"] for k in before})
+        before = document.get("gateway") or {}
+    old_keys = list(before.get("keys") or [])
+    old_teams = list(before.get("teams") or [])
+    return [*team_changes(teams or [], old_teams, {t["name"] for t in old_teams}),
+            *key_changes(keys, as_listed(old_keys), {k["name"] for k in old_keys})]
 
 
 def managed_keys(stack: str) -> set[str]:
     """Keys the stack declared (their secrets are kept here); only these does it ever revoke."""
     folder = StackSecrets(stack).path("keys")
     return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+
+
+def managed_teams(stack: str) -> set[str]:
+    """Teams the stack declared at its last reconcile; only these does it ever remove."""
+    path = StackSecrets(stack).path("declared-teams")
+    return set(path.read_text().split()) if path.is_file() else set()
+
+
+def _keep_teams(stack: str, names: set[str]) -> None:
+    path = StackSecrets(stack).path("declared-teams")
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    StackSecrets.write_private(path, "".join(f"{n}\n" for n in sorted(names)))
 
 
 def keep_rotated(stack: str, name: str, secret: str) -> None:

@@ -87,7 +87,11 @@ def plan(
         current = book.current()
         previous = book.snapshot(current.number)[0] if current is not None else None
         keys = [k.model_dump(mode="json") for k in loaded.gateway.keys]
-        for change in planned_key_changes(previous, keys):
+        teams = [t.model_dump(mode="json") for t in loaded.gateway.teams]
+        changes = planned_key_changes(previous, keys, teams)
+        if changes:
+            out.print("gateway teams and keys (against the last release's stack):")
+        for change in changes:
             out.print(f"  {change.describe()}")
     if states and any(a.component.startswith("engine-") and a.action == "reconfigure"
                       for a in actions):

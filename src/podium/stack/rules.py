@@ -319,6 +319,10 @@ def _gateway(stack: Stack) -> Iterator[Problem]:
         if team.name in team_names:
             yield Problem(("gateway", "teams", t, "name"), team.name, "is declared twice")
         team_names.add(team.name)
+        for i, name in enumerate(team.models if team.models != "*" else []):
+            if name not in model_names:
+                yield Problem(("gateway", "teams", t, "models", i), name,
+                              f"is not a model name; declared: {', '.join(sorted(model_names))}")
     key_names: set[str] = set()
     for k, key in enumerate(gw.keys):
         if key.name in key_names:

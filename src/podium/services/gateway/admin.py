@@ -11,7 +11,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from podium.errors import InvalidInput
-from podium.services.gateway import audit, errors
+from podium.services.gateway import audit, errors, teams
+from podium.services.gateway.budgets import spend_op
 from podium.services.gateway.keys import (
     DEFAULT_GRACE_S,
     KeySpec,
@@ -32,7 +33,7 @@ async def _store(gw: Gateway, op: Any) -> Any:
         return await gw.store.run(op)
     except InvalidInput as exc:
         # A name clash or unknown name: the caller's to fix, said in one sentence.
-        status = 404 if str(exc).startswith("no key named") else 409
+        status = 404 if str(exc).startswith(("no key named", "no team named")) else 409
         raise errors.GatewayError(status, str(exc), "invalid_request_error") from None
 
 
@@ -180,3 +181,43 @@ async def usage_report(gw: Gateway, request: Request) -> JSONResponse:
     except InvalidInput as exc:
         raise errors.bad_request(str(exc), "by") from None
     return JSONResponse({"object": "list", "data": [vars(line) for line in lines]})
+
+
+async def list_teams(gw: Gateway, request: Request) -> JSONResponse:
+    gw.check_admin(request.headers.get("authorization"))
+    found = await _store(gw, teams.list_op())
+    return JSONResponse({"object": "list", "data": [t.to_json() for t in found]})
+
+
+async def put_team(gw: Gateway, request: Request) -> JSONResponse:
+    """PUT: the team as given (created, or replaced whole)."""
+    gw.check_admin(request.headers.get("authorization"))
+    name, data, who = request.path_params["name"], await _body(request), actor(request)
+    try:
+        put = teams.put_op(name, data)
+    except InvalidInput as exc:
+        raise errors.bad_request(str(exc)) from None
+    if isinstance(data.get("models"), list):
+        _check_models(gw, data["models"])
+
+    def op(conn: Any) -> teams.Team:
+        team, new = put(conn)
+        audit.append(conn, who, "team.create" if new else "team.update", name, data)
+        return team
+
+    return JSONResponse((await _store(gw, op)).to_json())
+
+
+async def remove_team(gw: Gateway, request: Request) -> JSONResponse:
+    gw.check_admin(request.headers.get("authorization"))
+    name = request.path_params["name"]
+    team = await _store(gw, audit.audited(teams.remove_op(name), actor(request), "team.remove",
+                                          name))
+    return JSONResponse(team.to_json())
+
+
+async def budgets(gw: Gateway, request: Request) -> JSONResponse:
+    """Every budget, with what admission counts against it in its current window."""
+    gw.check_admin(request.headers.get("authorization"))
+    found = await _store(gw, spend_op(time.time()))
+    return JSONResponse({"object": "list", "data": [s.to_json() for s in found]})

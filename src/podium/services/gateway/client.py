@@ -9,6 +9,7 @@ from __future__ import annotations
 import getpass
 import json
 import ssl
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 
 from podium.errors import InvalidInput, PodiumError
 from podium.services.gateway import audit
+from podium.services.gateway.budgets import spend_op
 from podium.services.gateway.keys import (
     DEFAULT_GRACE_S,
     KeySpec,
@@ -136,6 +138,25 @@ class AdminApi:
         result: dict[str, Any] = self._call("GET", "/admin/v1/audit/verify")
         return result
 
+    def teams(self) -> list[dict[str, Any]]:
+        data: list[dict[str, Any]] = self._call("GET", "/admin/v1/teams")["data"]
+        return data
+
+    def put_team(self, name: str, settings: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(
+            "PUT", "/admin/v1/teams/" + urllib.parse.quote(name, safe=""), settings)
+        return result
+
+    def remove_team(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(
+            "DELETE", "/admin/v1/teams/" + urllib.parse.quote(name, safe=""))
+        return result
+
+    def budgets(self) -> list[dict[str, Any]]:
+        """Each budget of a key or team, with its spend in the current window."""
+        data: list[dict[str, Any]] = self._call("GET", "/admin/v1/budgets")["data"]
+        return data
+
     def report(self, action: str, target: str, detail: dict[str, Any]) -> dict[str, Any]:
         """Append one of the control machine's own actions (podium up, ...) to the audit log."""
         result: dict[str, Any] = self._call(
@@ -202,6 +223,9 @@ class StoreAdmin:
 
     def audit_verify(self) -> dict[str, Any]:
         return self.store.run_sync(audit.verify_op()).to_json()
+
+    def budgets(self) -> list[dict[str, Any]]:
+        return [s.to_json() for s in self.store.run_sync(spend_op(time.time()))]
 
     def usage(self, since: float | None, until: float | None, by: list[str]) -> list[UsageLine]:
         return self.store.run_sync(report_op(since, until, by))

@@ -14,18 +14,19 @@ from podium.services.gateway.keys import SETTINGS, parse_budget, parse_expiry
 
 @dataclass(frozen=True)
 class KeyChange:
-    """One key to create, update (field: (now, declared)) or revoke."""
+    """One key (or team) to create, update (field: (now, declared)) or revoke (remove)."""
 
     action: str
     name: str
     fields: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    kind: str = "key"
 
     def describe(self) -> str:
         if self.action != "update":
-            return f"{self.action} key {self.name}"
+            return f"{self.action} {self.kind} {self.name}"
         moves = ", ".join(f"{f} {_shown(f, old)} -> {_shown(f, new)}"
                           for f, (old, new) in self.fields.items())
-        return f"update key {self.name}: {moves}"
+        return f"update {self.kind} {self.name}: {moves}"
 
 
 def _shown(name: str, value: Any) -> str:
@@ -113,3 +114,35 @@ def as_listed(declared: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             "budget": None if budget[0] is None else float(budget[0]), "budget_period": budget[1],
         })
     return listed
+
+
+def team_settings(team: dict[str, Any]) -> dict[str, Any]:
+    """A team (a stack's `gateway.teams` entry, or as the admin API lists it) as settings."""
+    models = team.get("models") or "*"
+    budget = team.get("budget")
+    if isinstance(budget, int | float) and not isinstance(budget, bool):
+        budget = f"{budget:g}/{team.get('budget_period')}"
+    elif budget is not None:
+        money, per = parse_budget(str(budget))
+        budget = f"{money:g}/{per}"
+    return {"models": ["*"] if models == "*" else list(models), "rpm": team.get("rpm"),
+            "tpm": team.get("tpm"), "budget": budget}
+
+
+def team_changes(declared: Iterable[dict[str, Any]], existing: Iterable[dict[str, Any]],
+                 managed: Collection[str]) -> list[KeyChange]:
+    """Teams to create or update, then the teams in `managed` (declared before) to remove."""
+    have = {t["name"]: team_settings(t) for t in existing}
+    changes, names = [], set()
+    for entry in declared:
+        names.add(entry["name"])
+        want, now = team_settings(entry), have.get(entry["name"])
+        if now is None:
+            changes.append(KeyChange("create", entry["name"], kind="team"))
+            continue
+        moved = {f: (now[f], want[f]) for f in want if now[f] != want[f]}
+        if moved:
+            changes.append(KeyChange("update", entry["name"], moved, kind="team"))
+    gone = (set(have) & set(managed)) - names
+    changes += [KeyChange("remove", name, kind="team") for name in sorted(gone)]
+    return changes

@@ -10,7 +10,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, select, update
 from sqlalchemy.exc import IntegrityError
@@ -19,8 +19,11 @@ from podium.errors import InvalidInput
 from podium.services.gateway.config import parse_quota
 from podium.services.gateway.store import keys_table
 
+if TYPE_CHECKING:
+    from podium.services.gateway.teams import Team
+
 KEY_PREFIX = "pdm-"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def new_secret() -> str:
@@ -60,9 +63,12 @@ class ApiKey:
     budget_period: str | None = None
     # Found by the secret a rotation replaced, which works only until previous_until.
     by_previous: bool = False
+    # The key's team as it was looked up with the key (cached with it, for admission).
+    team_limits: Team | None = None
 
     def allows(self, model: str) -> bool:
-        return "*" in self.models or model in self.models
+        mine = "*" in self.models or model in self.models
+        return mine and (self.team_limits is None or self.team_limits.allows(model))
 
     def state(self, now: float) -> str:
         if self.revoked_at is not None:
@@ -87,7 +93,7 @@ class ApiKey:
 
     def to_json(self, now: float | None = None) -> dict[str, Any]:
         data = asdict(self)
-        del data["by_previous"]
+        del data["by_previous"], data["team_limits"]
         data["models"] = list(self.models)
         data["state"] = self.state(time.time() if now is None else now)
         return data
@@ -112,7 +118,7 @@ class KeySpec:
     budget: str | None = None
 
     def validate(self) -> None:
-        if not _NAME.match(self.name):
+        if not NAME.match(self.name):
             raise InvalidInput(
                 f"key name {self.name!r} is not valid; use 1-64 letters, digits, '.', '_' or '-'"
             )
@@ -129,7 +135,7 @@ class KeySpec:
             parse_quota(self.quota)
         if self.budget is not None:
             parse_budget(self.budget)
-        if self.team is not None and not _NAME.match(self.team):
+        if self.team is not None and not NAME.match(self.team):
             raise InvalidInput(
                 f"team name {self.team!r} is not valid; use 1-64 letters, digits, '.', '_' or '-'"
             )
@@ -254,6 +260,21 @@ def _columns(spec: KeySpec) -> dict[str, Any]:
     }
 
 
+def _require_team(conn: Connection, name: str) -> None:
+    from podium.services.gateway.teams import require
+
+    require(conn, name)
+
+
+def _with_team(conn: Connection, key: ApiKey) -> ApiKey:
+    """The key with its team's limits, looked up in the same transaction (no extra call)."""
+    if key.team is None:
+        return key
+    from podium.services.gateway.teams import find
+
+    return replace(key, team_limits=find(conn, key.team))
+
+
 def _named(conn: Connection, name: str) -> Any:
     row = conn.execute(select(keys_table).where(keys_table.c.name == name)).first()
     if row is None:
@@ -270,6 +291,8 @@ def create_op(spec: KeySpec, secret: str) -> Callable[[Connection], ApiKey]:
             raise InvalidInput(
                 f"a key named {spec.name!r} already exists; revoke it or choose another name"
             )
+        if spec.team is not None:
+            _require_team(conn, spec.team)
         values = {
             "name": spec.name,
             "key_hash": hash_secret(secret),
@@ -318,6 +341,8 @@ def update_op(name: str, changes: dict[str, Any]) -> Callable[[Connection], ApiK
             raise InvalidInput(f"key {name!r} is revoked and cannot change; create a new key")
         spec = KeySpec.from_json({"name": name, **_row_to_key(row).settings(), **settings})
         values = _columns(spec)
+        if spec.team is not None:
+            _require_team(conn, spec.team)
         if "disabled" in changes:
             values["disabled_at"] = (row.disabled_at or time.time()) if changes["disabled"] else None
         conn.execute(update(keys_table).where(keys_table.c.id == row.id).values(**values))
@@ -362,11 +387,13 @@ def lookup_op(key_hash: str) -> Callable[[Connection], ApiKey | None]:
     def op(conn: Connection) -> ApiKey | None:
         row = conn.execute(select(keys_table).where(keys_table.c.key_hash == key_hash)).first()
         if row is not None:
-            return _row_to_key(row)
+            return _with_team(conn, _row_to_key(row))
         # A secret replaced by a rotation: its state says whether its grace period is over.
         row = conn.execute(
             select(keys_table).where(keys_table.c.previous_hash == key_hash)).first()
-        return None if row is None else replace(_row_to_key(row), by_previous=True)
+        if row is None:
+            return None
+        return _with_team(conn, replace(_row_to_key(row), by_previous=True))
 
     return op
 

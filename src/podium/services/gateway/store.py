@@ -94,7 +94,8 @@ keys_table = Table(
 teams_table = Table(
     "gateway_teams",
     metadata,
-    Column("name", String(200), primary_key=True),
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False, unique=True),
     Column("models", Text, nullable=False),
     Column("rpm", Integer),
     Column("tpm", Integer),
@@ -153,7 +154,8 @@ usage_daily_table = Table(
     Column("cost", Float, nullable=False),
 )
 
-# Fixed-window counters for RPM, TPM and quotas, shared by every gateway on the store.
+# Fixed-window counters for RPM, TPM, quotas and budgets, shared by every gateway on the store:
+# key_id is a key's id, or minus a team's id; budgets ('$day', '$month') count millionths.
 counters_table = Table(
     "gateway_counters",
     metadata,
