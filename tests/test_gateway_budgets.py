@@ -159,3 +159,24 @@ def test_unknown_teams_are_refused_in_one_sentence(gw: GatewayProcess, tmp_path:
     message = str(refused.value)
     assert "gateway.keys[0].team" in message or "gateway.keys.0.team" in message, message
     assert "nope" in message and "is not a team of gateway.teams" in message
+
+
+def test_metrics_carry_cost_by_team_and_spend_against_budget(gw: GatewayProcess) -> None:
+    """What the dashboards' budget rows read: cost by key and team, and each budget's spend."""
+    import urllib.request
+
+    gw.admin.put_team("metered", {"budget": "2/month"})
+    key = gw.new_key("metered-1", team="metered", budget="1/day")
+    assert chat(gw, key)[0] == 200
+    cost = spent(gw, "metered-1")
+    with urllib.request.urlopen(gw.metrics_url, timeout=10) as resp:
+        text = resp.read().decode()
+    samples = {line.rpartition(" ")[0]: float(line.rpartition(" ")[2])
+               for line in text.splitlines() if line and not line.startswith("#")}
+    assert samples['podium_gateway_cost_total{key="metered-1",model="tiny",team="metered"}'] \
+        == pytest.approx(cost)
+    for owner, name, period, budget in (("team", "metered", "month", 2.0),
+                                        ("key", "metered-1", "day", 1.0)):
+        labels = f'{{name="{name}",owner="{owner}",period="{period}"}}'
+        assert samples["podium_gateway_budget" + labels] == budget
+        assert samples["podium_gateway_budget_spent" + labels] == pytest.approx(cost, abs=1e-5)

@@ -17,7 +17,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from podium.services.gateway import admin, errors, health, openapi, proxy
-from podium.services.gateway.budgets import worst_cost
+from podium.services.gateway.budgets import spend_op, worst_cost
 from podium.services.gateway.config import GatewayConfig
 from podium.services.gateway.errors import GatewayError
 from podium.services.gateway.keys import ApiKey
@@ -178,6 +178,9 @@ async def ready(gw: Gateway, request: Request) -> Response:
 
 
 async def metrics(gw: Gateway, request: Request) -> Response:
+    # Budgets are shared by every gateway on the store: read them as Prometheus asks.
+    with contextlib.suppress(Exception):  # a store away must not take /metrics with it
+        gw.metrics.set_budgets(await gw.store.run(spend_op(time.time())))
     return Response(gw.metrics.render(), media_type="text/plain; version=0.0.4")
 
 

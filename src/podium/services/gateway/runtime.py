@@ -264,6 +264,8 @@ class Gateway:
             m.child(m.tokens, model, key, "prompt").inc(record.prompt_tokens)
         if record.completion_tokens:
             m.child(m.tokens, model, key, "completion").inc(record.completion_tokens)
+        if record.cost:
+            m.child(m.cost, model, key, call.key.team or "").inc(record.cost)
 
     async def _store_call(self, op: Callable[[Connection], T]) -> T:
         try:
