@@ -104,15 +104,16 @@ def test_plan_shows_each_key_change_against_the_last_release(tmp_path: Path) -> 
     from podium.gateway_access import planned_key_changes
 
     before = {"gateway": {"keys": [{"name": "ci", "rpm": 60}, {"name": "old"},
-                                   {"name": "same", "budget": "5.00/month"}]}}
+                                   {"name": "same", "budget": "5.00/month"},
+                                   {"name": "big", "budget": "1234567.5/month"}]}}
     (tmp_path / "stack.yaml").write_text(json.dumps(before))
     now = [{"name": "ci", "rpm": 30, "expires": "2099-01-01"}, {"name": "new"},
-           {"name": "same", "budget": "5/month"}]
+           {"name": "same", "budget": "5/month"}, {"name": "big", "budget": "1234567.50/month"}]
     lines = [c.describe() for c in planned_key_changes(tmp_path / "stack.yaml", now)]
     assert lines == ["update key ci: rpm 60 -> 30, expires_at none -> 2099-01-01 00:00 UTC",
                      "create key new", "revoke key old"]
     first = [c.describe() for c in planned_key_changes(None, now)]
-    assert first == ["create key ci", "create key new", "create key same"]
+    assert first == ["create key ci", "create key new", "create key same", "create key big"]
 
 
 def test_expires_disable_enable_and_show(gw: GatewayProcess) -> None:
@@ -133,7 +134,12 @@ def test_expires_disable_enable_and_show(gw: GatewayProcess) -> None:
     time.sleep(1.2)
     assert chat(gw, secret)[0] == 200
 
-    gw.admin.update_key("life", {"expires_at": time.time() - 1})
+    run = podium("keys", "update", "life", "--rpm", "7", "--models", "tiny,tiny-b", "--json",
+                 *admin_flags(gw))
+    assert run.exit_code == 0, run.error
+    assert (json.loads(run.stdout)["rpm"], json.loads(run.stdout)["models"]) == (7, ["tiny", "tiny-b"])
+    assert json.loads(run.stdout)["expires_at"] == shown["expires_at"], "unnamed settings changed"
+    assert podium("keys", "update", "life", "--expires", "2001-01-01", *admin_flags(gw)).exit_code == 0
     assert "is expired" in until_refused(gw, secret)["message"]
 
 
@@ -165,6 +171,8 @@ def test_rotation_keeps_name_limits_and_usage_and_ends_the_old_secret(gw: Gatewa
     (["create", "--name", "y", "--expires", "soon"], "--expires 'soon' is not a date"),
     (["create", "--name", "y", "--budget", "lots"], "budget 'lots' is not understood"),
     (["show", "no-such-key"], "no key named 'no-such-key'"),
+    (["update", "life-x"], "say what to change"),
+    (["update", "no-such-key", "--quota", "9/week"], "N/day or N/month"),
     (["disable", "no-such-key"], "no key named 'no-such-key'"),
 ])
 def test_lifecycle_refuses_bad_input_with_one_sentence(gw: GatewayProcess, args: list[str],

@@ -1,5 +1,5 @@
-"""`podium keys create|ls|show|revoke|disable|enable|rotate`: API keys of a gateway, via its
-admin API or its store."""
+"""`podium keys create|ls|show|update|revoke|disable|enable|rotate`: API keys of a gateway,
+via its admin API or its store."""
 
 from __future__ import annotations
 
@@ -165,6 +165,48 @@ def revoke(
         typer.echo(json.dumps(key))
         return
     out.print(f"revoked key {key['name']!r} at {_when(key.get('revoked_at'))} UTC")
+
+
+@keys_app.command("update")
+def update_key(
+    stack_or_name: str = _STACK_OR_NAME,
+    name: str | None = _NAME_AFTER_STACK,
+    models: str | None = typer.Option(None, "--models", help="Models it may use: m1,m2 or '*'."),
+    rpm: int | None = typer.Option(None, "--rpm", help="Requests per minute."),
+    tpm: int | None = typer.Option(None, "--tpm", help="Tokens per minute."),
+    quota: str | None = typer.Option(None, "--quota", help="Token quota: N/day or N/month."),
+    max_in_flight: int | None = typer.Option(None, "--max-in-flight",
+                                             help="Requests in flight at once, all gateways."),
+    expires: str | None = typer.Option(None, "--expires",
+                                       help="YYYY-MM-DD (00:00 UTC), ISO date-time, or Nd."),
+    team: str | None = typer.Option(None, "--team", help="The team the key belongs to."),
+    budget: str | None = typer.Option(None, "--budget", help="AMOUNT/day or AMOUNT/month."),
+    gateway: str | None = _GATEWAY,
+    admin_token_file: Path | None = _TOKEN_FILE,
+    store: str | None = _STORE,
+    as_json: bool = _JSON,
+) -> None:
+    """Change the settings given and keep the others (a declared key returns to what the
+    stack says at the next `podium up`).
+
+    Example: podium keys update stacks/lab ci --rpm 30 --expires 30d
+    """
+    stack, name = _named(stack_or_name, name)
+    changes = {
+        "models": None if models is None else [m.strip() for m in models.split(",")],
+        "rpm": rpm, "tpm": tpm, "quota": quota, "max_in_flight": max_in_flight,
+        "expires_at": parse_expiry(expires) if expires else None, "team": team, "budget": budget,
+    }
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if not changes:
+        raise InvalidInput("say what to change: --models, --rpm, --tpm, --quota,"
+                           " --max-in-flight, --expires, --team or --budget")
+    key = key_admin(gateway, admin_token_file, store, stack).update_key(name, changes)
+    if as_json:
+        typer.echo(json.dumps(key))
+        return
+    out.print(f"key {key['name']!r}: models {','.join(key['models'])}; limits: {_limits(key)};"
+              f" team: {key.get('team') or '-'}; expires: {_when(key.get('expires_at'))}")
 
 
 @keys_app.command("show")

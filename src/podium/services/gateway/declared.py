@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from podium.services.gateway.config import parse_quota
-from podium.services.gateway.keys import SETTINGS, parse_budget, parse_expiry
+from podium.services.gateway.keys import SETTINGS, budget_text, parse_budget, parse_expiry
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def declared_settings(key: dict[str, Any]) -> dict[str, Any]:
         quota = f"{amount}/{period}"
     if budget is not None:
         money, per = parse_budget(str(budget))
-        budget = f"{money:g}/{per}"
+        budget = budget_text(money, per)
     expires = key.get("expires")
     return {
         "models": ["*"] if models == "*" else list(models),
@@ -66,7 +66,8 @@ def stored_settings(key: dict[str, Any]) -> dict[str, Any]:
         "quota": None if key.get("quota") is None else f"{key['quota']}/{key['quota_period']}",
         "expires_at": key.get("expires_at"), "max_in_flight": key.get("max_in_flight"),
         "team": key.get("team"),
-        "budget": None if key.get("budget") is None else f"{key['budget']:g}/{key['budget_period']}",
+        "budget": (None if key.get("budget") is None
+                   else budget_text(key["budget"], key["budget_period"])),
     }
 
 
@@ -121,10 +122,10 @@ def team_settings(team: dict[str, Any]) -> dict[str, Any]:
     models = team.get("models") or "*"
     budget = team.get("budget")
     if isinstance(budget, int | float) and not isinstance(budget, bool):
-        budget = f"{budget:g}/{team.get('budget_period')}"
+        budget = budget_text(budget, team.get("budget_period"))
     elif budget is not None:
         money, per = parse_budget(str(budget))
-        budget = f"{money:g}/{per}"
+        budget = budget_text(money, per)
     return {"models": ["*"] if models == "*" else list(models), "rpm": team.get("rpm"),
             "tpm": team.get("tpm"), "budget": budget}
 

@@ -88,7 +88,7 @@ class ApiKey:
             "quota": None if self.quota is None else f"{self.quota}/{self.quota_period}",
             "expires_at": self.expires_at, "max_in_flight": self.max_in_flight,
             "team": self.team,
-            "budget": None if self.budget is None else f"{self.budget:g}/{self.budget_period}",
+            "budget": None if self.budget is None else budget_text(self.budget, self.budget_period),
         }
 
     def to_json(self, now: float | None = None) -> dict[str, Any]:
@@ -177,6 +177,12 @@ _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # enough to roll the new one out to every client, short enough that a leaked one dies today.
 DEFAULT_GRACE_S = 3600.0
 MAX_GRACE_S = 30 * 86400.0
+
+
+def budget_text(money: float, period: str | None) -> str:
+    """A budget as parse_budget reads it back: 1234567.5 per month -> '1234567.5/month'."""
+    amount = f"{money:.6f}".rstrip("0").rstrip(".")
+    return f"{amount}/{period}"
 
 
 def parse_budget(text: str) -> tuple[float, str]:
