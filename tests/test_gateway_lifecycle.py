@@ -99,6 +99,14 @@ def test_declared_keys_reconcile_limits_models_and_removal(gw: GatewayProcess,
     assert chat(gw, by_hand)[0] == 200, "a key the stack never declared was touched"
     assert reconcile_declared_keys(stack_secrets, gw.url, declared) == []
 
+    # `podium keys rotate STACK NAME` keeps a declared key's new secret in place of the old.
+    from podium.gateway_access import keep_rotated
+
+    for name in ("rc-a", "made-by-hand"):
+        keep_rotated(stack_secrets, name, gw.admin.rotate_key(name, 0)["key"])
+    assert key_file(stack_secrets, "rc-a").read_text().strip() != a
+    assert not key_file(stack_secrets, "made-by-hand").exists(), "a hand-made key became declared"
+
 
 def test_plan_shows_each_key_change_against_the_last_release(tmp_path: Path) -> None:
     from podium.gateway_access import planned_key_changes
