@@ -197,6 +197,12 @@ def test_podium_up_rollback_and_model_changes_are_reported_by_the_control_machin
     assert [(e["action"], e["target"]) for e in entries] == [
         ("stack.up", "auditst"), ("stack.rollback", "auditst"), ("model.tag", "tiny:stable")]
     assert entries[0]["detail"]["only"] == ["gateway"] and entries[1]["detail"]["release"] == 5
+    assert entries[0]["detail"]["done_at"] <= entries[0]["ts"]
     gw.stop()
-    problem = report_action(stack, "stack.up", "auditst", {})
-    assert problem is not None and "is not in the audit log" in problem
+    problem = report_action(stack, "stack.rollback", "auditst", {"release": 6})
+    assert problem is not None and "is not in the audit log yet" in problem
+    gw.start()
+    assert report_action(stack, "model.rm", "tiny@sha256:" + "b" * 64, {}) is None
+    later = [(e["action"], e["detail"].get("release")) for e in gw.admin.audit()[3:]]
+    assert later == [("stack.rollback", 6), ("model.rm", None)], "the waiting entry was lost"
+    assert gw.admin.audit_verify()["holds"]

@@ -136,13 +136,28 @@ def keep_rotated(stack: str, name: str, secret: str) -> None:
 
 def report_action(stack: Stack, action: str, target: str, detail: dict[str, Any]) -> str | None:
     """Append one of the control machine's actions to the stack's audit log; why it could not
-    be (no gateway, or none answering), else None."""
+    be yet (no gateway, or none answering: then it waits here, 0600, and goes in first at the
+    next report), else None."""
+    import json
+    import time
+
     if stack.gateway is None:
         return f"stack {stack.name} has no gateway to keep an audit log"
+    waiting = StackSecrets(stack.name).path("audit-pending.jsonl")
+    entries = waiting.read_text().splitlines() if waiting.is_file() else []
+    entries.append(json.dumps({"action": action, "target": target,
+                               "detail": {**detail, "done_at": round(time.time(), 3)}}))
     try:
-        stack_admin(stack).report(action, target, detail)
+        api = stack_admin(stack)
+        while entries:
+            entry = json.loads(entries[0])
+            api.report(entry["action"], entry["target"], entry["detail"])
+            entries.pop(0)
     except PodiumError as exc:
-        return f"{action} {target} is not in the audit log: {exc}"
+        StackSecrets.write_private(waiting, "".join(f"{e}\n" for e in entries))
+        return (f"{action} {target} is not in the audit log yet ({exc}); it waits in {waiting}"
+                " and goes in at the next podium up or model change")
+    waiting.unlink(missing_ok=True)
     return None
 
 
