@@ -108,8 +108,21 @@ def test_declared_keys_reconcile_limits_models_and_removal(gw: GatewayProcess,
     assert not key_file(stack_secrets, "made-by-hand").exists(), "a hand-made key became declared"
 
 
-def test_plan_shows_each_key_change_against_the_last_release(tmp_path: Path) -> None:
+def test_plan_shows_each_key_change_against_the_last_release(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from podium.cli import core
     from podium.gateway_access import planned_key_changes
+    from podium.render import REPO
+
+    monkeypatch.setenv("PODIUM_STATE_DIR", str(tmp_path / "state"))
+    app = typer.Typer()
+    core.register(app)
+    shown = CliRunner().invoke(app, ["plan", str(REPO / "stacks" / "single-gpu")]).stdout
+    assert "create team research\n  create key platform\n  create key research-ci" in shown, shown
 
     before = {"gateway": {"keys": [{"name": "ci", "rpm": 60}, {"name": "old"},
                                    {"name": "same", "budget": "5.00/month"},

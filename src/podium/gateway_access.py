@@ -4,13 +4,18 @@ and the stack's declared API keys (kept as declared, secrets 0600 here, shown on
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from podium.errors import PodiumError
 from podium.secrets import StackSecrets
 from podium.services.gateway.client import AdminApi
 from podium.services.gateway.declared import KeyChange
 from podium.stack.model import Stack
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from podium.releases.book import ReleaseBook
 
 ADMIN_TOKEN = "gateway-admin"
 
@@ -108,6 +113,21 @@ def planned_key_changes(previous: Path | None, keys: list[dict[str, Any]],
     old_teams = list(before.get("teams") or [])
     return [*team_changes(teams or [], old_teams, {t["name"] for t in old_teams}),
             *key_changes(keys, as_listed(old_keys), {k["name"] for k in old_keys})]
+
+
+def show_key_plan(console: Console, stack: Stack, book: ReleaseBook) -> None:
+    """Print the team and key changes `podium up` would make, one line each."""
+    if stack.gateway is None:
+        return
+    current = book.current()
+    previous = book.snapshot(current.number)[0] if current is not None else None
+    keys = [k.model_dump(mode="json") for k in stack.gateway.keys]
+    teams = [t.model_dump(mode="json") for t in stack.gateway.teams]
+    changes = planned_key_changes(previous, keys, teams)
+    if changes:
+        console.print("gateway teams and keys (against the last release's stack):")
+    for change in changes:
+        console.print(f"  {change.describe()}", markup=False)
 
 
 def managed_keys(stack: str) -> set[str]:

@@ -140,10 +140,13 @@ def up(
     entries = dict(host_entries(stack, actions))
     result = UpResult(actions)
     if dry_run:
+        from podium.gateway_access import show_key_plan
         from podium.releases.book import ReleaseBook
         from podium.releases.publish import show_preview
 
-        show_preview(console, ReleaseBook(stack.name), actions)
+        book = ReleaseBook(stack.name)
+        show_preview(console, book, actions)
+        show_key_plan(console, stack, book)
     new_states = {h: states.get(h, HostState(host=h)).model_copy(deep=True) for h in stack.node_names}
     for h, s in states.items():
         new_states.setdefault(h, s.model_copy(deep=True))

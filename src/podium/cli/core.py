@@ -76,23 +76,13 @@ def plan(
     for action in actions:
         counts[action.action] = counts.get(action.action, 0) + 1
     out.print(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+    from podium.gateway_access import show_key_plan
     from podium.releases.book import ReleaseBook
     from podium.releases.publish import show_preview
 
     book = ReleaseBook(loaded.name)
     show_preview(out, book, actions)
-    if loaded.gateway is not None:
-        from podium.gateway_access import planned_key_changes
-
-        current = book.current()
-        previous = book.snapshot(current.number)[0] if current is not None else None
-        keys = [k.model_dump(mode="json") for k in loaded.gateway.keys]
-        teams = [t.model_dump(mode="json") for t in loaded.gateway.teams]
-        changes = planned_key_changes(previous, keys, teams)
-        if changes:
-            out.print("gateway teams and keys (against the last release's stack):")
-        for change in changes:
-            out.print(f"  {change.describe()}")
+    show_key_plan(out, loaded, book)
     if states and any(a.component.startswith("engine-") and a.action == "reconfigure"
                       for a in actions):
         # Recorded engine configs include the model digests the registry gave at apply time;
