@@ -142,10 +142,11 @@ def ls(
     if as_json:
         typer.echo(json.dumps(keys))
         return
-    table = Table("name", "prefix", "models", "limits", "expires", "state")
+    table = Table("name", "prefix", "team", "models", "limits", "expires", "state")
     for key in keys:
-        table.add_row(key["name"], key["prefix"] + "…", ",".join(key["models"]), _limits(key),
-                      _when(key.get("expires_at")), key["state"])
+        table.add_row(key["name"], key["prefix"] + "…", key.get("team") or "-",
+                      ",".join(key["models"]), _limits(key), _when(key.get("expires_at")),
+                      key["state"])
     out.print(table)
 
 
