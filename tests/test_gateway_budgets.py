@@ -20,12 +20,22 @@ from tests.fixtures_engines import (
     llama_server_bin,
     tiny_gguf,
 )
-from tests.fixtures_gateway import GatewayFactory, GatewayProcess, http, models_for, podium, usage_rows
+from tests.fixtures_gateway import (
+    GatewayFactory,
+    GatewayProcess,
+    PostgresServer,
+    http,
+    models_for,
+    podium,
+    postgres_server,
+    usage_rows,
+)
 from tests.test_gateway_keys import admin_flags
 from tests.test_gateway_lifecycle import stack_secrets
 from tests.test_gateway_limits import fresh_minute
 
-__all__ = ["engine_dir", "llama_server", "llama_server_bin", "stack_secrets", "tiny_gguf"]
+__all__ = ["engine_dir", "llama_server", "llama_server_bin", "postgres_server", "stack_secrets",
+           "tiny_gguf"]
 
 pytestmark = pytest.mark.engines
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
@@ -52,37 +62,60 @@ def spent(gw: GatewayProcess, *keys: str) -> float:
     return sum(r["cost"] for name in keys for r in usage_rows(gw.store, name))
 
 
-def test_thirty_concurrent_requests_never_overspend_a_team_budget_by_more_than_one_request(
-    gw: GatewayProcess,
-) -> None:
-    budget = 0.10
-    gw.admin.put_team("burst", {"budget": f"{budget}/day"})
-    keys = [gw.new_key(f"burst-{i}", team="burst") for i in range(3)]
+def burst_until_spent(gateways: list[GatewayProcess], team: str, budget: float) -> float:
+    """Bursts of 30 concurrent requests over the team's three keys (and the gateways) until
+    one burst admits nothing; checks and prints the overspend, returns the spend."""
+    first = gateways[0]
+    first.admin.put_team(team, {"budget": f"{budget}/day"})
+    names = [f"{team}-{i}" for i in range(3)]
+    keys = [first.new_key(name, team=team) for name in names]
     statuses: Counter[int] = Counter()
     codes: Counter[str] = Counter()
-    for _ in range(5):  # bursts of 30 until one admits nothing
+    for _ in range(8):
         with ThreadPoolExecutor(30) as pool:
-            answers = list(pool.map(lambda i: chat(gw, keys[i % 3]), range(30)))
+            answers = list(pool.map(
+                lambda i: chat(gateways[i % len(gateways)], keys[i % 3]), range(30)))
         statuses.update(a[0] for a in answers)
         codes.update(a[2].get("error", {}).get("code", "") for a in answers)
         if all(a[0] == 429 for a in answers):
             break
-    total = spent(gw, "burst-0", "burst-1", "burst-2")
+    total = spent(first, *names)
     body_bytes = len(json.dumps(CHAT).encode())
     worst = worst_cost(PRICE, body_bytes, body_bytes + 8) / MICRO
-    print(f"\nteam budget {budget:.4f}/day, 30 concurrent requests per burst: admitted"
-          f" {statuses[200]}, refused {statuses[429]}; spent {total:.6f}, overspend"
-          f" {max(0.0, total - budget):.6f} (one request's worst case: {worst:.6f})")
+    print(f"\nteam budget {budget:.4f}/day, 30 concurrent requests per burst over"
+          f" {len(gateways)} gateway(s): admitted {statuses[200]}, refused {statuses[429]};"
+          f" spent {total:.6f}, overspend {max(0.0, total - budget):.6f}"
+          f" (one request's worst case: {worst:.6f})")
     assert set(statuses) == {200, 429} and set(codes) - {""} == {"budget_exceeded"}, statuses
     assert total <= budget + worst, f"spent {total} of a {budget} budget"
     assert total > budget - worst, "the budget stopped spend well before it was spent"
-    refused = chat(gw, keys[0])
-    assert refused[0] == 429 and "team 'burst' spent its budget of 0.1 per day" in \
+    refused = chat(first, keys[0])
+    assert refused[0] == 429 and f"team '{team}' spent its budget of {budget:g} per day" in \
         refused[2]["error"]["message"]
     assert 0 < int(refused[1]["retry-after"]) <= 86401
-    counted = {(b["kind"], b["name"]): b["spent"] for b in gw.admin.budgets()}
-    assert counted[("team", "burst")] == pytest.approx(total, abs=1e-5), \
+    counted = {(b["kind"], b["name"]): b["spent"] for b in first.admin.budgets()}
+    assert counted[("team", team)] == pytest.approx(total, abs=1e-5), \
         "settled budget counters differ from the usage records"
+    return total
+
+
+def test_thirty_concurrent_requests_never_overspend_a_team_budget_by_more_than_one_request(
+    gw: GatewayProcess,
+) -> None:
+    burst_until_spent([gw], "burst", 0.10)
+
+
+def test_two_gateways_on_postgresql_hold_one_team_budget(
+    llama_server: EngineServer, postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    factory = GatewayFactory(tmp_path)
+    store = postgres_server.new_database()
+    models = models_for(llama_server.url, llama_server.model)
+    try:
+        pair = [factory.start(models=models, store=store) for _ in range(2)]
+        burst_until_spent(pair, "shared", 0.10)
+    finally:
+        factory.stop_all()
 
 
 def test_key_budget_and_the_teams_rate_and_models_bind_every_key(gw: GatewayProcess) -> None:
