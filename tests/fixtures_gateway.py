@@ -247,6 +247,19 @@ def gateways(tmp_path: Path) -> Iterator[GatewayFactory]:
         factory.stop_all()
 
 
+@pytest.fixture
+def postgres_pair(llama_server: EngineServer, postgres_server: PostgresServer,
+                  tmp_path: Path) -> Iterator[list[GatewayProcess]]:
+    """Two gateways on one new PostgreSQL database, in front of the test llama-server."""
+    factory = GatewayFactory(tmp_path)
+    store = postgres_server.new_database()
+    models = models_for(llama_server.url, llama_server.model)
+    try:
+        yield [factory.start(models=models, store=store) for _ in range(2)]
+    finally:
+        factory.stop_all()
+
+
 def models_for(llama_url: str, llama_model: str, mlserver_url: str | None = None,
                mlserver_model: str = "iris", **tiny: Any) -> dict[str, Any]:
     """Gateway `models:` for the test engines: 'tiny' and 'tiny-b' on llama-server, 'iris'."""

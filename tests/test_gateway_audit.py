@@ -23,7 +23,6 @@ from tests.fixtures_engines import (
 from tests.fixtures_gateway import (
     GatewayFactory,
     GatewayProcess,
-    PostgresServer,
     http,
     models_for,
     podium,
@@ -130,22 +129,13 @@ def test_entries_cut_off_the_end_are_found_from_the_head_kept_here(
     assert (found["holds"], found["broken_at"]) == (False, 8)
 
 
-def test_gateways_sharing_postgresql_keep_one_chain(
-    llama_server: EngineServer, postgres_server: PostgresServer, tmp_path: Path
-) -> None:
+def test_gateways_sharing_postgresql_keep_one_chain(postgres_pair: list[GatewayProcess]) -> None:
     """Concurrent admin actions on two gateways never chain two entries to one predecessor."""
-    factory = GatewayFactory(tmp_path)
-    store = postgres_server.new_database()
-    models = models_for(llama_server.url, llama_server.model)
-    try:
-        pair = [factory.start(models=models, store=store) for _ in range(2)]
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda i: pair[i % 2].admin.create_key(KeySpec(name=f"pg-{i}")),
-                          range(24)))
-        check = pair[0].admin.audit_verify()
-        assert check == {"holds": True, "entries": 24, "broken_at": None, "reason": ""}
-    finally:
-        factory.stop_all()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: postgres_pair[i % 2].admin.create_key(KeySpec(name=f"pg-{i}")),
+                      range(24)))
+    check = postgres_pair[0].admin.audit_verify()
+    assert check == {"holds": True, "entries": 24, "broken_at": None, "reason": ""}
 
 
 def test_only_the_control_machines_own_actions_can_be_reported(gw: GatewayProcess) -> None:

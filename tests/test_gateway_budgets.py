@@ -23,7 +23,6 @@ from tests.fixtures_engines import (
 from tests.fixtures_gateway import (
     GatewayFactory,
     GatewayProcess,
-    PostgresServer,
     http,
     models_for,
     podium,
@@ -106,16 +105,9 @@ def test_thirty_concurrent_requests_never_overspend_a_team_budget_by_more_than_o
 
 
 def test_two_gateways_on_postgresql_hold_one_team_budget(
-    llama_server: EngineServer, postgres_server: PostgresServer, tmp_path: Path
+    postgres_pair: list[GatewayProcess],
 ) -> None:
-    factory = GatewayFactory(tmp_path)
-    store = postgres_server.new_database()
-    models = models_for(llama_server.url, llama_server.model)
-    try:
-        pair = [factory.start(models=models, store=store) for _ in range(2)]
-        burst_until_spent(pair, "shared", 0.10)
-    finally:
-        factory.stop_all()
+    burst_until_spent(postgres_pair, "shared", 0.10)
 
 
 def test_key_budget_and_the_teams_rate_and_models_bind_every_key(gw: GatewayProcess) -> None:
