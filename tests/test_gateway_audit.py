@@ -3,6 +3,8 @@ deleted or cut-off entry found by `podium audit verify` with its position."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import sqlite3
 import time
@@ -83,6 +85,10 @@ def test_every_admin_action_is_logged_in_order_with_no_secret(gw: GatewayProcess
         assert secret.startswith("pdm-") and secret not in stored and secret not in run.stdout
     table = podium("audit", *admin_flags(gw)).stdout
     assert "key.rotate" in table and "stack.up" in table
+    rows = list(csv.DictReader(io.StringIO(podium("audit", "--csv", *admin_flags(gw)).stdout)))
+    assert [r["action"] for r in rows] == [e["action"] for e in entries]
+    assert json.loads(rows[6]["detail"]) == {"rpm": 9, "budget": "1.5/day"}
+    assert rows[-1]["hash"] == entries[-1]["hash"]
     since = podium("audit", "--json", "--since", "2999-01-01", *admin_flags(gw))
     assert json.loads(since.stdout) == []
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import time
 from pathlib import Path
@@ -16,6 +18,7 @@ from podium.cli.usage import _moment
 from podium.errors import InvalidInput
 
 out = Console(highlight=False)
+COLUMNS = ("seq", "ts", "actor", "action", "target", "detail", "prev_hash", "hash")
 
 
 def _head_file(stack: str) -> Path:
@@ -55,11 +58,12 @@ def audit(
     admin_token_file: Path | None = _TOKEN_FILE,
     store: str | None = _STORE,
     as_json: bool = _JSON,
+    as_csv: bool = typer.Option(False, "--csv", help="Print CSV (details as JSON)."),
 ) -> None:
     """Print the audit log (time, actor, action, target; never a secret), or with `verify`
     say whether its hash chain holds and, if not, the position of the first broken entry.
 
-    Example: podium audit stacks/lab --since 2026-01-01; podium audit verify stacks/lab
+    Example: podium audit stacks/lab --since 2026-01-01 --csv; podium audit verify stacks/lab
     """
     verifying = verb_or_stack == "verify"
     stack = stack_arg if verifying else verb_or_stack
@@ -80,6 +84,15 @@ def audit(
     entries = api.audit(_moment(since, "--since"))
     if as_json:
         typer.echo(json.dumps(entries))
+        return
+    if as_csv:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        for e in entries:
+            writer.writerow([json.dumps(e[c], sort_keys=True) if c == "detail" else e[c]
+                             for c in COLUMNS])
+        typer.echo(buffer.getvalue(), nl=False)
         return
     table = Table("#", "time (UTC)", "actor", "action", "target", "detail")
     for e in entries:
