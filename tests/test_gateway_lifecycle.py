@@ -176,10 +176,11 @@ def test_rotation_keeps_name_limits_and_usage_and_ends_the_old_secret(gw: Gatewa
     error = until_refused(gw, old, within_s=5.0)
     assert "is rotated" in error["message"]
     assert chat(gw, new)[0] == 200
-    shown = gw.admin.show_key("rotating")
+    shown = json.loads(podium("keys", "show", "rotating", "--json", *admin_flags(gw)).stdout)
     assert (shown["models"], shown["rpm"], shown["state"]) == (["tiny"], 1000, "active")
     rows = usage_rows(gw.store, "rotating")
     assert len({r["key_id"] for r in rows}) == 1 and len(rows) >= 4
+    assert shown["this_month"]["requests"] == len(rows), "usage before the rotation was lost"
 
     now = podium("keys", "rotate", "rotating", "--grace", "0", "--json", *admin_flags(gw))
     assert until_refused(gw, new)["code"] == "invalid_api_key"

@@ -221,7 +221,16 @@ def show(
 ) -> None:
     """One key: its state, models, limits, team, budget, expiry and rotation grace."""
     stack, name = _named(stack_or_name, name)
-    key = key_admin(gateway, admin_token_file, store, stack).show_key(name)
+    admin = key_admin(gateway, admin_token_file, store, stack)
+    key = admin.show_key(name)
+    # Usage follows the key's name, so it spans rotations; this month's, as budgets count it.
+    from podium.services.gateway.limits import period_window
+
+    month = [u for u in admin.usage(period_window(time.time(), "month")[0], None, ["key"])
+             if u.key == name]
+    key["this_month"] = {"requests": sum(u.requests for u in month),
+                         "tokens": sum(u.prompt_tokens + u.completion_tokens for u in month),
+                         "cost": round(sum(u.cost for u in month), 6)}
     if as_json:
         typer.echo(json.dumps(key))
         return
@@ -232,6 +241,8 @@ def show(
         ("expires", _when(key.get("expires_at"))), ("disabled", _when(key.get("disabled_at"))),
         ("revoked", _when(key.get("revoked_at"))),
         ("old secret until", _when(key.get("previous_until"))),
+        ("this month", "{requests} requests, {tokens} tokens, cost {cost:.4f}".format(
+            **key["this_month"])),
     ]
     for label, value in lines:
         out.print(f"{label:>17}: {value}")
