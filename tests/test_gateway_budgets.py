@@ -148,6 +148,7 @@ def test_declared_teams_reconcile_before_and_after_their_keys(gw: GatewayProcess
     keys = [{"name": "t-dec-key", "team": "t-dec", "budget": "0.5/day"}]
     made = reconcile_declared_keys(stack_secrets, gw.url, keys, teams)
     assert [c.describe() for c in made] == ["create team t-dec", "create key t-dec-key"]
+    assert reconcile_declared_keys(stack_secrets, gw.url, keys, teams) == [], "not idempotent"
     secret = key_file(stack_secrets, "t-dec-key").read_text().strip()
     assert chat(gw, secret)[0] == 200
     teams[0]["budget"] = "2/day"
