@@ -247,6 +247,19 @@ def gateways(tmp_path: Path) -> Iterator[GatewayFactory]:
         factory.stop_all()
 
 
+@pytest.fixture
+def postgres_pair(llama_server: EngineServer, postgres_server: PostgresServer,
+                  tmp_path: Path) -> Iterator[list[GatewayProcess]]:
+    """Two gateways on one new PostgreSQL database, in front of the test llama-server."""
+    factory = GatewayFactory(tmp_path)
+    store = postgres_server.new_database()
+    models = models_for(llama_server.url, llama_server.model)
+    try:
+        yield [factory.start(models=models, store=store) for _ in range(2)]
+    finally:
+        factory.stop_all()
+
+
 def models_for(llama_url: str, llama_model: str, mlserver_url: str | None = None,
                mlserver_model: str = "iris", **tiny: Any) -> dict[str, Any]:
     """Gateway `models:` for the test engines: 'tiny' and 'tiny-b' on llama-server, 'iris'."""
@@ -340,17 +353,18 @@ class CliRun:
 
 
 def podium(*args: str) -> CliRun:
-    """Run `podium keys|usage|gateway ...` in-process as podium.cli.main would."""
+    """Run `podium keys|usage|gateway|audit ...` in-process as podium.cli.main would."""
     import typer
     from typer.testing import CliRunner
 
+    from podium.cli import audit as audit_cli
     from podium.cli import gateway as gateway_cli
     from podium.cli import keys as keys_cli
     from podium.cli import usage as usage_cli
     from podium.errors import PodiumError
 
     app = typer.Typer()
-    for module in (gateway_cli, keys_cli, usage_cli):
+    for module in (audit_cli, gateway_cli, keys_cli, usage_cli):
         module.register(app)
     result = CliRunner().invoke(app, list(args))
     if isinstance(result.exception, PodiumError):

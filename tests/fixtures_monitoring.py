@@ -77,7 +77,10 @@ def _gateway_registry() -> tuple[CollectorRegistry, Counter, Histogram, Counter]
     tokens = Counter("podium_gateway_tokens", "Tokens.", ["model", "key", "kind"], registry=reg)
     for name in ("tpot", "itl", "request"):
         Histogram(f"podium_gateway_{name}_seconds", name, ["model"], registry=reg)
-    Counter("podium_gateway_cost", "Cost.", ["key", "model"], registry=reg)
+    Counter("podium_gateway_cost", "Cost.", ["key", "model", "team"], registry=reg)
+    for name in ("budget", "budget_spent"):
+        Gauge(f"podium_gateway_{name}", name, ["owner", "name", "period"],
+              registry=reg).labels("team", "research", "month").set(1.0)
     Gauge("podium_gateway_in_flight", "In flight.", ["model"], registry=reg).labels("tiny-llama")
     healthy = Gauge("podium_gateway_upstream_healthy", "Up.", ["model", "replica"], registry=reg)
     healthy.labels("tiny-llama", "0").set(1)

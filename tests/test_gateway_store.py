@@ -150,3 +150,46 @@ def test_one_event_loop_turn_is_one_transaction_and_each_caller_gets_its_own_out
         assert store.run_sync(_count) == 12
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_a_store_made_before_teams_budgets_rotation_and_audit_is_brought_up_to_date(
+    engine: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """An older gateway's store: its keys keep working and take the new settings."""
+    from podium.services.gateway.keys import (
+        KeySpec,
+        create_op,
+        hash_secret,
+        lookup_op,
+        rotate_op,
+        update_op,
+    )
+    from podium.services.gateway.teams import put_op
+
+    url = (f"sqlite:///{tmp_path / 'old.db'}" if engine == "sqlite"
+           else request.getfixturevalue("postgres_server").new_database())
+    old = Store(url)
+    old.create_schema()
+    old.run_sync(create_op(KeySpec(name="veteran", rpm=5), "pdm-veteran-secret-0123456789"))
+    with old.engine.begin() as conn:  # as the gateway before this change left it
+        for column in ("disabled_at", "previous_hash", "previous_until", "team", "budget",
+                       "budget_period"):
+            if column == "previous_hash":
+                conn.execute(text("DROP INDEX ix_gateway_keys_previous_hash"))
+            conn.execute(text(f"ALTER TABLE gateway_keys DROP COLUMN {column}"))
+        conn.execute(text("DROP TABLE gateway_teams"))
+        conn.execute(text("DROP TABLE gateway_audit"))
+    old.engine.dispose()
+    store = Store(url)
+    store.create_schema()
+    try:
+        store.run_sync(put_op("crew", {"budget": "3/month"}))
+        key = store.run_sync(update_op("veteran", {"team": "crew", "budget": "1/day"}))
+        assert (key.rpm, key.team, key.budget, key.budget_period) == (5, "crew", 1.0, "day")
+        store.run_sync(rotate_op("veteran", "pdm-veteran-secret-new-0123456789", 60))
+        found = store.run_sync(lookup_op(hash_secret("pdm-veteran-secret-0123456789")))
+        assert found is not None and found.by_previous and found.team_limits is not None
+        assert found.state(time.time()) == "active"
+    finally:
+        store.engine.dispose()

@@ -56,7 +56,8 @@ def test_the_dashboards_cover_what_operators_look_for() -> None:
                 f"histogram_quantile({q}, sum by (model, le) (rate(podium_gateway_{metric}_"
                 in (exprs["podium-models"])
             )
-    for metric in ("podium_gateway_tokens_total", "podium_gateway_cost_total", 'status="429"'):
+    for metric in ("podium_gateway_tokens_total", "podium_gateway_cost_total", 'status="429"',
+                   "podium_gateway_budget_spent", "podium_gateway_budget{", "by (team)"):
         assert metric in exprs["podium-keys"]
 
 

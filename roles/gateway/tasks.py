@@ -17,7 +17,7 @@ from podium.artifacts import podium_wheel, wheelhouse
 from podium.bundle.wheels import locks_mark, pip_from_mirror
 from podium.errors import PodiumError
 from podium.files import files_for
-from podium.gateway_access import ADMIN_TOKEN, ensure_declared_keys, missing_declared_keys
+from podium.gateway_access import ADMIN_TOKEN, declared_key_changes, reconcile_declared_keys
 from podium.pinned import node_versions
 from podium.registry.ca import ca_certificate, server_certificate
 from podium.secrets import StackSecrets
@@ -146,13 +146,14 @@ def deploy() -> None:
         ],
         _if=any_changed(*changed, unit, *installed),
     )
-    if settings["keys"]:
-        declared_keys(
-            name="Create the stack's declared API keys",
-            stack=stack,
-            url=gateway_url_for(address, settings),
-            keys=settings["keys"],
-        )
+    # Also with no key declared: keys the stack declared before are then revoked.
+    declared_keys(
+        name="Make the gateway's API keys those the stack declares",
+        stack=stack,
+        url=gateway_url_for(address, settings),
+        keys=settings["keys"],
+        teams=settings.get("teams", []),
+    )
 
 
 def _install_commands(prefix: str, mark: str, pip: list[str]) -> list[str]:
@@ -209,22 +210,24 @@ def _install_from_mirror(mirror: dict, prefix: str) -> list[OperationMeta]:
 
 
 @operation()
-def declared_keys(stack: str, url: str, keys: list[dict]) -> Generator[FunctionCommand, None, None]:
-    """Create the declared keys the gateway lacks; a gateway that has them all is left alone.
+def declared_keys(stack: str, url: str, keys: list[dict], teams: list[dict]) -> Generator[FunctionCommand, None, None]:
+    """Create, update and revoke keys so the gateway holds what the stack declares; a gateway
+    that already does is left alone.
 
     + stack: the stack's name (its admin token and kept key secrets)
     + url: the gateway, e.g. https://10.77.0.10:8443
     + keys: the stack's gateway.keys entries
+    + teams: the stack's gateway.teams entries
     """
     try:
-        missing = missing_declared_keys(stack, url, keys)
+        changes = declared_key_changes(stack, url, keys, teams=teams)
     except (PodiumError, OSError):
         # Not answering yet (a first run asks before the gateway starts): ask again when it runs.
-        missing = [k["name"] for k in keys]
-    if not missing:
-        host.noop(f"the gateway has every declared API key ({', '.join(k['name'] for k in keys)})")
+        changes = None
+    if changes == []:
+        host.noop(f"the gateway's API keys are those declared ({', '.join(k['name'] for k in keys)})")
         return
-    yield FunctionCommand(ensure_declared_keys, (stack, url, keys), {})
+    yield FunctionCommand(reconcile_declared_keys, (stack, url, keys, teams), {})
 
 
 def gateway_url_for(address: str, settings: dict) -> str:

@@ -140,10 +140,13 @@ def up(
     entries = dict(host_entries(stack, actions))
     result = UpResult(actions)
     if dry_run:
+        from podium.gateway_access import show_key_plan
         from podium.releases.book import ReleaseBook
         from podium.releases.publish import show_preview
 
-        show_preview(console, ReleaseBook(stack.name), actions)
+        book = ReleaseBook(stack.name)
+        show_preview(console, book, actions)
+        show_key_plan(console, stack, book)
     new_states = {h: states.get(h, HostState(host=h)).model_copy(deep=True) for h in stack.node_names}
     for h, s in states.items():
         new_states.setdefault(h, s.model_copy(deep=True))
@@ -222,6 +225,8 @@ def up(
 
         release = publish(stack, versions, new_states, actions, list(entries.items()), digests, kind, console)
         result.release = release.number
+    if not dry_run:
+        _audit(stack, kind, result, limit, only, console)
     return result
 
 
@@ -235,6 +240,21 @@ def _unsettle(component: str, failed: Mapping[str, str], states: dict[str, HostS
         states[host].unsettle(component)
     if reachable:
         write_states([(h, entries[h]) for h in reachable], {h: states[h] for h in reachable})
+
+
+def _audit(stack: Stack, kind: str, result: UpResult, limit: Sequence[str], only: Sequence[str],
+           console: Console) -> None:
+    """Every run that may have changed the stack goes into the gateway's audit log."""
+    if stack.gateway is None:
+        return
+    from podium.gateway_access import report_action
+
+    action = "stack.rollback" if kind.startswith("rollback") else "stack.up"
+    detail: dict[str, object] = {"changes": result.changes, "release": result.release,
+                                 "limit": list(limit), "only": list(only), "kind": kind}
+    problem = report_action(stack, action, stack.name, detail)
+    if problem:
+        console.print(f"[yellow]warning:[/] {problem}")
 
 
 def _pinned(digests: dict[str, str] | None, pinned: Mapping[str, str] | None) -> dict[str, str] | None:

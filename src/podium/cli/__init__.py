@@ -24,7 +24,8 @@ def _register() -> None:
     from podium.cli import core
 
     core.register(app)
-    for name in ("lab", "model", "keys", "gateway", "usage", "status", "bundle", "releases"):
+    for name in ("lab", "model", "keys", "gateway", "usage", "status", "bundle", "releases",
+                 "audit"):
         try:
             module = __import__(f"podium.cli.{name}", fromlist=["register"])
         except ModuleNotFoundError as exc:

@@ -76,10 +76,13 @@ def plan(
     for action in actions:
         counts[action.action] = counts.get(action.action, 0) + 1
     out.print(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+    from podium.gateway_access import show_key_plan
     from podium.releases.book import ReleaseBook
     from podium.releases.publish import show_preview
 
-    show_preview(out, ReleaseBook(loaded.name), actions)
+    book = ReleaseBook(loaded.name)
+    show_preview(out, book, actions)
+    show_key_plan(out, loaded, book)
     if states and any(a.component.startswith("engine-") and a.action == "reconfigure"
                       for a in actions):
         # Recorded engine configs include the model digests the registry gave at apply time;

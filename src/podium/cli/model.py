@@ -70,6 +70,19 @@ def connect(stack: str | None, registry: str | None, insecure: bool, ca: Path | 
     )
 
 
+def _audit(stack: str | None, action: str, target: str, detail: dict[str, object]) -> None:
+    """A change to a stack's registry goes into its gateway's audit log (a registry named
+    by --registry alone belongs to no stack, so to no audit log)."""
+    if not stack:
+        return
+    from podium.gateway_access import report_action
+    from podium.stack import load_stack
+
+    problem = report_action(load_stack(stack), action, target, detail)
+    if problem:
+        err.print(f"warning: {problem}", markup=False)
+
+
 def _bytes_progress(label: str) -> Progress:
     return Progress(
         TextColumn(label),
@@ -127,6 +140,7 @@ def push(
     with err.status(f"pushing {name}:{version} to {reg.address}"):
         digest = reg.push(path, name, version, fmt, trusted, trusted_types or [])
     err.print(f"pushed {name}:{version}")
+    _audit(stack, "model.push", f"{name}:{version}", {"digest": digest})
     print(digest)
 
 
@@ -228,6 +242,7 @@ def tag(
     """Point an alias at a model version (moving it if it pointed elsewhere)."""
     model = ModelRef.parse(ref)
     digest = connect(stack, registry, insecure, ca).tag(model, alias)
+    _audit(stack, "model.tag", f"{model.name}:{alias}", {"digest": digest})
     print(f"{model.name}:{alias} -> {digest}")
 
 
@@ -242,6 +257,7 @@ def rm(
     """Delete a model version by digest, with every alias pointing at it."""
     model = ModelRef.parse(ref)
     digest, tags = connect(stack, registry, insecure, ca).rm(model)
+    _audit(stack, "model.rm", f"{model.name}@{digest}", {"tags": list(tags)})
     print(f"removed {model.name}@{digest} (tags: {', '.join(tags) or '-'})")
 
 

@@ -41,7 +41,8 @@ def usage(
     admin_token_file: Path | None = typer.Option(None, "--admin-token-file"),
     since: str | None = typer.Option(None, "--since", help="From this UTC date/time (inclusive)."),
     until: str | None = typer.Option(None, "--until", help="Up to this UTC date/time (exclusive)."),
-    by: list[str] = typer.Option(["key", "model"], "--by", help="Group by key, model and/or day."),
+    by: list[str] = typer.Option(["key", "model"], "--by",
+                                 help="Group by key, model, day and/or team."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -56,33 +57,43 @@ def usage(
     start, end = _moment(since, "--since"), _moment(until, "--until")
     if store and gateway:
         raise InvalidInput("give either --store or --gateway, not both")
+    source: AdminApi | StoreAdmin
     if stack:
         from podium.gateway_access import stack_admin
 
-        lines = stack_admin(stack).usage(start, end, groups)
+        source = stack_admin(stack)
     elif store:
-        lines = StoreAdmin(store).usage(start, end, groups)
+        source = StoreAdmin(store)
     elif gateway:
         if admin_token_file is None:
             raise InvalidInput("--gateway needs --admin-token-file FILE holding the admin token")
-        lines = AdminApi(gateway, read_token_file(admin_token_file)).usage(start, end, groups)
+        source = AdminApi(gateway, read_token_file(admin_token_file))
     else:
         raise InvalidInput(
             "say where usage is kept: --store URL, or --gateway URL --admin-token-file F"
         )
+    lines = source.usage(start, end, groups)
     if as_json:
         typer.echo(json.dumps([asdict(line) for line in lines]))
         return
     if as_csv:
         typer.echo(to_csv(lines, groups), nl=False)
         return
-    table = Table(*[g for g in ("key", "model", "day") if g in groups],
-                  "requests", "errors", "prompt tokens", "completion tokens", "cost")
+    shown = [g for g in ("team", "key", "model", "day") if g in groups]
+    table = Table(*shown, "requests", "errors", "prompt tokens", "completion tokens", "cost")
     for line in lines:
-        cells = [getattr(line, g) for g in ("key", "model", "day") if g in groups]
+        cells = [getattr(line, g) for g in shown]
         table.add_row(*cells, str(line.requests), str(line.errors), str(line.prompt_tokens),
                       str(line.completion_tokens), f"{line.cost:.4f}")
     out.print(table)
+    spend = source.budgets()
+    if spend:
+        budgets = Table("budget of", "name", "period", "spent", "budget", "left",
+                        title="spend against budget (this day or month, UTC)")
+        for s in spend:
+            budgets.add_row(s["kind"], s["name"], s["period"], f"{s['spent']:.4f}",
+                            f"{s['budget']:.4f}", f"{max(0.0, s['budget'] - s['spent']):.4f}")
+        out.print(budgets)
 
 
 def register(app: typer.Typer) -> None:

@@ -444,6 +444,8 @@ def _gateway_settings(stack: Stack, host: str) -> Settings:
         "store_address": str(stack.node(gw.store_node).address) if gw.store_node else None,
         "models": models,
         "keys": [k.model_dump(mode="json") for k in gw.keys],
+        # Only when declared, so stacks without teams keep their recorded gateway config.
+        **({"teams": [t.model_dump(mode="json") for t in gw.teams]} if gw.teams else {}),
         "mirror": mirror_source(stack),
         "prices": {k: v.model_dump() for k, v in gw.prices.items()},
     }

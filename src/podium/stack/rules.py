@@ -316,11 +316,25 @@ def _gateway(stack: Stack) -> Iterator[Problem]:
         )
     if gw.store == "postgresql" and not gw.store_node:
         yield Problem(("gateway", "store_node"), None, "is required when store is postgresql")
+    team_names: set[str] = set()
+    for t, team in enumerate(gw.teams):
+        if team.name in team_names:
+            yield Problem(("gateway", "teams", t, "name"), team.name, "is declared twice")
+        team_names.add(team.name)
+        for i, name in enumerate(team.models if team.models != "*" else []):
+            if name not in model_names:
+                yield Problem(("gateway", "teams", t, "models", i), name,
+                              f"is not a model name; declared: {', '.join(sorted(model_names))}")
     key_names: set[str] = set()
     for k, key in enumerate(gw.keys):
         if key.name in key_names:
             yield Problem(("gateway", "keys", k, "name"), key.name, "is declared twice")
         key_names.add(key.name)
+        if key.team is not None and key.team not in team_names:
+            yield Problem(
+                ("gateway", "keys", k, "team"), key.team,
+                f"is not a team of gateway.teams; declared: {', '.join(sorted(team_names)) or 'none'}",
+            )
         if key.models != "*":
             for i, name in enumerate(key.models):
                 if name not in model_names:

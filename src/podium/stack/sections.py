@@ -151,6 +151,9 @@ class Monitoring(Strict):
     grafana_repository: AptSource | None = None
 
 
+Budget = Annotated[str, Field(pattern=r"^\d+(\.\d+)?/(day|month)$")]
+
+
 class ApiKey(Strict):
     name: Name
     models: list[Name] | Literal["*"] = "*"
@@ -160,6 +163,18 @@ class ApiKey(Strict):
     # Requests the key may have in flight at once, over every gateway; more get 429.
     max_in_flight: Annotated[int, Field(ge=1)] | None = None
     expires: dt.date | None = None
+    # A team of `gateway.teams`: each request must also pass the team's limits and budget.
+    team: Name | None = None
+    # Spend allowed per UTC day or month, in the currency of `gateway.prices`.
+    budget: Budget | None = None
+
+
+class Team(Strict):
+    name: Name
+    models: list[Name] | Literal["*"] = "*"
+    rpm: Annotated[int, Field(ge=1)] | None = None
+    tpm: Annotated[int, Field(ge=1)] | None = None
+    budget: Budget | None = None
 
 
 class Price(Strict):
@@ -187,6 +202,7 @@ class Gateway(Strict):
     # The PostgreSQL node when store is postgresql.
     store_node: Name | None = None
     keys: list[ApiKey] = []
+    teams: list[Team] = []
     # Price per 1K tokens, by model name.
     prices: dict[Name, Price] = {}
 

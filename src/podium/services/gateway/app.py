@@ -17,6 +17,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from podium.services.gateway import admin, errors, health, openapi, proxy
+from podium.services.gateway.budgets import spend_op, worst_cost
 from podium.services.gateway.config import GatewayConfig
 from podium.services.gateway.errors import GatewayError
 from podium.services.gateway.keys import ApiKey
@@ -66,13 +67,13 @@ def _model_for(gw: Gateway, key: ApiKey, model: str, kind: str) -> ReplicaSet:
 async def _proxied(
     gw: Gateway, request: Request, key: ApiKey, model: str, replicas: ReplicaSet,
     endpoint: str, started: float, method: str, path: str, body: bytes | None, *,
-    reserve: int = 0, sent: dict[str, Any] | None = None, **kw: Any,
+    reserve: int = 0, cost: int = 0, sent: dict[str, Any] | None = None, **kw: Any,
 ) -> Any:
     # The gateway's own bound first: a request it has no room for costs the key nothing.
     gw.begin_call()
     request_id = gw.new_request_id()
     try:
-        limits, reservation = await gw.admit(key, request_id, reserve)
+        limits, reservation = await gw.admit(key, request_id, reserve, cost)
     except BaseException:
         gw.end_call()
         raise
@@ -123,6 +124,7 @@ async def openai_request(gw: Gateway, request: Request) -> Any:
     upstream = json.dumps(body).encode() if changed else raw
     return await _proxied(gw, request, key, model, replicas, endpoint, started, "POST", endpoint,
                           upstream, reserve=reserve, sent=body, stream=stream,
+                          cost=worst_cost(replicas.config.price, len(raw), reserve),
                           strip_usage=stream and not wants_usage)
 
 
@@ -176,6 +178,9 @@ async def ready(gw: Gateway, request: Request) -> Response:
 
 
 async def metrics(gw: Gateway, request: Request) -> Response:
+    # Budgets are shared by every gateway on the store: read them as Prometheus asks.
+    with contextlib.suppress(Exception):  # a store away must not take /metrics with it
+        gw.metrics.set_budgets(await gw.store.run(spend_op(time.time())))
     return Response(gw.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
@@ -280,6 +285,16 @@ def create_apps(config: GatewayConfig) -> tuple[HotRoutes, Starlette]:
         route("/admin/v1/keys", admin.create_key, ["POST"]),
         route("/admin/v1/keys", admin.list_keys, ["GET"]),
         route("/admin/v1/keys/{name}", admin.revoke_key, ["DELETE"]),
+        route("/admin/v1/keys/{name}", admin.show_key, ["GET"]),
+        route("/admin/v1/keys/{name}", admin.update_key, ["PATCH"]),
+        route("/admin/v1/keys/{name}/rotate", admin.rotate_key, ["POST"]),
+        route("/admin/v1/audit", admin.audit_log, ["GET"]),
+        route("/admin/v1/audit", admin.audit_report, ["POST"]),
+        route("/admin/v1/audit/verify", admin.audit_verify, ["GET"]),
+        route("/admin/v1/teams", admin.list_teams, ["GET"]),
+        route("/admin/v1/teams/{name}", admin.put_team, ["PUT"]),
+        route("/admin/v1/teams/{name}", admin.remove_team, ["DELETE"]),
+        route("/admin/v1/budgets", admin.budgets, ["GET"]),
         route("/admin/v1/usage", admin.usage_report, ["GET"]),
     ]
     app = Starlette(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import calendar
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -48,7 +48,9 @@ class EffectiveLimits:
 
     def admits(self, key: ApiKey) -> bool:
         """Whether admission has anything to count for this key (else it costs no store call)."""
-        return self.rpm is not None or self.counts_tokens() or key.max_in_flight is not None
+        team = key.team_limits
+        return (self.rpm is not None or self.counts_tokens() or key.max_in_flight is not None
+                or key.budget is not None or (team is not None and team.limited()))
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,18 @@ class Refusal:
     code: str
     message: str
     retry_after_s: int
+
+
+@dataclass(frozen=True)
+class Ask:
+    """A counter admission adds to while it is under its limit, or refuses with `refusal`."""
+
+    owner: int  # a key's id, or minus a team's id
+    kind: str
+    window: int
+    amount: int
+    limit: int
+    refusal: Refusal
 
 
 def minute_window(now: float) -> int:
@@ -108,10 +122,11 @@ def _requests_in_flight(conn: Connection, key: ApiKey, now: float) -> int:
 
 def admit_op(
     key: ApiKey, limits: EffectiveLimits, now: float, request_id: str = "",
-    tokens: int = 0, hold_s: float = 3600.0,
+    tokens: int = 0, hold_s: float = 3600.0, extra: Sequence[Ask] = (), cost: int = 0,
 ) -> Callable[[Connection], Refusal | Reservation]:
     """Reserve `tokens` in the key's TPM and quota windows, count the request against RPM
-    and its requests in flight, all or nothing; a refused request takes nothing.
+    and its requests in flight, and take the `extra` asks (budgets, the team's limits; `cost`
+    is what their budgets reserve), all or nothing; a refused request takes nothing.
 
     A window takes a reservation while it is under its limit, so concurrent requests push
     it past the limit by at most one reservation. `hold_s` bounds how long a request may
@@ -119,9 +134,9 @@ def admit_op(
     """
     minute = minute_window(now)
     next_minute = int(minute + 60 - now) + 1
-    asks: list[tuple[str, int, int, int, Refusal]] = []
+    asks: list[Ask] = []
     if limits.tpm is not None:
-        asks.append(("tpm", minute, tokens, limits.tpm, Refusal(
+        asks.append(Ask(key.id, "tpm", minute, tokens, limits.tpm, Refusal(
             "tokens_per_minute",
             f"key {key.name!r} used its {limits.tpm} tokens per minute; retry in"
             f" {next_minute} s",
@@ -129,7 +144,7 @@ def admit_op(
         )))
     if limits.quota is not None and limits.quota_period is not None:
         start, end = period_window(now, limits.quota_period)
-        asks.append((limits.quota_period, start, tokens, limits.quota, Refusal(
+        asks.append(Ask(key.id, limits.quota_period, start, tokens, limits.quota, Refusal(
             "insufficient_quota",
             f"key {key.name!r} used its quota of {limits.quota} tokens per"
             f" {limits.quota_period}; it renews at"
@@ -137,7 +152,7 @@ def admit_op(
             int(end - now) + 1,
         )))
     if limits.rpm is not None:
-        asks.append(("rpm", minute, 1, limits.rpm, Refusal(
+        asks.append(Ask(key.id, "rpm", minute, 1, limits.rpm, Refusal(
             "requests_per_minute",
             f"key {key.name!r} made its {limits.rpm} requests this minute; retry in"
             f" {next_minute} s",
@@ -154,23 +169,25 @@ def admit_op(
                 " retry when one has finished",
                 1,
             )
-        taken: list[tuple[str, int, int]] = []
-        for kind, window, amount, limit, refusal in asks:
-            if not _take(conn, key.id, kind, window, amount, limit):
+        taken: list[Ask] = []
+        for ask in (*asks, *extra):
+            if not _take(conn, ask.owner, ask.kind, ask.window, ask.amount, ask.limit):
                 # Give back what this request took from the windows checked before, in
                 # the same transaction, so nobody ever sees it counted.
-                for kind_, window_, amount_ in taken:
-                    add(conn, key.id, kind_, window_, -amount_)
-                return refusal
-            taken.append((kind, window, amount))
+                for done in taken:
+                    add(conn, done.owner, done.kind, done.window, -done.amount)
+                return ask.refusal
+            taken.append(ask)
         if key.max_in_flight is not None:
             conn.execute(in_flight_table.insert().values(
                 request_id=request_id, key_id=key.id, until=now + hold_s))
         return Reservation(
             tokens=tokens,
-            windows=tuple((k, w) for k, w, _ in taken if k != "rpm"),
+            windows=tuple((a.kind, a.window) for a in taken[:len(asks)] if a.kind != "rpm"),
             rpm_window=minute if limits.rpm is not None else None,
             in_flight=key.max_in_flight is not None,
+            cost=cost,
+            held=tuple((a.owner, a.kind, a.window) for a in taken[len(asks):]),
         )
 
     return op
@@ -186,8 +203,8 @@ def cleanup_op(now: float | None = None) -> Callable[[Connection], int]:
             delete(counters_table).where(
                 or_(
                     and_(c.kind.in_(("rpm", "tpm")), c.window < now - 3600),
-                    and_(c.kind == "day", c.window < now - 3 * 86400),
-                    and_(c.kind == "month", c.window < now - 64 * 86400),
+                    and_(c.kind.in_(("day", "$day")), c.window < now - 3 * 86400),
+                    and_(c.kind.in_(("month", "$month")), c.window < now - 64 * 86400),
                 )
             )
         )

@@ -72,7 +72,7 @@ def record_op(record: UsageRecord, reservation: Reservation | None) -> RowInsert
         def then(conn: Connection) -> None:
             settle(conn, record.key_id, held, record.request_id,
                    record.prompt_tokens + record.completion_tokens,
-                   record.status in (429, 503))
+                   record.status in (429, 503), record.cost)
 
     # vars(), not asdict(): every field is a scalar, and asdict's deep copy took about a
     # fifth of the CPU of committing the record.

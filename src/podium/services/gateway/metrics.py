@@ -92,6 +92,26 @@ class GatewayMetrics:
             ["model"],
             registry=r,
         )
+        self.cost = Counter(
+            "podium_gateway_cost",
+            "Cost of the requests answered at the prices of the gateway config, by model, key"
+            " name and the key's team ('' for none).",
+            ["model", "key", "team"],
+            registry=r,
+        )
+        self.budget = Gauge(
+            "podium_gateway_budget",
+            "Budget of a key or team per period (day or month), in the prices' currency.",
+            ["owner", "name", "period"],
+            registry=r,
+        )
+        self.budget_spent = Gauge(
+            "podium_gateway_budget_spent",
+            "What admission counts against a budget in its current window (settled spend plus"
+            " reservations in flight), read from the store at each scrape.",
+            ["owner", "name", "period"],
+            registry=r,
+        )
         self.usage_write_failures = Counter(
             "podium_gateway_usage_write_failures",
             "Usage records the store refused (those responses were answered 503).",
@@ -106,6 +126,14 @@ class GatewayMetrics:
                 self._children.clear()
             found = self._children[(id(metric), labels)] = metric.labels(*labels)
         return found
+
+    def set_budgets(self, spends: list[Any]) -> None:
+        """The budgets as the store holds them now (budgets.Spend); ones gone are dropped."""
+        self.budget.clear()
+        self.budget_spent.clear()
+        for s in spends:
+            self.budget.labels(s.kind, s.name, s.period).set(s.budget)
+            self.budget_spent.labels(s.kind, s.name, s.period).set(s.spent)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

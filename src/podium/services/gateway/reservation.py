@@ -29,10 +29,16 @@ class Reservation:
     rpm_window: int | None = None
     # Whether the request holds a row in gateway_in_flight.
     in_flight: bool = False
+    # Millionths of the currency its budget windows reserved (its worst-case cost).
+    cost: int = 0
+    # (owner, kind, window) of the budget and team windows it took: '$day'/'$month' hold
+    # cost, 'rpm' one request, the others tokens.
+    held: tuple[tuple[int, str, int], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {"tokens": self.tokens, "windows": [list(w) for w in self.windows],
-                "rpm_window": self.rpm_window, "in_flight": self.in_flight}
+                "rpm_window": self.rpm_window, "in_flight": self.in_flight,
+                "cost": self.cost, "held": [list(h) for h in self.held]}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Reservation:
@@ -41,6 +47,8 @@ class Reservation:
             windows=tuple((str(k), int(w)) for k, w in data.get("windows", [])),
             rpm_window=None if data.get("rpm_window") is None else int(data["rpm_window"]),
             in_flight=bool(data.get("in_flight")),
+            cost=int(data.get("cost", 0)),
+            held=tuple((int(o), str(k), int(w)) for o, k, w in data.get("held", [])),
         )
 
 
@@ -68,14 +76,24 @@ def worst_case(endpoint: str, body: dict[str, Any], body_bytes: int,
 
 
 def settle(conn: Connection, key_id: int, reservation: Reservation, request_id: str,
-           used_tokens: int, refund_request: bool) -> None:
-    """Move the reserved windows to the tokens really used; give back what a refusal took."""
+           used_tokens: int, refund_request: bool, used_cost: float = 0.0) -> None:
+    """Move the reserved windows to the tokens and money really used; give back what a
+    refusal took."""
     delta = used_tokens - reservation.tokens
-    moves = [(kind, window, delta) for kind, window in reservation.windows if delta]
+    moves = [(key_id, kind, window, delta) for kind, window in reservation.windows if delta]
     if refund_request and reservation.rpm_window is not None:
-        moves.append(("rpm", reservation.rpm_window, -1))
-    for kind, window, amount in moves:
-        add(conn, key_id, kind, window, amount)
+        moves.append((key_id, "rpm", reservation.rpm_window, -1))
+    spent = round(used_cost * 1_000_000) - reservation.cost
+    for owner, kind, window in reservation.held:
+        if kind.startswith("$"):
+            moves.append((owner, kind, window, spent))
+        elif kind == "rpm":
+            moves.extend([(owner, kind, window, -1)] if refund_request else [])
+        else:
+            moves.append((owner, kind, window, delta))
+    for owner, kind, window, amount in moves:
+        if amount:
+            add(conn, owner, kind, window, amount)
     if reservation.in_flight:
         conn.execute(delete(in_flight_table).where(in_flight_table.c.request_id == request_id))
 

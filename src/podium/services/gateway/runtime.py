@@ -18,6 +18,7 @@ import aiohttp
 from sqlalchemy import Connection
 
 from podium.services.gateway import errors
+from podium.services.gateway.budgets import team_and_budget_asks
 from podium.services.gateway.config import GatewayConfig
 from podium.services.gateway.keys import ApiKey, KeyCache, hash_secret, lookup_op
 from podium.services.gateway.limits import EffectiveLimits, admit_op, cleanup_op
@@ -196,17 +197,21 @@ class Gateway:
             raise errors.unauthorized(f"the API key {key.name!r} is {state}")
         return key
 
-    async def admit(self, key: ApiKey, request_id: str,
-                    tokens: int = 0) -> tuple[EffectiveLimits, Reservation | None]:
-        """Reserve a request's worst case against its key's limits, or refuse it with 429."""
+    async def admit(self, key: ApiKey, request_id: str, tokens: int = 0,
+                    cost: int = 0) -> tuple[EffectiveLimits, Reservation | None]:
+        """Reserve a request's worst case (tokens, and `cost` in millionths) against its key's
+        and its team's limits and budgets, or refuse it with 429."""
         limits = EffectiveLimits.of(key, self.config.limits)
         if not limits.admits(key):
             return limits, None
         t = self.config.timeouts
         # A dead gateway's in-flight slot is freed once no request could still be running.
         hold_s = t.first_byte_s + t.read_s * 10
+        now = time.time()
+        extra = (team_and_budget_asks(key, now, tokens, cost)
+                 if key.budget is not None or key.team_limits is not None else ())
         found = await self._store_call(
-            admit_op(key, limits, time.time(), request_id, tokens, hold_s))
+            admit_op(key, limits, now, request_id, tokens, hold_s, extra, cost))
         if not isinstance(found, Reservation):
             raise errors.rate_limited(found.message, found.retry_after_s, found.code)
         return limits, found
@@ -259,6 +264,8 @@ class Gateway:
             m.child(m.tokens, model, key, "prompt").inc(record.prompt_tokens)
         if record.completion_tokens:
             m.child(m.tokens, model, key, "completion").inc(record.completion_tokens)
+        if record.cost:
+            m.child(m.cost, model, key, call.key.team or "").inc(record.cost)
 
     async def _store_call(self, op: Callable[[Connection], T]) -> T:
         try:

@@ -80,6 +80,42 @@ keys_table = Table(
     Column("created_at", Float, nullable=False),
     Column("revoked_at", Float),
     Column("max_in_flight", Integer),
+    Column("disabled_at", Float),
+    # The secret a rotation replaced, accepted until previous_until (the grace period).
+    Column("previous_hash", String(64), index=True),
+    Column("previous_until", Float),
+    Column("team", String(200)),
+    # Spend allowed per budget_period ('day' or 'month'), in the currency of the prices.
+    Column("budget", Float),
+    Column("budget_period", String(8)),
+)
+
+# Groups of keys with limits and a budget of their own, which every key in them also passes.
+teams_table = Table(
+    "gateway_teams",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("models", Text, nullable=False),
+    Column("rpm", Integer),
+    Column("tpm", Integer),
+    Column("budget", Float),
+    Column("budget_period", String(8)),
+)
+
+# Admin actions, each entry chained to the one before by its hash, so an edit shows.
+audit_table = Table(
+    "gateway_audit",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=False),
+    Column("ts", Float, nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", String(300), nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
 )
 
 usage_table = Table(
@@ -118,7 +154,8 @@ usage_daily_table = Table(
     Column("cost", Float, nullable=False),
 )
 
-# Fixed-window counters for RPM, TPM and quotas, shared by every gateway on the store.
+# Fixed-window counters for RPM, TPM, quotas and budgets, shared by every gateway on the store:
+# key_id is a key's id, or minus a team's id; budgets ('$day', '$month') count millionths.
 counters_table = Table(
     "gateway_counters",
     metadata,
@@ -140,7 +177,15 @@ in_flight_table = Table(
 )
 
 # Columns added after a table was first created: (table, column, SQL type).
-_ADDED_COLUMNS = (("gateway_keys", "max_in_flight", "INTEGER"),)
+_ADDED_COLUMNS = (
+    ("gateway_keys", "max_in_flight", "INTEGER"),
+    ("gateway_keys", "disabled_at", "FLOAT"),
+    ("gateway_keys", "previous_hash", "VARCHAR(64)"),
+    ("gateway_keys", "previous_until", "FLOAT"),
+    ("gateway_keys", "team", "VARCHAR(200)"),
+    ("gateway_keys", "budget", "FLOAT"),
+    ("gateway_keys", "budget_period", "VARCHAR(8)"),
+)
 
 
 def upsert(conn: Connection, table: Table, values: Mapping[str, Any]) -> Any:
@@ -234,7 +279,7 @@ class Store:
             for table, column, sql_type in _ADDED_COLUMNS:
                 if column not in {c["name"] for c in inspector.get_columns(table)}:
                     conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}")
-            for index in usage_table.indexes:
+            for index in (*usage_table.indexes, *keys_table.indexes):
                 index.create(conn, checkfirst=True)
 
     def safe_url(self) -> str:

@@ -14,9 +14,9 @@ from typing import Any
 from sqlalchemy import Connection, case, delete, func, select
 
 from podium.errors import InvalidInput
-from podium.services.gateway.store import upsert, usage_daily_table, usage_table
+from podium.services.gateway.store import keys_table, upsert, usage_daily_table, usage_table
 
-GROUPINGS = ("key", "model", "day")
+GROUPINGS = ("key", "model", "day", "team")
 _BATCH = 5000
 
 
@@ -32,6 +32,8 @@ class UsageLine:
     prompt_tokens: int
     completion_tokens: int
     cost: float
+    # The key's team now ('' when not grouped by team, '-' for keys in none).
+    team: str = ""
 
 
 def _day(ts: float) -> str:
@@ -99,13 +101,19 @@ def report_op(
 
     def op(conn: Connection) -> list[UsageLine]:
         u = usage_table.c
-        totals: dict[tuple[str, str, str], list[float]] = defaultdict(lambda: [0, 0, 0, 0, 0.0])
+        totals: dict[tuple[str, str, str, str], list[float]] = defaultdict(
+            lambda: [0, 0, 0, 0, 0.0])
+        teams: dict[str, str] = {}
+        if "team" in by:
+            k = keys_table.c
+            teams = {r.name: r.team or "-" for r in conn.execute(select(k.name, k.team))}
 
-        def group(key: str, model: str, day: str) -> tuple[str, str, str]:
+        def group(key: str, model: str, day: str) -> tuple[str, str, str, str]:
             return (
                 key if "key" in by else "",
                 model if "model" in by else "",
                 day if "day" in by else "",
+                teams.get(key, "-") if "team" in by else "",
             )
 
         # Raw rows are summed in SQL per key, model and UTC day; groups are merged here.
@@ -145,8 +153,9 @@ def report_op(
             t[3] += row.completion_tokens
             t[4] += row.cost
         return [
-            UsageLine(k, m, day, int(t[0]), int(t[1]), int(t[2]), int(t[3]), round(t[4], 6))
-            for (k, m, day), t in sorted(totals.items())
+            UsageLine(k, m, day, int(t[0]), int(t[1]), int(t[2]), int(t[3]), round(t[4], 6),
+                      team=team)
+            for (k, m, day, team), t in sorted(totals.items())
         ]
 
     return op
@@ -171,7 +180,7 @@ def records_op(
 
 def to_csv(lines: Sequence[UsageLine], by: Sequence[str]) -> str:
     out = io.StringIO()
-    columns = [c for c in ("key", "model", "day") if c in by] + [
+    columns = [c for c in ("team", "key", "model", "day") if c in by] + [
         "requests", "errors", "prompt_tokens", "completion_tokens", "cost",
     ]
     writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
