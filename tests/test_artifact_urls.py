@@ -13,12 +13,14 @@ from urllib.parse import urlsplit
 import pytest
 from roles.gpu import repos
 from roles.gpu.defaults import DEFAULTS as GPU_DEFAULTS
-from roles.monitoring.tasks import dcgm_exporter_url
+from roles.monitoring.tasks import dcgm_exporter_url, grafana_deb_url
 
 from podium.bundle.artifact_urls import UNPACKED_MARK, filled_slots, unpack_command
 from podium.bundle.contents import bundle_contents
 from podium.bundle.manifest import write_manifest
 from podium.cluster.k3s import k3s_settings
+from podium.files import files_for
+from podium.monitoring import role_files as rf
 from podium.plan.components import BY_NAME
 from podium.stack.model import Stack
 from podium.stack.reading import StackError
@@ -169,17 +171,14 @@ def test_a_filled_or_refilled_slot_changes_what_the_mirror_ships(tmp_path: Path)
 def test_a_bundle_stack_takes_grafana_from_its_slot_with_debians_dependencies(tmp_path: Path) -> None:
     """`monitoring.grafana_repository: bundle`: the .deb at the slot the manifest names, its
     Debian dependencies pinned in the bundle's apt repository, and no apt source for Grafana."""
-    from podium.files import files_for
-    from podium.monitoring import role_files as rf
-    from roles.monitoring.tasks import grafana_deb_url
-
     table = load_versions()
     stack = write_stack(tmp_path / "stack", CLUSTER_STACK.replace(SITE, BUNDLE).replace(
         "monitoring: {node: ctl}", "monitoring: {node: ctl, grafana_repository: bundle}"))
     settings = BY_NAME["monitoring"].settings(stack, "ctl")
     url = grafana_deb_url(settings, table)
     assert url == f"{SLOT_URL}/monitoring/grafana_11.3.0_amd64.deb"
-    slot = next(s for s in bundle_contents(stack, table).slots if (s.component, s.artifact) == ("monitoring", "grafana"))
+    slots = bundle_contents(stack, table).slots
+    slot = next(s for s in slots if (s.component, s.artifact) == ("monitoring", "grafana"))
     assert url.endswith("/" + slot.path)
     rendered = files_for("monitoring", "ctl", settings)
     assert rf.GRAFANA_SOURCE not in rendered and rf.GRAFANA_DROPIN in rendered
