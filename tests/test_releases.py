@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 import yaml
 
+from podium.artifacts import podium_build
 from podium.errors import InvalidInput
 from podium.plan.actions import Action, make_plan
 from podium.plan.state import HostState
@@ -163,7 +166,9 @@ def test_snapshot_round_trip_gives_back_the_stack_and_effective_table(tmp_path, 
     assert table.model_dump(mode="json") == effective_table(load_versions(), second)
     stack, table = snapshot_of(book, 1, first)
     assert stack.model_dump() == first.model_dump()
-    assert table.model_dump(mode="json") == load_versions().model_dump(mode="json")
+    # No overrides: the table itself, with the gateway at the build of Podium that release ran.
+    assert table.model_dump(mode="json") == effective_table(load_versions(), first)
+    assert table.components["gateway"].version == f"{load_versions().components['gateway'].version}+{podium_build()}"
 
 
 def test_rollback_plans_release_ns_versions_configs_and_digests(tmp_path, state_dir):
@@ -314,3 +319,147 @@ def test_a_stopped_roll_names_the_release_the_hosts_served_before_it(tmp_path, s
     # Plain `podium rollback` would go to release 1, past release 2 that the run never replaced.
     stopped = _stopped(second, "engine-llamacpp", "tiny-llama-cpp/0 on node1", [], "it did not start.")
     assert f"`podium rollback {second.name} --to {two.number}`," in stopped, stopped
+
+
+def podium_copy(tmp_path: Path, edit: str = "") -> Path:
+    """A copy of this checkout's package, version table and labeng stack; `edit` is appended to
+    one of the gateway's modules (Podium's code changed)."""
+    root = tmp_path / "checkout"
+    shutil.copytree(REPO / "src" / "podium", root / "src" / "podium",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "stacks", root / "stacks")
+    shutil.copytree(SOURCE, root / "labeng")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, root / name)
+    if edit:
+        with (root / "src" / "podium" / "services" / "gateway" / "limits.py").open("a") as f:
+            f.write(edit)
+    return root
+
+
+# Records release 1 of the stack at argv[1] with the Podium it imports (a copy's, on PYTHONPATH).
+RECORD_RELEASE_1 = """
+import sys
+import podium
+from podium.plan.actions import make_plan
+from podium.plan.state import HostState
+from podium.releases.book import ReleaseBook
+from podium.releases.record import make_release
+from podium.stack import load_stack
+from podium.stack.versions import load_versions
+
+assert podium.__file__.startswith(sys.argv[2]), podium.__file__
+stack, table = load_stack(sys.argv[1]), load_versions()
+actions = make_plan(stack, table)
+states = {}
+for a in actions:
+    states.setdefault(a.host, HostState(host=a.host)).record(a.component, a.to_version, a.config_hash)
+ReleaseBook(stack.name).write(make_release(1, stack, table, states, actions, {}), stack, table)
+"""
+
+
+def release_from(root: Path, cache: Path) -> Release:
+    """Release 1 of labeng recorded by the Podium of checkout `root` (its own build and wheel)."""
+    env = {**os.environ, "PYTHONPATH": str(root / "src"), "PODIUM_CACHE": str(cache)}
+    # Run outside this checkout, so `import podium` finds the copy's package.
+    done = subprocess.run([sys.executable, "-c", RECORD_RELEASE_1, str(root / "labeng"), str(root)],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=root.parent)
+    assert done.returncode == 0, done.stderr
+    return ReleaseBook("labeng").get(1)
+
+
+def test_the_gateways_version_names_the_build_of_podiums_code(tmp_path):
+    same, changed = podium_copy(tmp_path / "a"), podium_copy(tmp_path / "b", "\n# limits read twice\n")
+    assert podium_build(same) == podium_build()
+    assert podium_build(changed) != podium_build()
+    assert re.fullmatch(r"[0-9a-f]{12}", podium_build(changed))
+    table = load_versions()
+    public = table.components["gateway"].version
+    stack = stack_copy(tmp_path)
+    assert table.version("gateway", stack) == f"{public}+{podium_build()}"
+    # The effective table a release keeps names the build; an image tag keeps the public version.
+    assert table.for_stack(stack).components["gateway"].version == f"{public}+{podium_build()}"
+    # The role's own table accepts the plan's build of Podium's version, and no other version.
+    assert load_versions().with_versions({"gateway": f"{public}+{podium_build(changed)}"}).version(
+        "gateway") == f"{public}+{podium_build(changed)}"
+    with pytest.raises(InvalidInput, match="is Podium's own"):
+        load_versions().with_versions({"gateway": "0.2.0+0123456789ab"})
+
+
+def test_a_release_records_the_gateway_at_the_build_it_ran(tmp_path, state_dir):
+    root = podium_copy(tmp_path, "\n# limits read twice\n")
+    one = release_from(root, tmp_path / "cache")
+    public = load_versions().components["gateway"].version
+    assert one.hosts["ctrl"]["gateway"].version == f"{public}+{podium_build(root)}"
+    first = load_stack(root / "labeng")
+    two, _ = run_release(first, load_versions(), {})
+    assert two.hosts["ctrl"]["gateway"].version == f"{public}+{podium_build()}"
+    # The code alone changed, and the diff says so: a new version of the gateway.
+    changes = [(c.host, c.component, c.what) for c in release_changes(one, two)]
+    assert ("ctrl", "gateway", "version") in changes
+
+
+def test_rollback_ships_release_ns_wheel_not_this_checkouts(tmp_path, state_dir):
+    from podium.artifacts import podium_wheel
+    from podium.releases.book import SNAPSHOT_WHEELS
+
+    root = podium_copy(tmp_path, "\n# limits read twice\n")
+    one = release_from(root, tmp_path / "cache")
+    first = load_stack(root / "labeng")
+    two, states = run_release(first, load_versions(), {})
+    book = ReleaseBook(first.name)
+    old_build = one.hosts["ctrl"]["gateway"].version
+    kept = book.kept_wheel(1)
+    assert kept is not None and kept.parent == book.snapshot_dir(1) / SNAPSHOT_WHEELS / old_build
+    assert (kept.stat().st_mode & 0o777) == 0o600 and (kept.parent.stat().st_mode & 0o777) == 0o700
+    # Release 1's wheel holds the code release 1 ran, which this checkout no longer has.
+    with zipfile.ZipFile(kept) as wheel:
+        assert b"limits read twice" in wheel.read("podium/services/gateway/limits.py")
+    assert book.kept_wheel(2) is not None and book.kept_wheel(2).read_bytes() == podium_wheel().read_bytes()
+    # Rolling back to 1: the plan puts the gateway back at release 1's build, whose wheel the role
+    # takes from release 1's snapshot.
+    stack, table = snapshot_of(book, rollback_target(book, None), first)
+    gateway = next(a for a in make_plan(stack, table, states, {}) if a.component == "gateway")
+    assert gateway.action != "keep" and gateway.to_version == old_build
+    assert book.wheel_for(gateway.to_version) == kept
+    assert book.wheel_for(two.hosts["ctrl"]["gateway"].version) == podium_wheel()
+
+
+def test_rollback_refuses_a_release_whose_wheel_was_not_kept_in_one_sentence(tmp_path, state_dir):
+    first, *_ = two_releases(tmp_path)
+    book = ReleaseBook(first.name)
+    wheel = book.kept_wheel(1)
+    assert wheel is not None
+    wheel.unlink()
+    done = podium("rollback", str(first.folder), "--to", "1")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "release 1 of stack labeng kept no Podium wheel for its gateway" in done.stderr
+    assert "so its gateway code cannot be reproduced" in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    # Nothing stored was lost, and no host was asked (the lab's machines are not even up).
+    assert book.numbers() == [1, 2] and book.kept_wheel(2) is not None
+
+
+def test_pruning_keeps_the_gateway_venvs_of_kept_releases_only():
+    def release(number: int, build: str) -> Release:
+        return Release.model_validate({
+            "number": number, "stack": "s", "created_at": "t", "by": "u@h", "stack_digest": "d",
+            "versions_digest": "v", "hosts": {"ctrl": {
+                "gateway": {"version": f"0.1.0+{build}", "config_hash": "c"},
+            }},
+        })
+
+    releases = [release(1, "a" * 12), release(2, "b" * 12), release(3, "c" * 12), release(4, "b" * 12)]
+    gateway = "/opt/podium/gateway"
+    on_node = [
+        f"{gateway}/venv", f"{gateway}/wheels", f"{gateway}/bundle-locks",
+        f"{gateway}/podium-0.1.0-py3-none-any.whl", f"{gateway}/venv-0.1.0",
+        *(f"{gateway}/venv-0.1.0+{c * 12}" for c in "abcd"),
+    ]
+    # keep 2: releases 3 and 4, whose builds are c and b (4 went back to 2's).
+    assert prunable("ctrl", on_node, kept_releases(releases, 2)) == sorted([
+        f"{gateway}/venv-0.1.0", f"{gateway}/venv-0.1.0+{'a' * 12}", f"{gateway}/venv-0.1.0+{'d' * 12}",
+    ])
+    assert prunable("ctrl", on_node, kept_releases(releases, 1)) == sorted([
+        f"{gateway}/venv-0.1.0", *(f"{gateway}/venv-0.1.0+{c * 12}" for c in "acd"),
+    ])

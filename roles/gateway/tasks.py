@@ -13,14 +13,16 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
-from podium.artifacts import podium_wheel, wheelhouse
+from podium.artifacts import wheelhouse
 from podium.bundle.wheels import locks_mark, pip_from_mirror
 from podium.errors import PodiumError
 from podium.files import files_for
 from podium.gateway_access import ADMIN_TOKEN, declared_key_changes, reconcile_declared_keys
 from podium.pinned import node_versions
 from podium.registry.ca import ca_certificate, server_certificate
+from podium.releases.book import ReleaseBook
 from podium.secrets import StackSecrets
+from podium.stack.versions import built
 from roles import checks, folders
 from roles.gateway.defaults import DEFAULTS
 
@@ -50,10 +52,17 @@ def deploy() -> None:
     for path, owner, mode in ((prefix, "root", "755"), (etc, user, "750"), (data, user, "750")):
         files.directory(name=f"Folder {path}", path=path, user=owner, group=user, mode=mode)
 
+    # One venv per build of Podium (venv-<version>) and a link the unit runs from: a new build
+    # installs beside the running one, and a rollback to a kept release's build only flips the link.
+    version = built("gateway", host.data.get("podium_gateway_version") or node_versions().version("gateway"))
+    venv = f"{prefix}/venv-{version}"
+    wheel = ReleaseBook(stack).wheel_for(version)
     if settings["mirror"]:
-        installed = _install_from_mirror(settings["mirror"], prefix)
+        installed = _install_from_mirror(settings["mirror"], prefix, venv, wheel)
     else:
-        installed = _install_from_control_machine(prefix)
+        installed = _install_from_control_machine(prefix, venv, wheel)
+    installed.append(files.link(name=f"Run the gateway from {venv}", path=f"{prefix}/venv", target=venv,
+                                force=True, force_backup=False))
 
     changed = []
     changed.append(
@@ -156,55 +165,63 @@ def deploy() -> None:
     )
 
 
-def _install_commands(prefix: str, mark: str, pip: list[str]) -> list[str]:
+def _install_commands(venv: str, mark: str, pip: list[str]) -> list[str]:
     return [
-        f"rm -f {prefix}/venv/{READY_MARK}",
-        f"test -x {prefix}/venv/bin/python || python3 -m venv {prefix}/venv",
+        f"rm -rf {venv}",
+        f"python3 -m venv {venv}",
         *pip,
-        f"echo {shlex.quote(mark)} > {prefix}/venv/{READY_MARK}",
+        f"echo {shlex.quote(mark)} > {venv}/{READY_MARK}",
     ]
 
 
-def _install_from_control_machine(prefix: str) -> list[OperationMeta]:
+def _ship_wheel(prefix: str, wheel: Path) -> str:
+    """Podium's wheel always comes from the control machine, which keeps each release's (a
+    bundle holds one); returns its path on the node. Sending it restarts nothing: the venv's
+    folder names its build."""
+    remote = f"{prefix}/{wheel.name}"
+    files.put(name="Ship Podium's wheel", src=str(wheel), dest=remote)
+    return remote
+
+
+def _install_from_control_machine(prefix: str, venv: str, wheel: Path) -> list[OperationMeta]:
     """Podium's own wheel and its pinned requirements come from the control machine: the
     gateway node needs no package index."""
     requirements = node_versions().components["gateway"].requirements
     house = wheelhouse("gateway", requirements)
-    wheel = podium_wheel()
     shipped_house = folders.shipped(
         name="Ship the gateway's wheels", src=str(house), dest=f"{prefix}/wheels", delete=True
     )
-    shipped_wheel = files.put(name="Ship Podium's wheel", src=str(wheel), dest=f"{prefix}/{wheel.name}")
-    # The wheelhouse and the build of Podium's wheel (its folder is keyed by the source).
-    mark, installed = f"{house.name} {wheel.parent.name}", checks.venv_mark(f"{prefix}/venv")
+    remote = _ship_wheel(prefix, wheel)
+    # The wheelhouse (named by its pins); the venv's folder names the build, so a kept venv
+    # whose mark still matches is used again as it is.
+    mark, installed = house.name, checks.venv_mark(venv)
     install = server.shell(
-        name="Install the gateway into its venv",
-        commands=_install_commands(prefix, mark, [
-            f"{prefix}/venv/bin/pip install -q --no-index --find-links {prefix}/wheels "
+        name=f"Install the gateway into {venv}",
+        commands=_install_commands(venv, mark, [
+            f"{venv}/bin/pip install -q --no-index --find-links {prefix}/wheels "
             f"-r {prefix}/wheels/requirements.txt",
-            f"{prefix}/venv/bin/pip install -q --no-index --no-deps --force-reinstall {prefix}/{wheel.name}",
+            f"{venv}/bin/pip install -q --no-index --no-deps {remote}",
         ]),
-        _if=lambda: installed != mark or shipped_house.did_change() or shipped_wheel.did_change(),
+        _if=lambda: installed != mark,
     )
-    return [shipped_house, shipped_wheel, install]
+    return [shipped_house, install]
 
 
-def _install_from_mirror(mirror: dict, prefix: str) -> list[OperationMeta]:
-    """The gateway's and Podium's wheelhouses of the bundle, from the stack's mirror by their
-    locks' hashes; the locks' digests, kept on the node, say when to install again."""
-    houses = ["gateway", "podium"]
-    text = locks_mark(Path(host.data.podium_bundle), houses)
+def _install_from_mirror(mirror: dict, prefix: str, venv: str, wheel: Path) -> list[OperationMeta]:
+    """The gateway's wheelhouse of the bundle, from the stack's mirror by its lock's hashes; the
+    lock's digest, kept on the node, says when to install again."""
+    text = locks_mark(Path(host.data.podium_bundle), ["gateway"])
     locks = files.put(name="The gateway's wheel locks", src=StringIO(text), dest=f"{prefix}/bundle-locks", mode="644")
-    mark, installed = hashlib.sha256(text.encode()).hexdigest()[:16], checks.venv_mark(f"{prefix}/venv")
-    pip = f"{prefix}/venv/bin/pip"
+    mark, installed = hashlib.sha256(text.encode()).hexdigest()[:16], checks.venv_mark(venv)
+    remote = _ship_wheel(prefix, wheel)
+    pip = f"{venv}/bin/pip"
     install = server.shell(
-        name="Install the gateway into its venv from the mirror's wheelhouses",
-        commands=_install_commands(prefix, mark, [
+        name=f"Install the gateway into {venv} from the mirror's wheelhouse",
+        commands=_install_commands(venv, mark, [
             pip_from_mirror(pip, mirror, "gateway"),
-            # Podium's wheel keeps its version when its code changes.
-            pip_from_mirror(pip, mirror, "podium", reinstall=True),
+            f"{pip} install -q --no-index --no-deps {remote}",
         ]),
-        _if=lambda: installed != mark or locks.did_change(),
+        _if=lambda: installed != mark,
     )
     return [locks, install]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import functools
 import hashlib
 import os
 import platform
@@ -475,6 +476,34 @@ def podium_wheel(cache: Path = WHEELS) -> Path:
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
     return sorted(folder.glob("podium-*.whl"))[0]
+
+
+def podium_build(root: Path | None = None) -> str:
+    """Twelve hex digits of the content of Podium's package (the files its wheel carries): the
+    build label of the gateway's version. Taken from the source rather than the wheel's bytes,
+    which hold build times, so every control machine at the same code names the same build."""
+    root = root or Path(__file__).resolve().parents[2]
+    return _podium_build(root.resolve(), _package_fingerprint(root / "src" / "podium"))
+
+
+def _package_fingerprint(package: Path) -> tuple[tuple[str, int, int], ...]:
+    # Sizes and times: hashing the whole package again is only needed when one of them moved.
+    return tuple(sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in _package_files(package)))
+
+
+@functools.lru_cache(maxsize=16)
+def _podium_build(root: Path, fingerprint: tuple[tuple[str, int, int], ...]) -> str:
+    digest = hashlib.sha256()
+    package = root / "src" / "podium"
+    for path in _package_files(package):
+        digest.update(path.relative_to(package.parent).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _package_files(package: Path) -> list[Path]:
+    """What setuptools puts in the wheel: the package's modules and its py.typed."""
+    return sorted([*package.rglob("*.py"), *package.glob("py.typed")])
 
 
 def podium_wheel_cached(cache: Path = WHEELS) -> bool:

@@ -55,20 +55,18 @@ def downloaded_files(house: Path) -> list[Path]:
     return sorted(p for p in house.iterdir() if p.name.endswith((".whl", ".tar.gz", ".zip")))
 
 
-def pip_from_mirror(pip: str, mirror: Mapping[str, str], house: str, *, reinstall: bool = False) -> str:
+def pip_from_mirror(pip: str, mirror: Mapping[str, str], house: str) -> str:
     """A node's pip command that installs one of the bundle's wheelhouses from the mirror: no
     index, no resolving (the lock is the whole closure), every file checked against its sha256.
 
     pip: the venv's pip on the node.
     mirror: the plan's mirror settings (url, and ca: the stack CA on the node).
     house: the wheelhouse folder under wheels/ (a component, or podium).
-    reinstall: install again even at the same version (Podium's wheel changes without one).
     """
     folder = f"{mirror['url']}/wheels/{house}/"
     return " ".join(
         [pip, "install", "--quiet", "--disable-pip-version-check", "--no-index", "--no-deps", "--require-hashes",
-         *(["--force-reinstall"] if reinstall else []), "--cert", mirror["ca"], "--find-links", folder,
-         "-r", f"{folder}{LOCK}"]
+         "--cert", mirror["ca"], "--find-links", folder, "-r", f"{folder}{LOCK}"]
     )
 
 

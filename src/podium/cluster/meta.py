@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from podium.stack.model import Stack
-from podium.stack.versions import VersionTable
+from podium.stack.versions import VersionTable, public_version
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 STACK = "podium.io/stack"
@@ -70,7 +70,8 @@ def image(stack: Stack, versions: VersionTable, component: str) -> str:
     """`<mirror host>/<repository>:<version>`; no mirror host when the stack names no mirror."""
     extra = versions.extra(component)
     repository = str(extra.get("image") or DEFAULT_IMAGES[component])
-    reference = f"{repository}:{versions.version(component, stack)}"
+    # A tag cannot hold "+", so an image carries the public version, without the build label.
+    reference = f"{repository}:{public_version(versions.version(component, stack))}"
     return f"{mirror_host(stack)}/{reference}" if stack.mirror_url else reference
 
 

