@@ -465,6 +465,9 @@ def podium_wheel(cache: Path = WHEELS) -> Path:
                 "pip",
                 "wheel",
                 "--no-deps",
+                # The build backend installed with Podium, never one fetched: the control machine
+                # of an air-gapped site has no index to fetch it from.
+                "--no-build-isolation",
                 "--disable-pip-version-check",
                 "-w",
                 str(tmp),

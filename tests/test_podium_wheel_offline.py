@@ -1,0 +1,33 @@
+"""Podium's own wheel, which the gateway nodes install, builds on a control machine that has no
+network at all (an air-gapped site's): with the build backend installed beside Podium."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from podium.render import REPO
+
+BUILD = """
+import sys
+from pathlib import Path
+from podium.artifacts import podium_wheel
+print(podium_wheel(Path(sys.argv[1])))
+"""
+
+
+def test_podiums_wheel_builds_with_no_network(tmp_path: Path) -> None:
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare is missing: apt-get install util-linux")
+    done = subprocess.run(["unshare", "--net", sys.executable, "-c", BUILD, str(tmp_path / "wheels")],
+                          capture_output=True, text=True, cwd=REPO, timeout=600,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PIP_NO_INDEX": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    wheel = Path(done.stdout.strip().splitlines()[-1])
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "podium/services/gateway/server.py" in names
