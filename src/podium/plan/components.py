@@ -169,6 +169,7 @@ def _network_hosts(stack: Stack) -> list[str]:
 
 
 def _network_settings(stack: Stack, host: str) -> Settings:
+    node = stack.node(host)
     vlans = []
     for vlan in stack.network.vlans:
         if host not in vlan.nodes:
@@ -179,7 +180,7 @@ def _network_settings(stack: Stack, host: str) -> Settings:
             {
                 "name": vlan.name,
                 "id": vlan.id,
-                "parent": vlan.parent,
+                "parent": vlan.parent or node.interface,
                 "mtu": vlan.mtu,
                 "address": f"{hosts[index]}/{vlan.subnet.prefixlen}",
             }
@@ -189,18 +190,22 @@ def _network_settings(stack: Stack, host: str) -> Settings:
         for b in stack.network.bridges
         if host in b.nodes
     ]
-    node = stack.node(host)
     parent_address = None
     if node.machine and stack.host_network:
-        # A created machine's lab interface is host0 (nspawn's veth, or the VM NIC the seed
-        # renames); its networkd file must keep its address.
+        # A created machine's networkd file for its own interface must keep its address.
         net = stack.host_network
         parent_address = {
-            "interface": "host0",
+            "interface": node.interface,
             "address": f"{node.address}/{net.subnet.prefixlen}",
             "gateway": str(net.gateway),
         }
-    return {"vlans": vlans, "bridges": bridges, "parent_address": parent_address}
+    # An interface left None is the one holding `address` on the node, found by the role.
+    return {
+        "address": str(node.address),
+        "vlans": vlans,
+        "bridges": bridges,
+        "parent_address": parent_address,
+    }
 
 
 def _storage_hosts(stack: Stack) -> list[str]:
