@@ -5,11 +5,11 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := build-essential cmake pkg-config git python3-venv apt-utils gnupg \
-	systemd-container debootstrap iproute2 nftables iptables openssh-client chrony tcpdump \
+	systemd-container debootstrap iproute2 nftables iptables openssh-client openssh-server chrony tcpdump \
 	docker-registry apache2-utils nginx wrk postgresql \
 	prometheus prometheus-node-exporter prometheus-alertmanager \
 	libvirt-dev libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils libxml2-utils \
-	ovmf dosfstools e2fsprogs fdisk systemd vagrant vagrant-libvirt
+	ovmf dosfstools e2fsprogs fdisk systemd vagrant vagrant-libvirt dnsmasq-base
 EXTRAS := models,test,postgres,libvirt,kubernetes,pulumi,grpc
 
 .PHONY: deps system-deps venv lab lab-down test lint unit bench

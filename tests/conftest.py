@@ -11,6 +11,7 @@ pytest_plugins = [
     "tests.fixtures_monitoring",
     "tests.fixtures_gateway",
     "tests.fixtures_cluster",
+    "tests.fixtures_sshd",
 ]
 
 # A test skipped because a tool or package is missing proves nothing; in CI, where `make test`

@@ -90,6 +90,22 @@ def test_podium_usage_reports_per_key_and_model_with_cost(tmp_path: Path) -> Non
     assert bad.exit_code == 2 and "--by" in bad.error
 
 
+def test_usage_reports_per_key_and_day_on_postgresql(postgres_url: str) -> None:
+    # Gateways that share limits share a PostgreSQL store: its reports must group there too.
+    store = Store(postgres_url)
+    store.create_schema()
+    try:
+        day = 86400 * (time.time() // 86400)
+        for ts, key in ((day + 10, "alice"), (day + 20, "alice"), (day - 10, "alice"), (day + 30, "bob")):
+            store.run_sync(record_op(_record(ts, key, "tiny", 3, 1), None))
+        by_key = store.run_sync(report_op(None, None, ["key"]))
+        assert [(line.key, line.requests, line.prompt_tokens) for line in by_key] == [("alice", 3, 9), ("bob", 1, 3)]
+        by_day = store.run_sync(report_op(None, None, ["key", "day"]))
+        assert [(line.key, line.requests) for line in by_day] == [("alice", 1), ("alice", 2), ("bob", 1)]
+    finally:
+        store.engine.dispose()
+
+
 def test_old_records_are_rolled_up_per_day_and_still_reported(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'rollup.db'}")
     store.create_schema()

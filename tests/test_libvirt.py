@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
@@ -370,3 +371,104 @@ def test_a_vm_boots_on_its_lab_bridge_and_answers_ssh_with_its_injected_host_key
     finally:
         driver.destroy(vm_network, None)
     assert _leftovers(driver, vm_network, "vm1") == []
+
+
+# -- what the stack declares -----------------------------------------------------
+
+DECLARED = """\
+name: decl
+host_network: {subnet: 10.77.0.0/24, gateway: 10.77.0.1}
+nodes:
+  - name: vm1
+    address: 10.77.0.21
+    machine:
+      driver: libvirt
+      hypervisor: qemu+ssh://root@127.0.0.1/system
+      cpus: 2
+      memory: 2GiB
+      disks: [{name: data, size: 20GiB}, {name: brick, size: 500MiB}]
+      networks: [{network: br-storage, address: 10.200.0.21, mtu: 9000}, {network: br-mgmt}]
+      pci_passthrough: ["0000:3b:00.0"]
+network:
+  vlans: [{name: storage, id: 200, nodes: [vm1], subnet: 10.200.0.0/24}]
+"""
+
+
+def _declared(tmp_path: Path, text: str = DECLARED) -> Path:
+    folder = tmp_path / "decl"
+    folder.mkdir(exist_ok=True)
+    (folder / "stack.yaml").write_text(text)
+    return folder
+
+
+def test_declared_disks_networks_and_pci_devices_reach_the_domain(tmp_path: Path) -> None:
+    from podium.lab.machines import machine_specs
+    from podium.stack import load_stack
+
+    spec = machine_specs(load_stack(_declared(tmp_path)), KEY)[0]
+    assert spec.disks == (("data", 20 << 30), ("brick", 500 << 20))
+    assert spec.extra_interfaces == ("br-storage,10.200.0.21/24,mtu=9000", "br-mgmt")
+    xml = domain_xml(NET, spec, kind="kvm", pool="podium", image_volume="base.qcow2", host_keys=[])
+    _validate(xml, "domain", tmp_path)
+    root = ET.fromstring(xml)
+    disks = root.findall("devices/disk")
+    found = [(d.find("source").get("volume"), d.find("target").get("dev"), d.findtext("serial"))  # type: ignore[union-attr]
+             for d in disks[2:]]
+    assert found == [("pdm-lab-vm1.data.qcow2", "vdc", "data"), ("pdm-lab-vm1.brick.qcow2", "vdd", "brick")]
+    nics = root.findall("devices/interface")
+    assert [n.find("source").get("bridge") for n in nics] == ["pdm-lab", "br-storage", "br-mgmt"]  # type: ignore[union-attr]
+    assert nics[1].find("mtu").get("size") == "9000"  # type: ignore[union-attr]
+    address = root.find("devices/hostdev/source/address")
+    assert address is not None and (address.get("bus"), address.get("slot")) == ("0x3b", "0x00")
+    # The NIC's address lands in the seed with the VLAN subnet's prefix.
+    assert "Address=10.200.0.21/24" in network_units(NET, spec)["etc/systemd/network/20-lab-lab1.network"]
+
+
+def test_the_lab_creates_vms_on_the_hypervisor_the_stack_declares(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from podium.lab.up import lab_parts
+    from podium.stack import load_stack
+
+    monkeypatch.setenv("PODIUM_STATE_DIR", str(tmp_path / "state"))
+    parts = lab_parts(load_stack(_declared(tmp_path)))
+    assert isinstance(parts.driver, LibvirtDriver)
+    assert parts.driver.uri == "qemu+ssh://root@127.0.0.1/system"
+    # Lab machines run as VMs (`lab up --machines libvirt`) declare none: this machine's.
+    plain = "name: decl\nhost_network: {subnet: 10.77.0.0/24, gateway: 10.77.0.1}\nnodes:\n" \
+        "  - {name: vm1, address: 10.77.0.21, machine: {driver: nspawn}}\n"
+    driver = lab_parts(load_stack(_declared(tmp_path, plain)), "libvirt").driver
+    assert isinstance(driver, LibvirtDriver) and driver.uri == "qemu:///system"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("address: 10.200.0.21", "address: 10.201.0.21"),
+         "nodes.vm1.machine.networks[0].address 10.201.0.21: in no subnet the stack declares"),
+        (("network:\n", "  - name: vm2\n    address: 10.77.0.22\n"
+          "    machine: {driver: libvirt, hypervisor: 'qemu:///system'}\nnetwork:\n"),
+         "its machines name several hypervisors (qemu+ssh://root@127.0.0.1/system, qemu:///system)"),
+    ],
+)
+def test_declarations_the_lab_cannot_create_are_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: tuple[str, str], message: str
+) -> None:
+    from podium.lab.up import lab_parts
+    from podium.stack import load_stack
+
+    monkeypatch.setenv("PODIUM_STATE_DIR", str(tmp_path / "state"))
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        lab_parts(load_stack(_declared(tmp_path, DECLARED.replace(*change))))
+
+
+def test_hybrid_vms_render_for_their_declared_hypervisor(tmp_path: Path) -> None:
+    from podium.lab.machines import hypervisor, machine_specs
+    from podium.stack import load_stack
+
+    stack = load_stack(Path(__file__).resolve().parents[1] / "stacks" / "hybrid")
+    assert hypervisor(stack, "qemu:///system") == "qemu+ssh://hv1.example.internal/system"
+    for spec in machine_specs(stack, KEY):
+        xml = domain_xml(NET, spec, kind="kvm", pool="podium", image_volume="base.qcow2", host_keys=[])
+        _validate(xml, "domain", tmp_path)
+        assert len(ET.fromstring(xml).findall("devices/disk")) == 2 + len(spec.disks)

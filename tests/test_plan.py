@@ -12,6 +12,7 @@ import pytest
 from podium.plan import COMPONENT_NAMES, make_plan
 from podium.plan.actions import compare_versions
 from podium.plan.state import HostState, parse_states
+from podium.registry.sync import model_source
 from podium.stack import load_stack
 from podium.stack.versions import load_versions
 
@@ -33,6 +34,19 @@ def test_example_stacks_load_and_plan_in_dependency_order(stack):
     assert actions and all(a.action == "install" for a in actions)
     order = [COMPONENT_NAMES.index(a.component) for a in actions]
     assert order == sorted(order), "components out of dependency order"
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_example_stacks_name_only_models_they_make_or_the_operator_keeps(stack, tmp_path, monkeypatch):
+    # A relative source must ship with the stack and a tiny one is made on the spot; only an
+    # absolute folder (an operator's multi-gigabyte weights) may be missing from the repository.
+    monkeypatch.setenv("PODIUM_STATE_DIR", str(tmp_path))
+    loaded = load_stack(stack)
+    for index, model in enumerate(loaded.models):
+        if Path(model.source).is_absolute():
+            assert model.source.startswith("/srv/models/"), model.source
+            continue
+        assert model_source(loaded, index, model).exists(), f"{stack}: model {model.name} has no source"
 
 
 def test_lab_order_is_mirror_base_network_storage_registry_engines_monitoring_gateway():

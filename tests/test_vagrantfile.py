@@ -87,6 +87,51 @@ def test_vagrantfile_names_what_is_wrong(
     assert message in result.stdout + result.stderr
 
 
+PROVISION = REPO / "src" / "podium" / "lab" / "vagrant_provision.rb"
+# The Vagrantfile's decision when to run `podium up`, driven as its triggers drive it.
+PROVISION_SCRIPT = """
+require ARGV[0]
+folder, names, runs = ARGV[1], %w[ctrl node1 node2], []
+P = PodiumProvision
+out = []
+P.finished(folder, "ctrl"); P.finished(folder, "node2")
+out << P.once_all_up(folder, names) { runs << 1 }
+P.finished(folder, "node1")
+# Two machines whose `after :up` triggers run at once, as parallel ups do: one provisions.
+threads = 2.times.map { Thread.new { P.once_all_up(folder, names) { sleep 0.2; runs << 2 } } }
+out.concat(threads.map(&:value).sort)
+sleep 0.01
+P.starting(folder, "node1")
+out << P.once_all_up(folder, names) { runs << 3 }
+sleep 0.01
+P.finished(folder, "node1")
+begin
+  P.once_all_up(folder, names) { raise "podium up failed" }
+rescue RuntimeError
+  out << :failed
+end
+out << P.once_all_up(folder, names) { runs << 4 }
+P.finished(folder, "node2", up: false)
+out << P.once_all_up(folder, names) { runs << 5 }
+puts out.join(","), runs.join(",")
+"""
+
+
+def test_provisioning_waits_for_every_node_and_runs_once_per_bring_up(tmp_path: Path) -> None:
+    if shutil.which("ruby") is None:
+        pytest.skip("ruby is not installed (apt-get install -y vagrant)")
+    done = subprocess.run(
+        ["ruby", "-e", PROVISION_SCRIPT, str(PROVISION), str(tmp_path / "marks")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    outcomes, runs = done.stdout.splitlines()
+    assert outcomes.split(",") == ["waiting", "already", "provisioned", "waiting", "failed", "provisioned", "waiting"]
+    # Nothing ran before node1 was up, one of the two simultaneous triggers ran, none while node1
+    # came up again, and a failed provisioning is retried by the next trigger.
+    assert runs.split(",") == ["2", "4"]
+
+
 def test_a_box_file_must_be_named_dot_box(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match=r"must end in \.box"):
         pack_box(tmp_path / "podium.tar", image=tmp_path / "unused.qcow2", authorized_key="k")

@@ -25,6 +25,7 @@ from podium.secrets import StackSecrets
 from podium.stack.versions import built
 from roles import checks, folders
 from roles.gateway.defaults import DEFAULTS
+from roles.store.accounts import STORE_PASSWORD, passfile
 
 READY_MARK = checks.VENV_MARK
 
@@ -108,11 +109,25 @@ def deploy() -> None:
                 mode="640",
             )
         )
-        files.put(
-            name="Stack CA for gateway checks",
-            src=str(ca_certificate(stack)),
-            dest=f"{etc}/ca.crt",
-            mode="644",
+    if settings["tls"] or settings["store"] == "postgresql":
+        # The gateway's own checks and its store's certificate are both checked against it.
+        changed.append(
+            files.put(name="Stack CA for the gateway", src=str(ca_certificate(stack)), dest=f"{etc}/ca.crt",
+                      mode="644")
+        )
+    if settings["store"] == "postgresql":
+        password = StackSecrets(stack).token(STORE_PASSWORD)
+        changed.append(
+            files.put(
+                name="Store password file",
+                src=StringIO(passfile(settings["store_address"], settings["store_port"], settings["store_database"],
+                                      settings["store_user"], password)),
+                dest=f"{etc}/store.pgpass",
+                user=user,
+                group=user,
+                # libpq ignores a password file anyone else may read.
+                mode="600",
+            )
         )
     unit = files.put(
         name="Gateway unit",

@@ -2,6 +2,7 @@
 
 import shlex
 from io import StringIO
+from typing import Any
 
 from pyinfra import host
 from pyinfra.api import deploy as pyinfra_deploy
@@ -10,6 +11,7 @@ from pyinfra.facts.files import FindFiles
 from pyinfra.facts.server import Command
 from pyinfra.operations import files, server, systemd
 
+from podium import network_files
 from podium.files import files_for
 from roles import checks
 from roles.network.defaults import DEFAULTS
@@ -33,6 +35,7 @@ def deploy() -> None:
                 f"{host.name}: this kernel cannot create VLAN links (no 802.1Q support); "
                 "load the 8021q module on the host or declare the network as a bridge"
             )
+    settings = _own_interface(settings)
     rendered = files_for("network", host.name, settings)
     folder = host.data.network_dir
     changed = False
@@ -66,6 +69,21 @@ def deploy() -> None:
         commands=[f"networkctl status {shlex.quote(n)} >/dev/null" for n in _links(rendered)] or ["true"],
         _if=lambda: bool(changed or missing),
     )
+
+
+def _own_interface(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings with the node's own interface named: the stack's, or the one holding its address
+    (host0 in the lab's containers, ens5 or eth1 under Vagrant, eno1 on bare metal)."""
+    if not network_files.needs_interface(settings):
+        return settings
+    listed = host.get_fact(Command, command="ip -o -4 addr show") or ""
+    found = network_files.interface_holding(settings["address"], listed)
+    if found is None:
+        raise DeployError(
+            f"{host.name}: no interface holds the node's address {settings['address']}; "
+            "name it in the stack as nodes[].interface"
+        )
+    return network_files.with_interface(settings, found)
 
 
 def _links(rendered: dict[str, str]) -> list[str]:

@@ -119,10 +119,33 @@ def render(
     out.print(f"rendered {count} files into {out_dir}")
 
 
+def inventory(
+    stack: StackArg,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="The file to write (default: inventory/<stack>.py in the repo).")
+    ] = None,
+) -> None:
+    """Write the pyinfra inventory of a stack, so `pyinfra inventory/<stack>.py roles/<role>/deploy.py` runs a role."""
+    from podium.inventory import write_inventory
+    from podium.registry.ca import CaScope, ca_certificate
+    from podium.render import REPO
+
+    loaded = load_stack(stack)
+    target = out_file or REPO / "inventory" / f"{loaded.name}.py"
+    if target.is_dir():
+        raise InvalidInput(f"--out {target}: is a folder; give the file to write, e.g. {target / loaded.name}.py")
+    # The roles read the stack CA on the control machine; make it as `podium up` would, so the
+    # inventory alone is enough to run any of them. One that exists is kept as it is.
+    ca_certificate(loaded.name, CaScope.of(loaded))
+    write_inventory(loaded, make_plan(loaded, load_versions()), target)
+    out.print(f"wrote {target} ({len(loaded.nodes)} hosts)")
+
+
 def register(app: typer.Typer) -> None:
     from podium.cli import apply
 
     app.command()(validate)
     app.command()(plan)
     app.command()(render)
+    app.command()(inventory)
     apply.register(app)

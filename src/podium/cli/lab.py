@@ -121,7 +121,7 @@ def lab_box(
 
 @lab_app.command("trust")
 def lab_trust(stack: StackArg = "stacks/lab") -> None:
-    """Record the host keys of machines something else booted (Vagrant) in the stack's known_hosts.
+    """Record the host keys of machines something else booted (Vagrant, bare metal) in the stack's known_hosts.
 
     Trust on first use, as Vagrant itself does; machines `podium lab up` boots need no such step:
     their keys are made on this computer before they boot."""
@@ -134,13 +134,17 @@ def lab_trust(stack: StackArg = "stacks/lab") -> None:
     require_machines(loaded)
     entries: dict[str, list[str]] = {}
     for node in loaded.nodes:
+        port = str(node.ssh.port)
         scan = subprocess.run(
-            ["ssh-keyscan", "-T", "10", "-t", "ed25519,ecdsa,rsa", str(node.address)], capture_output=True, text=True
+            ["ssh-keyscan", "-T", "10", "-p", port, "-t", "ed25519,ecdsa,rsa", str(node.address)],
+            capture_output=True,
+            text=True,
         )
         keys = [" ".join(line.split()[1:]) for line in scan.stdout.splitlines() if line and not line.startswith("#")]
         if not keys:
-            raise InvalidInput(f"node {node.name} ({node.address}) offered no SSH host key; is it up?")
-        entries[str(node.address)] = keys
+            raise InvalidInput(f"node {node.name} ({node.address}:{port}) offered no SSH host key; is it up?")
+        # ssh looks a host on another port up as [address]:port.
+        entries[str(node.address) if port == "22" else f"[{node.address}]:{port}"] = keys
     StackSecrets(loaded.name).write_known_hosts(entries)
     out.print(f"trusted {len(entries)} machines of {loaded.name}")
 

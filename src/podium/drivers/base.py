@@ -73,6 +73,8 @@ class MachineSpec:
     fuse: bool = False
     # PCI addresses (0000:65:00.0) of host devices, GPUs mostly, passed through to a VM.
     pci_passthrough: tuple[str, ...] = ()
+    # Data disks beside the system disk, (name, size in bytes): empty qcow2 volumes of a VM.
+    disks: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         if not NODE_NAME.match(self.name):

@@ -33,6 +33,7 @@ from podium.drivers.libvirt_machine import (
     CONSOLE_LOG_DIR,
     XMLNS,
     build_seed,
+    data_volume,
     domain_name,
     domain_xml,
     generate_host_keys,
@@ -267,6 +268,10 @@ class LibvirtDriver(MachineDriver):
             _delete_volume(pool, stale)
         capacity = int(base.info()[1])
         pool.createXML(volume_xml(overlay, capacity, "qcow2", base.path()), 0)
+        for disk, size in spec.disks:
+            name = data_volume(network.lab, spec.name, disk)
+            _delete_volume(pool, name)
+            pool.createXML(volume_xml(name, size, "qcow2"), 0)
         with tempfile.TemporaryDirectory(prefix="podium-seed-") as folder:
             seed_path = Path(folder) / "seed.img"
             build_seed(seed_files(network, spec, host_keys), seed_path)
@@ -386,7 +391,8 @@ class LibvirtDriver(MachineDriver):
         if pool.isActive():
             pool.refresh(0)
             # Lab names have no hyphen, so "pdm-<lab>-" matches no other lab's volumes.
-            pattern = re.compile(rf"pdm-{lab}-(.+?)(?:-seed\.img|\.qcow2)")
+            # A node's data disks (pdm-<lab>-<node>.<disk>.qcow2) name no machine of their own.
+            pattern = re.compile(rf"pdm-{lab}-([a-z0-9-]+?)(?:-seed\.img|\.qcow2|\.[A-Za-z0-9._-]+\.qcow2)")
             for volume in pool.listVolumes():
                 match = pattern.fullmatch(volume)
                 if match:
@@ -408,7 +414,8 @@ class LibvirtDriver(MachineDriver):
             pool = None
         if pool is not None and pool.isActive():
             pool.refresh(0)
-            for volume in (overlay_volume(lab, name), seed_volume(lab, name)):
+            data = [v for v in pool.listVolumes() if v.startswith(f"pdm-{lab}-{name}.") and v.endswith(".qcow2")]
+            for volume in (overlay_volume(lab, name), seed_volume(lab, name), *data):
                 _delete_volume(pool, volume)
         if is_local(self.uri):
             (CONSOLE_LOG_DIR / f"{domain_name(lab, name)}-console.log").unlink(missing_ok=True)

@@ -39,6 +39,11 @@ def seed_volume(lab: str, node: str) -> str:
     return f"pdm-{lab}-{node}-seed.img"
 
 
+def data_volume(lab: str, node: str, disk: str) -> str:
+    """A declared data disk; the dot keeps it apart from any node's overlay and seed."""
+    return f"pdm-{lab}-{node}.{disk}.qcow2"
+
+
 def mac_address(lab: str, node: str, index: int = 0) -> str:
     """A stable, locally administered MAC (QEMU's 52:54:00 prefix) for NIC `index` of a node."""
     tail = hashlib.sha256(f"{lab}/{node}/{index}".encode()).digest()[:3]
@@ -134,6 +139,13 @@ def domain_xml(
         seed=seed_volume(network.lab, spec.name),
         interfaces=interfaces(network, spec),
         hostdevs=hostdevs,
+        # vdc, vdd, …: the system disk is vda, the seed vdb. The serial names the disk inside
+        # the VM (/dev/disk/by-id/virtio-<serial>; virtio keeps 20 characters).
+        data_disks=[
+            {"volume": data_volume(network.lab, spec.name, name), "target": f"vd{chr(ord('c') + i)}",
+             "serial": name[:20]}
+            for i, (name, _size) in enumerate(spec.disks)
+        ],
         console_log=str(CONSOLE_LOG_DIR / f"{name}-console.log"),
     )
 

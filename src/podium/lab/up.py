@@ -18,11 +18,11 @@ from podium.errors import InvalidInput, PodiumError
 from podium.inventory import write_inventory
 from podium.lab import conflicts
 from podium.lab.apt_proxy import pid_alive, start_apt_proxy, stop_apt_proxy
+from podium.lab.machines import hypervisor, machine_specs
 from podium.plan.actions import make_plan
 from podium.render import REPO
 from podium.secrets import StackSecrets
 from podium.stack.model import Stack
-from podium.stack.types import size_bytes
 from podium.stack.versions import load_versions
 
 LAB_STATE = Path("/var/lib/podium/lab")
@@ -55,22 +55,16 @@ def lab_parts(stack: Stack, machines: str | None = None, online: bool = False) -
         raise InvalidInput(f"stack {stack.name}: no node has a machine: section; a lab creates its machines")
     kinds = {n.machine.driver for n in created if n.machine}
     driver_name = machines or (kinds.pop() if len(kinds) == 1 else "nspawn")
-    driver = get_driver(driver_name)()
-    public = StackSecrets(stack.name).ssh_public_key
+    if driver_name == "libvirt":
+        from podium.drivers.libvirt import DEFAULT_URI, LibvirtDriver
+
+        # The hypervisor the stack declares for its VMs, this machine's where it declares none.
+        driver: MachineDriver = LibvirtDriver(uri=hypervisor(stack, DEFAULT_URI))
+    else:
+        driver = get_driver(driver_name)()
     # GlusterFS needs FUSE inside the machines that mount it.
     fuse = bool(stack.storage and stack.storage.driver == "glusterfs")
-    specs = [
-        MachineSpec(
-            name=n.name,
-            address=str(n.address),
-            cpus=n.machine.cpus,
-            memory_mb=size_bytes(n.machine.memory) // (1 << 20),
-            authorized_keys=(public,),
-            fuse=fuse,
-        )
-        for n in created
-        if n.machine
-    ]
+    specs = machine_specs(stack, StackSecrets(stack.name).ssh_public_key, fuse)
     return LabParts(stack, network, driver, specs)
 
 

@@ -17,9 +17,11 @@ from podium.monitoring.targets import EngineEndpoint, GatewayEndpoint, targets_f
 from podium.plan.egress import cluster_settings, egress_settings, ntp_servers
 from podium.stack.devices import device, gpu_count, uses_gpu
 from podium.stack.model import Stack
-from podium.stack.ports import ALERTMANAGER_PORT, listeners, replicas
+from podium.stack.ports import ALERTMANAGER_PORT, POSTGRESQL_PORT, listeners, replicas
 
 Settings = dict[str, Any]
+# The gateways' database and its account on the store node.
+STORE_DATABASE = STORE_USER = "podium"
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,7 @@ def _network_hosts(stack: Stack) -> list[str]:
 
 
 def _network_settings(stack: Stack, host: str) -> Settings:
+    node = stack.node(host)
     vlans = []
     for vlan in stack.network.vlans:
         if host not in vlan.nodes:
@@ -179,7 +182,7 @@ def _network_settings(stack: Stack, host: str) -> Settings:
             {
                 "name": vlan.name,
                 "id": vlan.id,
-                "parent": vlan.parent,
+                "parent": vlan.parent or node.interface,
                 "mtu": vlan.mtu,
                 "address": f"{hosts[index]}/{vlan.subnet.prefixlen}",
             }
@@ -189,18 +192,22 @@ def _network_settings(stack: Stack, host: str) -> Settings:
         for b in stack.network.bridges
         if host in b.nodes
     ]
-    node = stack.node(host)
     parent_address = None
     if node.machine and stack.host_network:
-        # A created machine's lab interface is host0 (nspawn's veth, or the VM NIC the seed
-        # renames); its networkd file must keep its address.
+        # A created machine's networkd file for its own interface must keep its address.
         net = stack.host_network
         parent_address = {
-            "interface": "host0",
+            "interface": node.interface,
             "address": f"{node.address}/{net.subnet.prefixlen}",
             "gateway": str(net.gateway),
         }
-    return {"vlans": vlans, "bridges": bridges, "parent_address": parent_address}
+    # An interface left None is the one holding `address` on the node, found by the role.
+    return {
+        "address": str(node.address),
+        "vlans": vlans,
+        "bridges": bridges,
+        "parent_address": parent_address,
+    }
 
 
 def _storage_hosts(stack: Stack) -> list[str]:
@@ -442,12 +449,35 @@ def _gateway_settings(stack: Stack, host: str) -> Settings:
         "store": gw.store,
         "store_node": gw.store_node,
         "store_address": str(stack.node(gw.store_node).address) if gw.store_node else None,
+        "store_port": POSTGRESQL_PORT,
+        "store_database": STORE_DATABASE,
+        "store_user": STORE_USER,
         "models": models,
         "keys": [k.model_dump(mode="json") for k in gw.keys],
         # Only when declared, so stacks without teams keep their recorded gateway config.
         **({"teams": [t.model_dump(mode="json") for t in gw.teams]} if gw.teams else {}),
         "mirror": mirror_source(stack),
         "prices": {k: v.model_dump() for k, v in gw.prices.items()},
+    }
+
+
+def _store_hosts(stack: Stack) -> list[str]:
+    gw = stack.gateway
+    return [gw.store_node] if gw and gw.store == "postgresql" and gw.store_node else []
+
+
+def _store_settings(stack: Stack, host: str) -> Settings:
+    gw = stack.gateway
+    assert gw is not None
+    return {
+        "address": str(stack.node(host).address),
+        "port": POSTGRESQL_PORT,
+        "database": STORE_DATABASE,
+        "user": STORE_USER,
+        # The only hosts pg_hba lets in (the firewall opens the port to them alone too).
+        "clients": [str(stack.node(n).address) for n in gw.nodes],
+        # A nightly custom-format dump; the newest `keep` stay on the node.
+        "dump": {"calendar": "*-*-* 03:00:00", "keep": 7},
     }
 
 
@@ -493,9 +523,11 @@ COMPONENTS: tuple[Component, ...] = (
         _when("monitoring", _all),
         _monitoring_settings,
     ),
+    # The gateways' PostgreSQL, when several share limits and usage.
+    Component("store", ("base",), _store_hosts, _store_settings),
     Component(
         "gateway",
-        ("monitoring", "engine-llamacpp", "engine-predictive"),
+        ("monitoring", "engine-llamacpp", "engine-predictive", "store"),
         lambda s: list(s.gateway.nodes) if s.gateway else [],
         _gateway_settings,
     ),

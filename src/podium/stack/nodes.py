@@ -71,6 +71,9 @@ class Node(Strict):
     nvswitch: bool = False
     # None means existing bare metal reached over SSH.
     machine: Machine | None = None
+    # The node's own interface (its address, the VLANs' parent); the network role finds the one
+    # holding the node's address when unset, since names differ (host0, ens5, eno1).
+    interface: Word | None = None
 
 
 class HostNetwork(Strict):

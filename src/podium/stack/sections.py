@@ -41,8 +41,8 @@ class Bridge(Strict):
 class Vlan(Strict):
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,14}$")]
     id: Annotated[int, Field(ge=1, le=4094)]
-    # The interface the VLAN rides on (host0 inside lab machines).
-    parent: Word = "host0"
+    # The interface the VLAN rides on; unset, the node's own interface (see nodes[].interface).
+    parent: Word | None = None
     mtu: Annotated[int, Field(ge=576, le=9216)] = 1500
     nodes: NodeList
     # Node addresses are the subnet's hosts in node order unless given.

@@ -117,10 +117,13 @@ def report_op(
             )
 
         # Raw rows are summed in SQL per key, model and UTC day; groups are merged here.
+        # One expression object for the column and its GROUP BY: built twice, PostgreSQL gets
+        # two bind parameters and refuses ts as neither grouped nor aggregated.
+        epoch_day = func.floor(u.ts / 86400).label("epoch_day")
         grouped = select(
             u.key_name,
             u.model,
-            func.floor(u.ts / 86400).label("epoch_day"),
+            epoch_day,
             func.count().label("n"),
             func.sum(case((u.status >= 400, 1), else_=0)).label("errs"),
             func.sum(u.prompt_tokens).label("prompt"),
@@ -131,7 +134,7 @@ def report_op(
             grouped = grouped.where(u.ts >= since)
         if until is not None:
             grouped = grouped.where(u.ts < until)
-        grouped = grouped.group_by(u.key_name, u.model, func.floor(u.ts / 86400))
+        grouped = grouped.group_by(u.key_name, u.model, epoch_day)
         for row in conn.execute(grouped):
             t = totals[group(row.key_name, row.model, _day(float(row.epoch_day) * 86400))]
             t[0] += row.n
