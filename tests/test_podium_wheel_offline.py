@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from podium.own_wheel import _package_files
 from podium.render import REPO
 
 BUILD = """
 import sys
 from pathlib import Path
-from podium.artifacts import podium_wheel
+from podium.own_wheel import podium_wheel
 print(podium_wheel(Path(sys.argv[1])))
 """
 
@@ -31,3 +32,7 @@ def test_podiums_wheel_builds_with_no_network(tmp_path: Path) -> None:
     wheel = Path(done.stdout.strip().splitlines()[-1])
     names = zipfile.ZipFile(wheel).namelist()
     assert "podium/services/gateway/server.py" in names
+    # Exactly the package as it is now: nothing left over from an earlier build of the checkout.
+    package = REPO / "src"
+    shipped = {n for n in names if n.startswith("podium/")}
+    assert shipped == {p.relative_to(package).as_posix() for p in _package_files(package / "podium")}

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from podium.artifacts import podium_build
 from podium.errors import InvalidInput
+from podium.own_wheel import podium_build
 from podium.plan.actions import Action, make_plan
 from podium.plan.state import HostState
 from podium.releases.book import ReleaseBook
@@ -400,7 +400,7 @@ def test_a_release_records_the_gateway_at_the_build_it_ran(tmp_path, state_dir):
 
 
 def test_rollback_ships_release_ns_wheel_not_this_checkouts(tmp_path, state_dir):
-    from podium.artifacts import podium_wheel
+    from podium.own_wheel import podium_wheel
     from podium.releases.book import SNAPSHOT_WHEELS
 
     root = podium_copy(tmp_path, "\n# limits read twice\n")

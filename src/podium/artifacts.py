@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
-import functools
 import hashlib
 import os
 import platform
@@ -444,82 +443,3 @@ def locked(path: Path) -> Iterator[None]:
 def _check_version(version: str) -> None:
     if not re.fullmatch(r"\d+(\.\d+)*", version):
         raise InvalidInput(f"version {version!r} is not a release number like '11434.0.0'.")
-
-
-def podium_wheel(cache: Path = WHEELS) -> Path:
-    """Podium's own wheel, built from this checkout once per content of src/podium, for nodes
-    that run Podium's services (the gateway). Nodes install it offline."""
-    root = Path(__file__).resolve().parents[2]
-    folder = _podium_wheel_folder(root, cache)
-    wheels = sorted(folder.glob("podium-*.whl")) if folder.exists() else []
-    if wheels:
-        return wheels[0]
-    cache.mkdir(parents=True, exist_ok=True)
-    with locked(cache / ".podium-wheel.lock"):
-        tmp = cache / f".{folder.name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        _run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "wheel",
-                "--no-deps",
-                # The build backend installed with Podium, never one fetched: the control machine
-                # of an air-gapped site has no index to fetch it from.
-                "--no-build-isolation",
-                "--disable-pip-version-check",
-                "-w",
-                str(tmp),
-                str(root),
-            ],
-            what="building Podium's wheel",
-            log=cache / ".podium-wheel.log",
-        )
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
-    return sorted(folder.glob("podium-*.whl"))[0]
-
-
-def podium_build(root: Path | None = None) -> str:
-    """Twelve hex digits of the content of Podium's package (the files its wheel carries): the
-    build label of the gateway's version. Taken from the source rather than the wheel's bytes,
-    which hold build times, so every control machine at the same code names the same build."""
-    root = root or Path(__file__).resolve().parents[2]
-    return _podium_build(root.resolve(), _package_fingerprint(root / "src" / "podium"))
-
-
-def _package_fingerprint(package: Path) -> tuple[tuple[str, int, int], ...]:
-    # Sizes and times: hashing the whole package again is only needed when one of them moved.
-    return tuple(sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in _package_files(package)))
-
-
-@functools.lru_cache(maxsize=16)
-def _podium_build(root: Path, fingerprint: tuple[tuple[str, int, int], ...]) -> str:
-    digest = hashlib.sha256()
-    package = root / "src" / "podium"
-    for path in _package_files(package):
-        digest.update(path.relative_to(package.parent).as_posix().encode() + b"\0")
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
-
-
-def _package_files(package: Path) -> list[Path]:
-    """What setuptools puts in the wheel: the package's modules and its py.typed."""
-    return sorted([*package.rglob("*.py"), *package.glob("py.typed")])
-
-
-def podium_wheel_cached(cache: Path = WHEELS) -> bool:
-    """Whether podium_wheel() returns without building."""
-    folder = _podium_wheel_folder(Path(__file__).resolve().parents[2], cache)
-    return folder.exists() and bool(sorted(folder.glob("podium-*.whl")))
-
-
-def _podium_wheel_folder(root: Path, cache: Path) -> Path:
-    """One folder per content of src/podium and pyproject.toml."""
-    digest = hashlib.sha256()
-    for path in sorted((root / "src" / "podium").rglob("*.py")):
-        digest.update(str(path.relative_to(root)).encode())
-        digest.update(path.read_bytes())
-    digest.update((root / "pyproject.toml").read_bytes())
-    return cache / f"podium-{digest.hexdigest()[:16]}"

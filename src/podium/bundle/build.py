@@ -20,7 +20,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from podium import artifacts
+from podium import artifacts, own_wheel
 from podium.bundle import debs, wheels
 from podium.bundle.contents import Contents, Wheelhouse, bundle_contents
 from podium.bundle.manifest import MARKER, SLOTS, write_manifest
@@ -121,8 +121,8 @@ def _wheels(contents: Contents, out: Path) -> int:
         fetched += not artifacts.wheelhouse_cached(house.download, house.requirements, leave_out=house.leave_out)
         wheels.write_wheelhouse(out / name, wheelhouse_files(house))
         wanted.add(name)
-    fetched += not artifacts.podium_wheel_cached()
-    wheels.write_wheelhouse(out / "podium", [artifacts.podium_wheel()])
+    fetched += not own_wheel.podium_wheel_cached()
+    wheels.write_wheelhouse(out / "podium", [own_wheel.podium_wheel()])
     if contents.llamacpp:
         fetched += not artifacts.llamacpp_wheel_cached(contents.llamacpp)
         llama = out / "engine-llamacpp"

@@ -118,7 +118,7 @@ class ReleaseBook:
     def wheel_for(self, version: str) -> Path:
         """The Podium wheel of gateway `version`: this checkout's when it is this checkout's build,
         else the one a release kept."""
-        from podium.artifacts import podium_wheel
+        from podium.own_wheel import podium_wheel
         from podium.stack.versions import built, public_version
 
         if version == built(RUNS_PODIUM_WHEEL[0], public_version(version)):

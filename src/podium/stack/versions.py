@@ -206,7 +206,7 @@ def built(component: str, version: str) -> str:
     a version that names no build yet (a release's table names the build it ran)."""
     if component not in RUNS_PODIUM_WHEEL or "+" in version:
         return version
-    from podium.artifacts import podium_build
+    from podium.own_wheel import podium_build
 
     return f"{version}+{podium_build()}"
 
