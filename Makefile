@@ -49,3 +49,4 @@ bench:
 	$(PY) bench/usage_store.py
 	$(PY) bench/gateway.py
 	$(PY) bench/gateway.py --instant
+	$(PY) bench/vagrant_up.py
