@@ -297,6 +297,10 @@ def create_apps(config: GatewayConfig) -> tuple[HotRoutes, Starlette]:
         route("/admin/v1/budgets", admin.budgets, ["GET"]),
         route("/admin/v1/usage", admin.usage_report, ["GET"]),
     ]
+    if config.console is not None:  # jinja2 and the release records are the console's alone
+        from podium.services.gateway.console import console_routes
+
+        routes += console_routes(gw)  # type: ignore[arg-type]
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
