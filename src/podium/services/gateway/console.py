@@ -41,6 +41,7 @@ PAGES = (("overview", ""), ("models", "models"), ("keys", "keys"), ("usage", "us
 _env = jinja2.Environment(loader=jinja2.FileSystemLoader(FILES), autoescape=True,
                           undefined=jinja2.StrictUndefined)
 _css = (FILES / "console.css").read_bytes()
+_icon = (FILES / "favicon.svg").read_bytes()
 # The stylesheet's URL names its content, so it can be cached for good and never go stale.
 CSS_URL = f"{PREFIX}/console.{hashlib.sha256(_css).hexdigest()[:12]}.css"
 
@@ -102,6 +103,10 @@ class ConsolePages:
     async def css(self, request: Request) -> Response:
         return Response(_css, media_type="text/css",
                         headers={"cache-control": "public, max-age=31536000, immutable"})
+
+    async def icon(self, request: Request) -> Response:
+        # Linked from every page, so browsers never ask the API's root for /favicon.ico.
+        return Response(_icon, media_type="image/svg+xml")
 
     # Pages.
 
@@ -236,6 +241,7 @@ class ConsolePages:
             Route("/login", self.login_form, methods=["GET"]),
             Route("/login", self.login, methods=["POST"]),
             Route(CSS_URL.removeprefix(PREFIX), self.css, methods=["GET"]),
+            Route("/favicon.svg", self.icon, methods=["GET"]),
             change("logout", self.logout),
             *read("", self.overview), *read("models", self.models), *read("keys", self.keys),
             change("keys", self.create_key), change("keys/{name}/revoke", self.revoke_key),

@@ -27,7 +27,9 @@ CSP = ("default-src 'self'; script-src 'none'; object-src 'none'; base-uri 'none
 HEADERS = {
     "content-security-policy": CSP,
     "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
+    # Not no-referrer: under it Chromium sends its forms' Origin as "null", which same_origin()
+    # refuses; same-origin still tells no other site where an operator came from.
+    "referrer-policy": "same-origin",
     "x-frame-options": "DENY",
     # Pages show keys and usage; a shared browser's cache must not keep them.
     "cache-control": "no-store",
