@@ -67,7 +67,7 @@ async def own_figures(gw: Gateway) -> dict[str, Any]:
 def _prometheus(url: str) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
     from podium.monitoring.query import PrometheusClient
 
-    client = PrometheusClient(url)
+    client = PrometheusClient(url, timeout=2.0)  # a page waits on it
 
     def by_model(expr: str) -> dict[str, float]:
         return {s.labels.get("model", ""): s.value for s in client.query(expr)
