@@ -7,6 +7,7 @@ import asyncio
 import math
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import Any
 
 from podium.errors import PodiumError
@@ -17,6 +18,8 @@ from podium.services.gateway.usage import report_op
 RATE_WINDOW_S = 60.0
 PROM_QPS = "sum by (model) (rate(podium_gateway_requests_total[1m]))"
 PROM_P95 = "histogram_quantile(0.95, sum by (model, le) (rate({metric}_bucket[5m])))"
+PROM_NODES = 'up{job="node"}'
+PROM_ALERTS = 'ALERTS{alertstate="firing"}'
 
 
 def replicas(gw: Gateway) -> list[dict[str, Any]]:
@@ -64,17 +67,27 @@ async def own_figures(gw: Gateway) -> dict[str, Any]:
                       " store (every gateway on it); TTFT and TPOT p95 since this gateway started")
 
 
-def _prometheus(url: str) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+def _prometheus(url: str) -> dict[str, Any]:
     from podium.monitoring.query import PrometheusClient
 
     client = PrometheusClient(url, timeout=2.0)  # a page waits on it
 
-    def by_model(expr: str) -> dict[str, float]:
+    def by_model(expr: str) -> dict[str, float | None]:
         return {s.labels.get("model", ""): s.value for s in client.query(expr)
                 if not math.isnan(s.value)}
 
-    return (by_model(PROM_QPS), by_model(PROM_P95.format(metric="podium_gateway_ttft_seconds")),
-            by_model(PROM_P95.format(metric="podium_gateway_tpot_seconds")))
+    return {
+        "rps": by_model(PROM_QPS),
+        "ttft": by_model(PROM_P95.format(metric="podium_gateway_ttft_seconds")),
+        "tpot": by_model(PROM_P95.format(metric="podium_gateway_tpot_seconds")),
+        "nodes": sorted(({"node": s.labels.get("node", s.labels.get("instance", "?")),
+                          "up": s.value == 1} for s in client.query(PROM_NODES)),
+                        key=lambda n: str(n["node"])),
+        "alerts": sorted(({"alert": s.labels.get("alertname", "?"),
+                           "severity": s.labels.get("severity", ""),
+                           "where": s.labels.get("node") or s.labels.get("model") or ""}
+                          for s in client.query(PROM_ALERTS)), key=lambda a: str(a["alert"])),
+    }
 
 
 async def figures(gw: Gateway) -> dict[str, Any]:
@@ -83,9 +96,11 @@ async def figures(gw: Gateway) -> dict[str, Any]:
     url = console.prometheus_url if console else None
     if url:
         try:
-            rps, ttft, tpot = await asyncio.to_thread(_prometheus, url)
-            return _per_model(gw, rps, dict(ttft), dict(tpot),
-                              f"Prometheus at {url}: every gateway, rates over 1 minute, p95 over 5")
+            found = await asyncio.to_thread(_prometheus, url)
+            return {**_per_model(gw, found["rps"], found["ttft"], found["tpot"],
+                                 f"Prometheus at {url}: every gateway, rates over 1 minute,"
+                                 " p95 over 5"),
+                    "nodes": found["nodes"], "alerts": found["alerts"]}
         except PodiumError as exc:
             found = await own_figures(gw)
             found["source"] = f"{exc}; shown instead: {found['source']}"
@@ -93,14 +108,15 @@ async def figures(gw: Gateway) -> dict[str, Any]:
     return await own_figures(gw)
 
 
-def _per_model(gw: Gateway, rps: dict[str, float], ttft: dict[str, float | None],
-               tpot: dict[str, float | None], source: str) -> dict[str, Any]:
+def _per_model(gw: Gateway, rps: Mapping[str, float | None], ttft: Mapping[str, float | None],
+               tpot: Mapping[str, float | None], source: str) -> dict[str, Any]:
     models = [
-        {"model": name, "requests_per_s": round(rps.get(name, 0.0), 3),
+        {"model": name, "requests_per_s": round(rps.get(name) or 0.0, 3),
          "ttft_p95_s": _round(ttft.get(name)), "tpot_p95_s": _round(tpot.get(name))}
         for name in sorted(gw.models)
     ]
-    return {"source": source, "models": models}
+    # Nodes and alerts are Prometheus' to know; None says it was not asked.
+    return {"source": source, "models": models, "nodes": None, "alerts": None}
 
 
 def _round(value: float | None) -> float | None:
