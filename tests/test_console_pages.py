@@ -141,6 +141,37 @@ def test_a_key_made_in_the_console_serves_is_metered_shown_and_revoked(
     assert "The chain of" in audit and "holds" in audit
 
 
+def test_a_key_is_changed_and_rotated_in_the_console(gw: GatewayProcess,
+                                                    operator: ConsoleClient) -> None:
+    old = created_secret(operator, "changing-key", rpm="60", team="")
+    change = operator.call("POST", "/console/keys/change",
+                           {"name": "changing-key", "rpm": "5", "quota": "100/day",
+                            "csrf": operator.csrf()})
+    assert (change.status, change.headers["location"]) == (303, "/console/keys")
+    mine = next(k for k in twin(operator, "keys")["keys"] if k["name"] == "changing-key")
+    assert (mine["rpm"], mine["quota"], mine["quota_period"]) == (5, 100, "day")
+    cleared = operator.call("POST", "/console/keys/change",
+                            {"name": "changing-key", "rpm": "-", "csrf": operator.csrf()})
+    assert cleared.status == 303
+    mine = next(k for k in twin(operator, "keys")["keys"] if k["name"] == "changing-key")
+    assert (mine["rpm"], mine["quota"]) == (None, 100)
+    nothing = operator.call("POST", "/console/keys/change",
+                            {"name": "changing-key", "csrf": operator.csrf()})
+    assert nothing.status == 400 and "fill in at least one setting" in html.unescape(nothing.body)
+    unknown = operator.call("POST", "/console/keys/change",
+                            {"name": "no-such-key", "rpm": "1", "csrf": operator.csrf()})
+    assert unknown.status == 404 and "no key named 'no-such-key'" in html.unescape(unknown.body)
+    rotated = operator.call("POST", "/console/keys/changing-key/rotate", {"csrf": operator.csrf()})
+    assert rotated.status == 200 and "rotated (the old secret works until" in rotated.body
+    found = re.search(r'<code id="secret">(pdm-[^<]+)</code>', rotated.body)
+    assert found and found.group(1) != old
+    assert http("POST", gw.url + "/v1/chat/completions", found.group(1), CHAT)[0] == 200
+    assert http("POST", gw.url + "/v1/chat/completions", old, CHAT)[0] == 200  # its grace hour
+    actions = [e["action"] for e in twin(operator, "audit")["entries"]
+               if e["target"] == "changing-key"]
+    assert actions == ["key.rotate", "key.update", "key.update", "key.create"]
+
+
 def test_an_unknown_grouping_is_refused_in_one_sentence(operator: ConsoleClient) -> None:
     answer = operator.call("GET", "/console/api/usage?by=colour")
     assert answer.status == 400

@@ -140,31 +140,53 @@ class ConsolePages:
             return JSONResponse({"keys": keys, "teams": teams})
         return self.html(request, "keys.html", session, status, **data)
 
-    async def create_key(self, request: Request, session: ConsoleSession | None) -> Response:
-        form: dict[str, str] = request.state.form
-        body: dict[str, Any] = {"name": form.get("name", "").strip()}
+    async def _key_change(self, request: Request, session: ConsoleSession | None,
+                          change: Callable[[dict[str, str]], Awaitable[dict[str, Any] | None]],
+                          shown_status: int = 201) -> Response:
+        """Run one key change; a refusal is shown on the keys page with the admin API's status,
+        a new secret (create, rotate) is answered on it, anything else goes back to the list."""
         try:
-            for field in SETTINGS:
-                value = form.get(field, "").strip()
-                if value:
-                    body[field] = parse_expiry(value) if field == "expires_at" else value
-            created = await call_admin(request, admin.create_key, self.gw, method="POST",
-                                       body=body)
+            shown = await change(request.state.form)
         except InvalidInput as exc:
             return await self.keys(request, session, error=str(exc), status=400)
         except errors.GatewayError as exc:
             return await self.keys(request, session, error=exc.message, status=exc.status)
+        if shown is None:
+            return RedirectResponse(f"{PREFIX}/keys", 303)
         # Answered, not redirected: this page is the only place the secret is ever shown.
-        return await self.keys(request, session, created=created, status=201)
+        return await self.keys(request, session, created=shown, status=shown_status)
+
+    async def create_key(self, request: Request, session: ConsoleSession | None) -> Response:
+        async def create(form: dict[str, str]) -> dict[str, Any]:
+            body = {"name": form.get("name", "").strip(), **_settings(form, clearing=False)}
+            return dict(await call_admin(request, admin.create_key, self.gw, method="POST",
+                                         body=body))
+
+        return await self._key_change(request, session, create)
+
+    async def rotate_key(self, request: Request, session: ConsoleSession | None) -> Response:
+        async def rotate(form: dict[str, str]) -> dict[str, Any]:
+            return dict(await call_admin(request, admin.rotate_key, self.gw, method="POST",
+                                         params={"name": request.path_params["name"]}))
+
+        return await self._key_change(request, session, rotate, shown_status=200)
+
+    async def update_key(self, request: Request, session: ConsoleSession | None) -> Response:
+        async def update(form: dict[str, str]) -> None:
+            changes = _settings(form, clearing=True)
+            if not changes:
+                raise InvalidInput("fill in at least one setting to change ('-' clears one)")
+            await call_admin(request, admin.update_key, self.gw, method="PATCH",
+                             params={"name": form.get("name", "")}, body=changes)
+
+        return await self._key_change(request, session, update)
 
     async def revoke_key(self, request: Request, session: ConsoleSession | None) -> Response:
-        name = request.path_params["name"]
-        try:
+        async def revoke(form: dict[str, str]) -> None:
             await call_admin(request, admin.revoke_key, self.gw, method="DELETE",
-                             params={"name": name})
-        except errors.GatewayError as exc:
-            return await self.keys(request, session, error=exc.message, status=exc.status)
-        return RedirectResponse(f"{PREFIX}/keys", 303)
+                             params={"name": request.path_params["name"]})
+
+        return await self._key_change(request, session, revoke)
 
     def _usage_query(self, request: Request) -> tuple[list[str], int]:
         q = request.query_params
@@ -245,9 +267,22 @@ class ConsolePages:
             change("logout", self.logout),
             *read("", self.overview), *read("models", self.models), *read("keys", self.keys),
             change("keys", self.create_key), change("keys/{name}/revoke", self.revoke_key),
+            change("keys/{name}/rotate", self.rotate_key), change("keys/change", self.update_key),
             *read("usage", self.usage), *read("usage.csv", self.usage_csv, twin=False),
             *read("releases", self.releases), *read("audit", self.audit),
         ]
+
+
+def _settings(form: dict[str, str], *, clearing: bool) -> dict[str, Any]:
+    """A key's settings as filled in a form; with `clearing`, '-' clears one (sent as null)."""
+    found: dict[str, Any] = {}
+    for field in SETTINGS:
+        value = form.get(field, "").strip()
+        if clearing and value == "-":
+            found[field] = None
+        elif value:
+            found[field] = parse_expiry(value) if field == "expires_at" else value
+    return found
 
 
 def console_routes(gw: Gateway) -> list[BaseRoute]:
