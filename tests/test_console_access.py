@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import time
 from collections.abc import Iterator
 
@@ -78,6 +79,11 @@ def test_login_with_the_admin_token_sets_a_strict_session_cookie(gw: GatewayProc
     assert CSP.startswith("default-src 'self';") and "script-src 'none'" in CSP
     assert page.headers["cache-control"] == "no-store"
     assert "<script" not in page.body and "style=" not in page.body
+    # The stylesheet's URL names its content, so it alone may be kept.
+    css = client.call("GET", re.search(r'href="(/console/console\.[0-9a-f]+\.css)"', page.body)[1])
+    assert css.status == 200 and css.headers["content-type"].startswith("text/css")
+    assert css.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert css.headers["content-security-policy"] == CSP
     # The token is in no log line, whether it was right or wrong.
     assert gw.admin_token not in gw.log() and "pdm-admin-not-it" not in gw.log()
 

@@ -63,10 +63,14 @@ class SourceGuard:
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
+                given = list(message.get("headers", []))
+                # Only a route that says how it may be cached (the stylesheet) is cached.
+                keep = {b"cache-control"} & {k.lower() for k, _ in given}
                 message["headers"] = [
-                    *(h for h in message.get("headers", [])
-                      if h[0].decode().lower() not in HEADERS),
-                    *((k.encode(), v.encode()) for k, v in HEADERS.items()),
+                    *(h for h in given if h[0].decode().lower() not in HEADERS
+                      or h[0].lower() in keep),
+                    *((k.encode(), v.encode()) for k, v in HEADERS.items()
+                      if k.encode() not in keep),
                 ]
             await send(message)
 
