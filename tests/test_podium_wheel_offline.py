@@ -32,6 +32,9 @@ def test_podiums_wheel_builds_with_no_network(tmp_path: Path) -> None:
     wheel = Path(done.stdout.strip().splitlines()[-1])
     names = zipfile.ZipFile(wheel).namelist()
     assert "podium/services/gateway/server.py" in names
+    # The console's templates and stylesheet are package data: a gateway node serves them.
+    assert "podium/services/gateway/console_templates/keys.html" in names
+    assert "podium/services/gateway/console_templates/console.css" in names
     # Exactly the package as it is now: nothing left over from an earlier build of the checkout.
     package = REPO / "src"
     shipped = {n for n in names if n.startswith("podium/")}

@@ -96,5 +96,7 @@ def _podium_build(root: Path, fingerprint: tuple[tuple[str, int, int], ...]) -> 
 
 
 def _package_files(package: Path) -> list[Path]:
-    """What setuptools puts in the wheel: the package's modules and its py.typed."""
-    return sorted([*package.rglob("*.py"), *package.glob("py.typed")])
+    """What setuptools puts in the wheel: the package's modules, its py.typed and the console's
+    templates and stylesheet (pyproject's package-data)."""
+    return sorted([*package.rglob("*.py"), *package.glob("py.typed"),
+                   *package.glob("services/gateway/console_templates/*")])

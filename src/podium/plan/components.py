@@ -458,6 +458,10 @@ def _gateway_settings(stack: Stack, host: str) -> Settings:
         **({"teams": [t.model_dump(mode="json") for t in gw.teams]} if gw.teams else {}),
         "mirror": mirror_source(stack),
         "prices": {k: v.model_dump() for k, v in gw.prices.items()},
+        # The operator console answers the admin sources alone; its overview asks Prometheus.
+        "console_sources": _audiences(stack)["admin"],
+        "prometheus_url": (f"http://{stack.node(stack.monitoring.node).address}:{stack.monitoring.port}"
+                           if stack.monitoring else None),
     }
 
 

@@ -37,6 +37,18 @@ async def _store(gw: Gateway, op: Any) -> Any:
         raise errors.GatewayError(status, str(exc), "invalid_request_error") from None
 
 
+# Set in a request's scope by the console (never from a client's bytes) once it has checked
+# the operator's session and CSRF token: its changes take the admin API's own handlers.
+CONSOLE_SESSION = "podium.console_session"
+
+
+def authorised(gw: Gateway, request: Request) -> None:
+    """The admin token, or a console session the console has checked."""
+    if request.scope.get(CONSOLE_SESSION) is True:
+        return
+    gw.check_admin(request.headers.get("authorization"))
+
+
 _ACTOR = re.compile(r"[^A-Za-z0-9@._ -]")
 
 
@@ -64,7 +76,7 @@ def _check_models(gw: Gateway, models: Any) -> None:
 
 
 async def create_key(gw: Gateway, request: Request) -> JSONResponse:
-    gw.check_admin(request.headers.get("authorization"))
+    authorised(gw, request)
     try:
         spec = KeySpec.from_json(await _body(request))
     except InvalidInput as exc:
@@ -80,14 +92,14 @@ async def create_key(gw: Gateway, request: Request) -> JSONResponse:
 
 
 async def show_key(gw: Gateway, request: Request) -> JSONResponse:
-    gw.check_admin(request.headers.get("authorization"))
+    authorised(gw, request)
     key = await _store(gw, show_op(request.path_params["name"]))
     return JSONResponse(key.to_json())
 
 
 async def update_key(gw: Gateway, request: Request) -> JSONResponse:
     """PATCH: the fields given change (null clears a limit); 'disabled' disables or enables."""
-    gw.check_admin(request.headers.get("authorization"))
+    authorised(gw, request)
     changes = await _body(request)
     if not isinstance(changes, dict) or not changes:
         raise errors.bad_request("the body must be a JSON object of the settings to change")
@@ -104,7 +116,7 @@ async def update_key(gw: Gateway, request: Request) -> JSONResponse:
 
 
 async def rotate_key(gw: Gateway, request: Request) -> JSONResponse:
-    gw.check_admin(request.headers.get("authorization"))
+    authorised(gw, request)
     body = await _body(request) or {}
     grace = body.get("grace_s", DEFAULT_GRACE_S) if isinstance(body, dict) else None
     if isinstance(grace, bool) or not isinstance(grace, int | float):
@@ -123,21 +135,21 @@ async def rotate_key(gw: Gateway, request: Request) -> JSONResponse:
 
 
 async def list_keys(gw: Gateway, request: Request) -> JSONResponse:
-    gw.check_admin(request.headers.get("authorization"))
+    authorised(gw, request)
     now = time.time()
     keys = await _store(gw, list_op())
     return JSONResponse({"object": "list", "data": [k.to_json(now) for k in keys]})
 
 
 async def revoke_key(gw: Gateway, request: Request) -> JSONResponse:
-    gw.check_admin(request.headers.get("authorization"))
+    authorised(gw, request)
     name = request.path_params["name"]
     key = await _store(gw, audit.audited(revoke_op(name), actor(request), "key.revoke", name))
     return JSONResponse(key.to_json())
 
 
 async def audit_log(gw: Gateway, request: Request) -> JSONResponse:
-    gw.check_admin(request.headers.get("authorization"))
+    authorised(gw, request)
     try:
         since = float(request.query_params["since"]) if "since" in request.query_params else None
     except ValueError:
@@ -147,13 +159,13 @@ async def audit_log(gw: Gateway, request: Request) -> JSONResponse:
 
 
 async def audit_verify(gw: Gateway, request: Request) -> JSONResponse:
-    gw.check_admin(request.headers.get("authorization"))
+    authorised(gw, request)
     return JSONResponse((await _store(gw, audit.verify_op())).to_json())
 
 
 async def audit_report(gw: Gateway, request: Request) -> JSONResponse:
     """The control machine's own actions (podium up, rollback, model changes)."""
-    gw.check_admin(request.headers.get("authorization"))
+    authorised(gw, request)
     body = await _body(request)
     if not isinstance(body, dict) or not isinstance(body.get("action"), str):
         raise errors.bad_request("the body must be a JSON object with 'action' and 'target'")
@@ -168,7 +180,7 @@ async def audit_report(gw: Gateway, request: Request) -> JSONResponse:
 
 
 async def usage_report(gw: Gateway, request: Request) -> JSONResponse:
-    gw.check_admin(request.headers.get("authorization"))
+    authorised(gw, request)
     q = request.query_params
     try:
         since = float(q["since"]) if "since" in q else None
@@ -184,14 +196,14 @@ async def usage_report(gw: Gateway, request: Request) -> JSONResponse:
 
 
 async def list_teams(gw: Gateway, request: Request) -> JSONResponse:
-    gw.check_admin(request.headers.get("authorization"))
+    authorised(gw, request)
     found = await _store(gw, teams.list_op())
     return JSONResponse({"object": "list", "data": [t.to_json() for t in found]})
 
 
 async def put_team(gw: Gateway, request: Request) -> JSONResponse:
     """PUT: the team as given (created, or replaced whole)."""
-    gw.check_admin(request.headers.get("authorization"))
+    authorised(gw, request)
     name, data, who = request.path_params["name"], await _body(request), actor(request)
     try:
         put = teams.put_op(name, data)
@@ -209,7 +221,7 @@ async def put_team(gw: Gateway, request: Request) -> JSONResponse:
 
 
 async def remove_team(gw: Gateway, request: Request) -> JSONResponse:
-    gw.check_admin(request.headers.get("authorization"))
+    authorised(gw, request)
     name = request.path_params["name"]
     team = await _store(gw, audit.audited(teams.remove_op(name), actor(request), "team.remove",
                                           name))
@@ -218,6 +230,6 @@ async def remove_team(gw: Gateway, request: Request) -> JSONResponse:
 
 async def budgets(gw: Gateway, request: Request) -> JSONResponse:
     """Every budget, with what admission counts against it in its current window."""
-    gw.check_admin(request.headers.get("authorization"))
+    authorised(gw, request)
     found = await _store(gw, spend_op(time.time()))
     return JSONResponse({"object": "list", "data": [s.to_json() for s in found]})

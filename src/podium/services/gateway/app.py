@@ -13,7 +13,7 @@ import prometheus_client
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from podium.services.gateway import admin, errors, health, openapi, proxy
@@ -269,7 +269,7 @@ def create_apps(config: GatewayConfig) -> tuple[HotRoutes, Starlette]:
     def route(path: str, handler: Handler, methods: list[str]) -> Route:
         return Route(path, _endpoint(gw, handler), methods=methods)
 
-    routes = [
+    routes: list[BaseRoute] = [
         route("/v1/models", list_models, ["GET"]),
         route("/v1/models/{model:path}", get_model, ["GET"]),
         route("/v1/chat/completions", openai_request, ["POST"]),
@@ -297,6 +297,10 @@ def create_apps(config: GatewayConfig) -> tuple[HotRoutes, Starlette]:
         route("/admin/v1/budgets", admin.budgets, ["GET"]),
         route("/admin/v1/usage", admin.usage_report, ["GET"]),
     ]
+    if config.console is not None:  # jinja2 and the release records are the console's alone
+        from podium.services.gateway.console import console_routes
+
+        routes += console_routes(gw)
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

@@ -12,6 +12,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    IPvAnyNetwork,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -143,6 +144,19 @@ class UsageRetention(_Strict):
     spool_retry_s: float = Field(default=5.0, gt=0)
 
 
+class Console(_Strict):
+    """The operator console under /console (console.py); absent: not served."""
+
+    # Client addresses it answers, the stack's admin_sources; any other gets 403.
+    sources: list[IPvAnyNetwork] = Field(min_length=1)
+    # How long a login lasts without being used.
+    session_s: float = Field(default=8 * 3600.0, gt=0, le=7 * 86400)
+    # This node's release records (/var/lib/podium/releases); None: the page says so.
+    releases_dir: Path | None = None
+    # The stack's Prometheus, for rates and percentiles over all gateways; None: this one's.
+    prometheus_url: str | None = None
+
+
 class GatewayConfig(_Strict):
     listen: Listen = Field(default_factory=Listen)
     # /metrics only, for Prometheus; default: listen's host, the port after listen's.
@@ -173,6 +187,7 @@ class GatewayConfig(_Strict):
     key_cache_s: float = Field(default=1.0, ge=0, le=5)
     # The gateway's own files (the usage spool); relative to the config file's folder.
     state_dir: Path = Path(".")
+    console: Console | None = None
 
     @field_validator("store")
     @classmethod
