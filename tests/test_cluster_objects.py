@@ -174,6 +174,16 @@ def test_predictive_engine_gets_mlserver_settings_per_replica(cluster_stack: Sta
     assert model["parameters"]["uri"] == "/models/iris/1"
 
 
+def test_an_onnx_model_on_the_cluster_gets_podiums_onnx_runtime(cluster_stack: Stack,
+                                                                 versions: VersionTable) -> None:
+    models = [m.model_copy(update={"format": "onnx"}) if m.name == "iris" else m
+              for m in cluster_stack.models]
+    maps = by_name(build_objects(cluster_stack.model_copy(update={"models": models}), versions),
+                   "ConfigMap")
+    model = json.loads(maps["iris-0-mlserver"]["data"]["model-settings.json"])
+    assert model["implementation"] == "podium.services.mlserver_onnx.OnnxModel"
+
+
 def test_workloads_follow_the_plans_component_order(cluster_stack: Stack,
                                                     versions: VersionTable) -> None:
     names = [w.name for w in workloads(cluster_stack, versions)]

@@ -137,6 +137,18 @@ def test_predictive_settings_serve_in_process_on_the_replicas_ports(tmp_path: Pa
     assert _env(unit)["PYTHONPATH"] == engine_files.RUNTIME_PATH
 
 
+def test_an_onnx_model_is_served_by_podiums_onnx_runtime_without_trust_settings(tmp_path: Path) -> None:
+    data = json.loads(json.dumps(STACK))
+    data["models"][1] = {"name": "iris", "version": "1", "format": "onnx", "source": "tiny:onnx"}
+    files = _rendered(tmp_path, data)[("engine-predictive", "cpu1")]
+    model = json.loads(files["etc/podium/engines/iris-mls-0/iris/model-settings.json"])
+    assert model == {"name": "iris", "implementation": "podium.services.mlserver_onnx.OnnxModel",
+                     "parameters": {"uri": f"/var/lib/podium/models/{DIGESTS['iris:1']}.onnx"}}
+    unit = files["etc/systemd/system/podium-predictive-iris-mls-0.service"]
+    assert "Description=Podium MLServer (ONNX) engine iris-mls replica 0 (iris)" in unit
+    assert _env(unit)["PYTHONPATH"] == engine_files.RUNTIME_PATH
+
+
 def test_vllm_units_split_the_gpus_and_keep_telemetry_off(tmp_path: Path) -> None:
     files = _rendered(tmp_path)
     vllm = files[("engine-vllm", "gpu1")]

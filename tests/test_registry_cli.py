@@ -218,13 +218,53 @@ def test_show_names_a_scikit_learn_models_inputs_and_outputs(registry: RunningRe
     assert "outputs  predict INT64 [-1, 1]; predict_proba FP64 [-1, 3]" in shown
 
 
+def test_show_names_an_onnx_models_inputs_and_outputs_from_its_graph(registry: RunningRegistry,
+                                                                     tmp_path: Path) -> None:
+    from podium.models import make_tiny
+
+    model = make_tiny("onnx", tmp_path / "digits.onnx")
+    # No --trusted: an ONNX graph runs no code of its author's when loaded.
+    push(registry, model, "digits-shown", "v1")
+    shown = json.loads(podium("show", "digits-shown:v1", "--json", *at(registry)).stdout)
+    assert shown["format"] == "onnx" and shown["trust"]["trusted"] is False
+    assert shown["signature"] == {
+        "inputs": [{"name": "image", "datatype": "FP32", "shape": [-1, 1, 8, 8]}],
+        "outputs": [{"name": "label", "datatype": "INT64", "shape": [-1, 1]},
+                    {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}],
+    }
+
+
+def test_an_onnx_file_the_checker_fails_is_refused_in_one_sentence(registry: RunningRegistry,
+                                                                   tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    not_onnx = tmp_path / "garbage.onnx"
+    not_onnx.write_bytes(b"\x08\x07 this is not a protobuf of a model")
+    # Well-formed protobuf, but its one node reads a tensor nothing defines.
+    dangling = tmp_path / "dangling.onnx"
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["nowhere"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), dangling)
+    for f in (not_onnx, dangling):
+        run = podium("push", str(f), "--name", "broken", "--version", "v1", *at(registry))
+        assert run.exit_code == 2, run
+        assert f"{str(f)!r} is not a valid ONNX model (onnx.checker: " in run.error
+        assert "Traceback" not in run.error + run.stdout and len(run.error.splitlines()) == 1
+    assert "nowhere" in podium("push", str(dangling), "--name", "broken", "--version", "v1",
+                               *at(registry)).error
+    assert podium("ls", "broken", *at(registry)).exit_code == 2  # nothing was pushed
+
+
 def test_bad_input_is_one_sentence_with_exit_2(registry: RunningRegistry, tmp_path: Path) -> None:
     f = tmp_path / "weights.bin"
     f.write_bytes(b"x")
     cases = [
         (("push", str(tmp_path / "nope.gguf"), "--name", "x", "--version", "v1"), "does not exist"),
         (("push", str(f), "--name", "Bad_Name", "--version", "v1"), "model name"),
-        (("push", str(f), "--name", "x", "--version", "v1", "--format", "onnx"), "--format"),
+        (("push", str(f), "--name", "x", "--version", "v1", "--format", "tflite"), "--format"),
         (("pull", "x", "--to", str(tmp_path / "o")), "has no version"),
         (("show", "never-pushed:v1"), "is not in the registry"),
     ]

@@ -32,7 +32,8 @@ def digest(path: Path) -> str:
     return h.hexdigest()
 
 
-@pytest.mark.parametrize("kind, name", [("gguf", "m.gguf"), ("hf", "m"), ("sklearn", "m.skops")])
+@pytest.mark.parametrize("kind, name", [("gguf", "m.gguf"), ("hf", "m"), ("sklearn", "m.skops"),
+                                        ("onnx", "m.onnx")])
 def test_same_seed_same_bytes_other_seed_other_bytes(kind: str, name: str, tmp_path: Path
                                                      ) -> None:
     first = digest(make_tiny(kind, tmp_path / "a" / name, seed=7))  # type: ignore[arg-type]
@@ -128,6 +129,29 @@ def test_sklearn_model_predicts_its_sidecar_example(tmp_path: Path) -> None:
     assert model.predict(example).tolist() == sidecar["expected_prediction"]
 
 
+def test_onnx_model_passes_the_checker_and_reads_digits(tmp_path: Path) -> None:
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+    from sklearn.datasets import load_digits
+
+    model_file = make_tiny("onnx", tmp_path / "digits.onnx")
+    sidecar = json.loads(sidecar_path(model_file).read_text())
+    model = onnx.load(str(model_file))
+    onnx.checker.check_model(model, full_check=True)
+    assert [node.op_type for node in model.graph.node][:2] == ["Conv", "Relu"]
+    assert model_file.stat().st_size < 64 * 1024
+    run = ReferenceEvaluator(model).run
+    example = np.array(sidecar["example_input"], dtype=np.float32)
+    assert example.shape == (1, 1, 8, 8) and sidecar["input"]["shape"] == [-1, 1, 8, 8]
+    label, probabilities = run(None, {"image": example})
+    assert label.ravel().tolist() == sidecar["expected_prediction"] == [sidecar["true_label"]]
+    assert probabilities.shape == (1, 10) and abs(float(probabilities.sum()) - 1) < 1e-5
+    # A classifier, not random weights: it reads most of scikit-learn's digits right.
+    digits = load_digits()
+    labels, _ = run(None, {"image": (digits.images[:, None] / 16.0).astype(np.float32)})
+    assert (labels.ravel() == digits.target).mean() > 0.9
+
+
 def test_vocab_docstring_example_runs() -> None:
     assert doctest.testmod(tiny_vocab).failed == 0
 
@@ -139,7 +163,8 @@ def test_one_billion_shape_is_about_a_billion_parameters() -> None:
 
 
 @pytest.mark.parametrize("kind, size, field", [
-    ("onnx", "tiny", "kind"), ("gguf", "7b", "size"), ("sklearn", "1b", "size"),
+    ("tflite", "tiny", "kind"), ("gguf", "7b", "size"), ("sklearn", "1b", "size"),
+    ("onnx", "1b", "size"),
 ])
 def test_bad_kind_or_size_names_the_field(kind: str, size: str, field: str, tmp_path: Path
                                           ) -> None:

@@ -38,12 +38,13 @@ WHEELS_DIR = "/opt/podium/wheels"
 WHEELHOUSES_DIR = "/opt/podium/wheelhouses"
 READY_MARK = checks.VENV_MARK
 ENGINE_HOME = "/var/lib/podium/engines"
-# Podium's MLServer runtime, the signature reader it uses and the two import-free package files
-# they need, shipped as-is.
+# Podium's MLServer runtimes (skops, ONNX), the signature reader they use and the two
+# import-free package files they need, shipped as-is.
 RUNTIME_FILES = {
     "podium/__init__.py": Path(podium.__file__),
     "podium/services/__init__.py": Path(model_pull.__file__).with_name("__init__.py"),
     "podium/services/mlserver_skops.py": Path(model_pull.__file__).with_name("mlserver_skops.py"),
+    "podium/services/mlserver_onnx.py": Path(model_pull.__file__).with_name("mlserver_onnx.py"),
     "podium/services/model_signature.py": Path(model_pull.__file__).with_name("model_signature.py"),
 }
 

@@ -1,1 +1,1 @@
-"""Role engine-predictive: MLServer replicas serving scikit-learn models through Podium's skops runtime."""
+"""Role engine-predictive: MLServer replicas serving scikit-learn (skops) and ONNX models through Podium's runtimes."""

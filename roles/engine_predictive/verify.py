@@ -1,6 +1,6 @@
 """Role engine-predictive, proved on each host: every replica's unit runs quiet, MLServer is ready with
-the model loaded, a v2 infer call on the model's own example returns its known prediction, and
-the metrics port answers, all asked on the node itself."""
+the model (scikit-learn or ONNX) loaded, a v2 infer call on the model's own example returns its known
+prediction, and the metrics port answers, all asked on the node itself."""
 
 import json
 import shlex
@@ -30,6 +30,18 @@ def _sidecar(host, replica):
     return json.loads(host.file(sidecar).content_string)
 
 
+def _tensor(nested):
+    """Shape and row-major data of an example input of any rank (rows of features, images)."""
+    shape, level = [], nested
+    while isinstance(level, list):
+        shape.append(len(level))
+        level = level[0]
+    data = nested
+    for _ in shape[1:]:
+        data = [v for part in data for v in part]
+    return shape, data
+
+
 def test_010_units_run_quiet(host, settings):
     for replica in settings["replicas"]:
         checks.runs_quiet(host, "predictive", replica)
@@ -50,10 +62,10 @@ def test_030_parallel_workers_off(host, settings):
 def test_040_infer_returns_the_known_prediction(host, settings):
     for replica in settings["replicas"]:
         example = _sidecar(host, replica)
-        rows = example["example_input"]
+        shape, data = _tensor(example["example_input"])
         payload = json.dumps({"inputs": [{
             "name": example["input"]["name"], "datatype": example["input"]["datatype"],
-            "shape": [len(rows), len(rows[0])], "data": [v for row in rows for v in row]}]})
+            "shape": shape, "data": data}]})
         url = f"http://127.0.0.1:{replica['port']}/v2/models/{replica['model']}/infer"
         result = host.run(f"curl -fsS --max-time 30 -H 'Content-Type: application/json' "
                           f"-d {shlex.quote(payload)} {url}")

@@ -46,9 +46,6 @@ X86_64_LABEL = "cpu.avx2.fma.f16c.bmi2"
 X86_64_FEATURES = ("SSE3", "SSSE3", "AVX", "AVX2", "F16C", "FMA", "BMI2")
 
 MLSERVER_VERSION = "1.7.1"
-# skops must match the version that writes Podium's models; uvloop 0.22+ breaks
-# MLServer's parallel workers, which Podium also turns off (parallel_workers: 0).
-MLSERVER_EXTRA = ("skops==0.16.0", "uvloop<0.22")
 
 console = Console(stderr=True)
 
@@ -128,13 +125,17 @@ def llamacpp_server(version: str, venvs: Path = VENVS, wheels: Path = WHEELS) ->
 
 
 def mlserver_requirements(version: str = MLSERVER_VERSION) -> list[str]:
-    """What MLServer with Podium's skops runtime needs (for its venv and nodes' wheelhouse)."""
+    """What MLServer with Podium's skops and ONNX runtimes needs: the engine-predictive pins of
+    stacks/versions.yaml at `version`, as the role installs them on nodes."""
     _check_version(version)
-    return [f"mlserver=={version}", f"mlserver-sklearn=={version}", *MLSERVER_EXTRA]
+    from podium.stack.versions import load_versions
+
+    return list(load_versions().components["engine-predictive"].at("engine-predictive", version).requirements)
 
 
 def mlserver_venv(version: str = MLSERVER_VERSION, venvs: Path = VENVS) -> Path:
-    """A cached venv with MLServer, its scikit-learn runtime and skops; returns the venv folder.
+    """A cached venv with MLServer, its scikit-learn runtime, skops and onnxruntime; returns the
+    venv folder, named by its version and pins, so a checkout with other pins gets its own.
 
     MLServer pins versions that conflict with Podium's own, so it never
     shares Podium's venv. Podium's skops runtime is not installed into it:
@@ -145,7 +146,8 @@ def mlserver_venv(version: str = MLSERVER_VERSION, venvs: Path = VENVS) -> Path:
         >>> mlserver_venv() / "bin" / "mlserver"  # doctest: +SKIP
     """
     requirements = mlserver_requirements(version)
-    env_dir = venvs / f"mlserver-{version}"
+    pins = hashlib.sha256("\n".join(requirements).encode()).hexdigest()[:8]
+    env_dir = venvs / f"mlserver-{version}-{pins}"
     _cached_venv(env_dir, "\n".join(requirements), requirements, what=f"installing MLServer {version}")
     return env_dir
 

@@ -149,7 +149,7 @@ def _command(kind: str, replica: Mapping[str, Any]) -> list[str]:
 def _environment(kind: str, replica: Mapping[str, Any]) -> dict[str, str]:
     env = dict(QUIET_ENV)
     if kind == "predictive":
-        # Podium's skops runtime (podium.services.mlserver_skops) lives outside MLServer's venv.
+        # Podium's runtimes (podium.services.mlserver_skops, mlserver_onnx) live outside MLServer's venv.
         env["PYTHONPATH"] = RUNTIME_PATH
     if device(replica) == "gpu":
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in replica["gpu_ids"])

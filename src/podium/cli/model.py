@@ -115,7 +115,7 @@ def push(
     fmt: Annotated[
         str | None,
         typer.Option(
-            "--format", help="gguf, safetensors, skops or joblib; guessed from the file names."
+            "--format", help="gguf, safetensors, skops, joblib or onnx; guessed from the file names."
         ),
     ] = None,
     trusted: Annotated[
@@ -265,7 +265,7 @@ def rm(
 def make_tiny(
     out: Annotated[Path, typer.Argument(help="Where to write the model (file or directory).")],
     kind: Annotated[
-        str, typer.Option("--kind", help="gguf, gguf-embedding, hf (safetensors + tokenizer) or sklearn.")
+        str, typer.Option("--kind", help="gguf, gguf-embedding, hf (safetensors + tokenizer), sklearn or onnx.")
     ],
     seed: Annotated[
         int, typer.Option("--seed", help="Random seed, so the weights are reproducible.")

@@ -26,6 +26,7 @@ from podium.stack.versions import VersionTable
 
 SKOPS_RUNTIME = "podium.services.mlserver_skops.SkopsModel"
 SKLEARN_RUNTIME = "mlserver_sklearn.SKLearnModel"
+ONNX_RUNTIME = "podium.services.mlserver_onnx.OnnxModel"
 MLSERVER_REPOSITORY = "/srv/mlserver"
 
 # Requests and limits per engine kind until the stack declares its own. Memory limits leave
@@ -82,10 +83,10 @@ def _mlserver_files(engine: Engine, model: Model, rep: Replica) -> dict[str, str
         "grpc_port": rep.grpc_port, "metrics_port": rep.metrics_port,
         "load_models_at_startup": True,
     }
-    skops = model.format == "skops"
+    runtime = {"skops": SKOPS_RUNTIME, "onnx": ONNX_RUNTIME}.get(model.format, SKLEARN_RUNTIME)
     model_settings = {
         "name": model.name,
-        "implementation": SKOPS_RUNTIME if skops else SKLEARN_RUNTIME,
+        "implementation": runtime,
         "parameters": {
             "uri": model_dir(model),
             "extra": {"trusted_types": model.trusted_types, "trusted": model.trusted},

@@ -1,4 +1,4 @@
-"""Make tiny random-weight models (GGUF, HF llama, scikit-learn) for labs, tests and benchmarks."""
+"""Make tiny random-weight models (GGUF, HF llama, scikit-learn, ONNX) for labs, tests and benchmarks."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Literal, get_args
 
 from podium.errors import InvalidInput
 
-TinyKind = Literal["gguf", "gguf-embedding", "hf", "sklearn"]
+TinyKind = Literal["gguf", "gguf-embedding", "hf", "sklearn", "onnx"]
 KINDS: tuple[str, ...] = get_args(TinyKind)
 
 
@@ -16,9 +16,9 @@ def make_tiny(kind: TinyKind, out: Path, *, seed: int = 0, size: str = "tiny") -
 
     Args:
         kind: "gguf" (a .gguf file for llama.cpp), "gguf-embedding" (the same, as an
-            embedding model), "hf" (a transformers/vLLM directory) or "sklearn" (a .skops
-            file plus a .json sidecar).
-        out: the file (gguf, sklearn) or directory (hf) to write; parents are created.
+            embedding model), "hf" (a transformers/vLLM directory), "sklearn" (a .skops
+            file plus a .json sidecar) or "onnx" (a small CNN on 8x8 digits, .onnx plus sidecar).
+        out: the file (gguf, sklearn, onnx) or directory (hf) to write; parents are created.
         seed: seeds the random weights (and the sklearn classifier).
         size: "tiny" (a few MB) or, for gguf and hf, "1b" (about 1e9 parameters, f16).
 
@@ -44,7 +44,11 @@ def make_tiny(kind: TinyKind, out: Path, *, seed: int = 0, size: str = "tiny") -
 
         return write_hf(out, seed=seed, size=size)
     if size != "tiny":
-        raise InvalidInput(f"size {size!r} does not exist for sklearn models; use size 'tiny'.")
+        raise InvalidInput(f"size {size!r} does not exist for {kind} models; use size 'tiny'.")
+    if kind == "onnx":
+        from podium.models.tiny_onnx import write_onnx
+
+        return write_onnx(out, seed=seed, size=size)
     from podium.models.tiny_sklearn import write_sklearn
 
     return write_sklearn(out, seed=seed, size=size)

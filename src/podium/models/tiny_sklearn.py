@@ -56,8 +56,8 @@ def write_sklearn(out: Path, *, seed: int, size: str) -> Path:
         "seed": seed,
         "size": size,
     }
-    _atomic_write(out, stable_skops_bytes(skops.io.dumps(model)))
-    _atomic_write(sidecar_path(out),
+    atomic_write(out, stable_skops_bytes(skops.io.dumps(model)))
+    atomic_write(sidecar_path(out),
                   (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
     return out
 
@@ -101,7 +101,7 @@ def _renumber(node: Any, ids: dict[int, int]) -> None:
             _renumber(value, ids)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     tmp.replace(path)

@@ -7,7 +7,7 @@ from typing import Final, Literal, get_args
 
 from podium.errors import InvalidInput
 
-ModelFormat = Literal["gguf", "safetensors", "skops", "joblib"]
+ModelFormat = Literal["gguf", "safetensors", "skops", "joblib", "onnx"]
 FORMATS: Final[tuple[str, ...]] = get_args(ModelFormat)
 
 OCI_MANIFEST: Final = "application/vnd.oci.image.manifest.v1+json"
@@ -29,6 +29,7 @@ _SUFFIX_FORMAT: Final[dict[str, ModelFormat]] = {
     ".joblib": "joblib",
     ".pkl": "joblib",
     ".pickle": "joblib",
+    ".onnx": "onnx",
 }
 
 

@@ -94,7 +94,7 @@ def model_source(stack: Stack, index: int, model: Model) -> Path:
     if not path.exists():
         raise InvalidInput(
             f"models[{index}].source {model.source!r} of model {model.name}: {path} does not "
-            "exist; give a file or folder relative to the stack folder, or tiny:gguf|gguf-embedding|hf|sklearn"
+            "exist; give a file or folder relative to the stack folder, or tiny:gguf|gguf-embedding|hf|sklearn|onnx"
         )
     return path
 
@@ -112,9 +112,9 @@ def _tiny(stack: Stack, index: int, model: Model) -> Path:
     if kind in ("gguf", "gguf-embedding"):
         to_push = written = cache / f"{model.name}.gguf"
         target = written
-    elif kind == "sklearn":
-        # The writer puts a JSON sidecar beside the .skops file: the folder holds both.
-        target = cache / f"{model.name}.skops"
+    elif kind in ("sklearn", "onnx"):
+        # The writer puts a JSON sidecar beside the .skops (.onnx) file: the folder holds both.
+        target = cache / f"{model.name}.{'skops' if kind == 'sklearn' else 'onnx'}"
         written, to_push = target.with_suffix(".json"), cache
     else:
         # A transformers folder (config, tokenizer, safetensors) pushed as a whole.

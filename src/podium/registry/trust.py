@@ -61,7 +61,7 @@ def check_trust(
 
     root: the model file, or the directory holding `files`.
     files: relative paths of the model's files (just the file name for a single file).
-    fmt: the model format (gguf, safetensors, skops, joblib).
+    fmt: the model format (gguf, safetensors, skops, joblib, onnx).
     trusted: the stack marks this model trusted, so pickle-based files are allowed.
     trusted_types: types a skops file may hold beyond skops' safe defaults.
 

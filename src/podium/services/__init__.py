@@ -1,4 +1,4 @@
 """Programs Podium itself runs on nodes: the gateway and small engine adaptors."""
 
 # Keep this file free of imports: MLServer's own venv imports
-# podium.services.mlserver_skops without any of Podium's dependencies.
+# podium.services.mlserver_skops and mlserver_onnx without any of Podium's dependencies.

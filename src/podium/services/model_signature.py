@@ -1,4 +1,4 @@
-"""The inputs and outputs of a scikit-learn model as Open Inference Protocol tensor metadata.
+"""The inputs and outputs of a scikit-learn or ONNX model as Open Inference Protocol tensor metadata.
 
 Read twice from the model itself: when it is pushed (recorded in its config blob) and when
 MLServer loads it (served at GET /v2/models/NAME). It imports only numpy, as it also runs
@@ -7,6 +7,7 @@ inside MLServer's venv.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -56,3 +57,14 @@ def sklearn_signature(estimator: Any) -> dict[str, list[dict[str, Any]]] | None:
         outputs.append({"name": "predict_proba", "datatype": "FP64",
                         "shape": [-1, len(classes)]})
     return {"inputs": inputs, "outputs": outputs}
+
+
+def tensor(name: str, dtype: Any, dims: Sequence[int | str | None]) -> dict[str, Any]:
+    """One input or output of an ONNX graph as tensor metadata; a dimension the graph leaves
+    open (a named batch such as "N", or none at all) is -1, as the protocol writes it.
+
+    Example: tensor("image", "float32", ["N", 1, 8, 8])
+    == {"name": "image", "datatype": "FP32", "shape": [-1, 1, 8, 8]}
+    """
+    shape = [d if isinstance(d, int) and d >= 0 else -1 for d in dims]
+    return {"name": name, "datatype": datatype(np.dtype(dtype)), "shape": shape}

@@ -22,7 +22,7 @@ ENGINE_FORMATS = {
     "llamacpp": {"gguf"},
     "vllm": {"safetensors"},
     "sglang": {"safetensors"},
-    "predictive": {"skops", "joblib"},
+    "predictive": {"skops", "joblib", "onnx"},
 }
 
 
@@ -260,7 +260,8 @@ def _engine_devices(stack: Stack, e: int) -> Iterator[Problem]:
                       f"is not supported by SGLang; use gpu, or {SGLANG_ON_CPU}")
         return
     if engine.kind == "predictive" and engine.device == "gpu":
-        yield Problem(("engines", e, "device"), "gpu", "is not used by scikit-learn; use cpu")
+        yield Problem(("engines", e, "device"), "gpu",
+                      "is not used by the predictive engine (scikit-learn, ONNX Runtime's CPU build); use cpu")
     if not uses_gpu(engine):
         return
     for i, name in enumerate(engine.nodes):

@@ -112,8 +112,8 @@ class Registry(Strict):
 class Model(Strict):
     name: Name
     version: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
-    format: Literal["gguf", "safetensors", "skops", "joblib"]
-    # A path relative to the stack folder, or tiny:gguf|hf|sklearn for a generated test model.
+    format: Literal["gguf", "safetensors", "skops", "joblib", "onnx"]
+    # A path relative to the stack folder, or tiny:gguf|hf|sklearn|onnx for a generated test model.
     source: LocalPath
     aliases: list[Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")]] = []
     trusted: bool = False
