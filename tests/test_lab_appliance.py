@@ -214,7 +214,7 @@ def test_grpc_metadata_infer_and_errors_with_tritonclient(lab):
     client = triton.InferenceServerClient(
         line(lab["output"], "grpc: "), ssl=True, root_certificates=lab["ca"],
         channel_args=[("grpc.ssl_target_name_override", line(lab["output"], "grpc-tls-name: "))])
-    created = podium("keys", "create", lab["stack"], "--name", "grpc-lab", "--models", "iris", "--json")
+    created = podium("keys", "create", lab["stack"], "--name", "grpc-lab", "--models", "iris,digits", "--json")
     assert created.returncode == 0, created.stderr
     key = json.loads(created.stdout)["key"]
     metadata = client.get_model_metadata("iris", headers={"authorization": f"Bearer {key}"}, as_json=True)
@@ -234,10 +234,22 @@ def test_grpc_metadata_infer_and_errors_with_tritonclient(lab):
     with pytest.raises(InferenceServerException) as denied:
         client.get_model_metadata("tiny-llama", headers={"authorization": f"Bearer {key}"})
     assert str(denied.value.status()) == "StatusCode.PERMISSION_DENIED"
-    usage = podium("usage", lab["stack"], "--by", "key", "--json")
+    # The ONNX model on MLServer through Podium's ONNX Runtime runtime: metadata from its graph,
+    # and its label for the example image pushed with it.
+    metadata = client.get_model_metadata("digits", headers={"authorization": f"Bearer {key}"}, as_json=True)
+    assert metadata["inputs"] == [{"name": "image", "datatype": "FP32", "shape": ["-1", "1", "8", "8"]}]
+    assert [o["name"] for o in metadata["outputs"]] == ["label", "probabilities"]
+    digits = json.loads((tiny_cache(lab["name"]) / "digits-1" / "digits.json").read_text())
+    image = triton.InferInput("image", [1, 1, 8, 8], "FP32")
+    image.set_data_from_numpy(np.array(digits["example_input"], dtype=np.float32))
+    result = client.infer("digits", [image], headers={"authorization": f"Bearer {key}"})
+    assert result.as_numpy("label").ravel().tolist() == digits["expected_prediction"]
+    assert result.as_numpy("probabilities").shape == (1, 10)
+    usage = podium("usage", lab["stack"], "--by", "key", "--by", "model", "--json")
     assert usage.returncode == 0, usage.stderr
-    rows = {r["key"]: r for r in json.loads(usage.stdout)}
-    assert rows["grpc-lab"]["requests"] >= 2
+    rows = {(r["key"], r["model"]): r["requests"] for r in json.loads(usage.stdout)}
+    assert rows[("grpc-lab", "iris")] >= 2
+    assert rows[("grpc-lab", "digits")] == 2, rows
 
 
 def test_usage_is_metered_per_key(client, lab):

@@ -125,9 +125,11 @@ def test_lab_scrape_config_covers_every_exporter_engine_replica_gateway_and_regi
         ("10.77.0.11:8080", {**LLAMA, "node": "node1", "replica": "0"}),
         ("10.77.0.12:8080", {**LLAMA, "node": "node2", "replica": "1"}),
     ]
-    # MLServer on the replica's own metrics port (API 8090, gRPC 8091, metrics 8092).
+    # MLServer on the replica's own metrics port (API 8090, gRPC 8091, metrics 8092; the ONNX
+    # model's replica 8093-8095).
     assert jobs["engine-predictive"] == [
-        ("10.77.0.12:8092", {"engine": "iris-predictive", "model": "iris", "node": "node2", "replica": "0"})
+        ("10.77.0.12:8092", {"engine": "iris-predictive", "model": "iris", "node": "node2", "replica": "0"}),
+        ("10.77.0.12:8095", {"engine": "digits-predictive", "model": "digits", "node": "node2", "replica": "0"}),
     ]
     # The gateway's metrics listener, the port after its API (8443), not the API itself.
     assert jobs["gateway"] == [("10.77.0.10:8444", {"gateway_replica": "0", "node": "ctrl"})]
