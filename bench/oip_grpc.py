@@ -2,9 +2,11 @@
 
 One MLServer (Podium's skops runtime, the tiny iris model) and one gateway (SQLite store, one
 key, metering on, gRPC on its own port, no TLS) on 127.0.0.1; tritonclient.grpc calls
-ModelInfer on each, at each concurrency, in interleaved rounds (direct, podium, again) so a
-slow spell touches both alike. Counts and time are bounded per cell. Prints req/s, p50 and p99
-per cell and the gateway's ratio to direct.
+ModelInfer on each, at each concurrency, in interleaved rounds (direct, podium, podium-rest,
+again) so a slow spell touches all alike. `podium` is the gateway forwarding to MLServer's own
+gRPC port, as a stack configures it; `podium-rest` the same model through the gateway's REST
+fallback (an engine without gRPC). Counts and time are bounded per cell. Prints req/s, p50 and
+p99 per cell and the gateway's ratio to direct.
 
     .venv/bin/python bench/oip_grpc.py
     .venv/bin/python bench/oip_grpc.py --concurrency 1,8 --requests 200 --json out.json
@@ -40,9 +42,9 @@ from gateway import free_port, wait_http  # noqa: E402  isort: skip
 ROWS = np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float64)
 
 
-def start(root: Path) -> tuple[list[subprocess.Popen[bytes]], dict[str, tuple[str, dict[str, str]]]]:
-    """MLServer and the gateway; returns the processes and, per target, its gRPC address and
-    the metadata its calls carry."""
+def start(root: Path) -> tuple[list[subprocess.Popen[bytes]], dict[str, tuple[str, dict[str, str], str]]]:
+    """MLServer and the gateway; returns the processes and, per target, its gRPC address, the
+    metadata its calls carry and the model name it answers to."""
     repo = root / "models"
     make_tiny("sklearn", repo / "iris" / "iris.skops")
     (repo / "iris" / "model-settings.json").write_text(json.dumps({
@@ -68,17 +70,23 @@ def start(root: Path) -> tuple[list[subprocess.Popen[bytes]], dict[str, tuple[st
         "listen": {"host": "127.0.0.1", "port": port}, "store": store,
         "grpc_listen": {"host": "127.0.0.1", "port": gateway_grpc},
         "models": {"iris": {"kind": "predictive", "replicas": [f"http://127.0.0.1:{http}"],
-                            "max_outstanding_per_replica": 256}}}))
+                            "grpc_replicas": [f"127.0.0.1:{grpc}"],
+                            "max_outstanding_per_replica": 256},
+                   "iris-rest": {"kind": "predictive", "served_name": "iris",
+                                 "replicas": [f"http://127.0.0.1:{http}"],
+                                 "max_outstanding_per_replica": 256}}}))
     log = (root / "gateway.log").open("ab")
     procs.append(subprocess.Popen([sys.executable, "-m", "podium.services.gateway", "--config",
                                    str(root / "gateway.yaml"), "--log-level", "warning"],
                                   stdout=log, stderr=subprocess.STDOUT))
     wait_http(f"http://127.0.0.1:{port}/v2/health/live", procs[1])
-    return procs, {"direct": (f"127.0.0.1:{grpc}", {}),
-                   "podium": (f"127.0.0.1:{gateway_grpc}", {"authorization": f"Bearer {key}"})}
+    auth = {"authorization": f"Bearer {key}"}
+    return procs, {"direct": (f"127.0.0.1:{grpc}", {}, "iris"),
+                   "podium": (f"127.0.0.1:{gateway_grpc}", auth, "iris"),
+                   "podium-rest": (f"127.0.0.1:{gateway_grpc}", auth, "iris-rest")}
 
 
-def cell(address: str, headers: dict[str, str], concurrency: int, count: int,
+def cell(address: str, headers: dict[str, str], model: str, concurrency: int, count: int,
          max_s: float) -> dict[str, Any]:
     """`count` ModelInfer calls over `concurrency` clients, stopping at `max_s` seconds."""
     clients = [triton.InferenceServerClient(address) for _ in range(concurrency)]
@@ -104,7 +112,7 @@ def cell(address: str, headers: dict[str, str], concurrency: int, count: int,
         while claim():
             started = time.perf_counter()
             try:
-                client.infer("iris", [tensor], headers=headers)
+                client.infer(model, [tensor], headers=headers)
                 latencies.append(time.perf_counter() - started)
             except Exception:
                 errors += 1
@@ -143,8 +151,8 @@ def main() -> None:
                 name: {c: [] for c in concurrencies} for name in targets}
             for _ in range(args.rounds):
                 for c in concurrencies:
-                    for name, (address, headers) in targets.items():
-                        runs[name][c].append(cell(address, headers, c, args.requests,
+                    for name, (address, headers, model) in targets.items():
+                        runs[name][c].append(cell(address, headers, model, c, args.requests,
                                                   args.max_seconds))
         finally:
             for proc in procs:
@@ -153,11 +161,14 @@ def main() -> None:
                 proc.wait(15)
     figures = {name: {str(c): summary(r) for c, r in by_c.items()} for name, by_c in runs.items()}
     for c in concurrencies:
-        direct, gateway = figures["direct"][str(c)], figures["podium"][str(c)]
-        print(f"concurrency {c:>3}: direct {direct['req_s']:7.1f} req/s p50 {direct['p50_ms']:6.2f}"
-              f" ms p99 {direct['p99_ms']:6.2f} ms | podium {gateway['req_s']:7.1f} req/s p50"
-              f" {gateway['p50_ms']:6.2f} ms p99 {gateway['p99_ms']:6.2f} ms"
-              f" ({gateway['req_s'] / direct['req_s']:.2f}x direct)")
+        direct = figures["direct"][str(c)]
+        line = (f"concurrency {c:>3}: direct {direct['req_s']:7.1f} req/s p50 {direct['p50_ms']:6.2f}"
+                f" ms p99 {direct['p99_ms']:6.2f} ms")
+        for name in ("podium", "podium-rest"):
+            gateway = figures[name][str(c)]
+            line += (f" | {name} {gateway['req_s']:7.1f} req/s p50 {gateway['p50_ms']:6.2f} ms p99"
+                     f" {gateway['p99_ms']:6.2f} ms ({gateway['req_s'] / direct['req_s']:.2f}x direct)")
+        print(line)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
 

@@ -25,7 +25,7 @@ def test_the_grpc_benchmark_runs_small_without_a_single_error(tmp_path: Path) ->
     )
     assert run.returncode == 0, run.stderr[-3000:]
     figures = json.loads(out.read_text())
-    for name in ("direct", "podium"):
+    for name in ("direct", "podium", "podium-rest"):
         for c in ("1", "4"):
             cell = figures[name][c]
             assert cell["errors"] == 0 and cell["requests"] == 40, (name, c, cell)

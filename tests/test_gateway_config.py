@@ -57,12 +57,29 @@ def test_example_config_loads_with_defaults_and_relative_paths(tmp_path: Path) -
     (EXAMPLE + "connections: {max_header_bytes: 10}\n", "connections.max_header_bytes"),
     (EXAMPLE + "connections: {write_timeout_s: 0}\n", "connections.write_timeout_s"),
     (EXAMPLE + "grpc_listen: {host: 127.0.0.1, port: 8081}\n", "grpc_listen.port 8081"),
+    (EXAMPLE.replace("[http://10.0.0.7:8082]",
+                     "[http://10.0.0.7:8082]\n    grpc_replicas: [10.0.0.7:8083, 10.0.0.8:8083]"),
+     "field 'models.iris': Value error, grpc_replicas names 2 endpoints for 1 replicas"),
+    (EXAMPLE.replace("[http://10.0.0.7:8082]", "[http://10.0.0.7:8082]\n    grpc_replicas: [http://10.0.0.7:8083]"),
+     "grpc replica 'http://10.0.0.7:8083' must be HOST:PORT"),
+    (EXAMPLE.replace("    price:", "    grpc_replicas: [10.0.0.5:8082, 10.0.0.6:8082]\n    price:"),
+     "grpc_replicas is for predictive models"),
 ])
 def test_errors_name_the_file_the_field_and_the_value(tmp_path: Path, text: str,
                                                       fragment: str) -> None:
     with pytest.raises(InvalidInput) as error:
         load_config(write(tmp_path, text))
     assert fragment in str(error.value) and "gateway.yaml" in str(error.value)
+
+
+def test_a_predictive_model_names_each_replicas_grpc_endpoint(tmp_path: Path) -> None:
+    text = EXAMPLE.replace("    replicas: [http://10.0.0.7:8082]",
+                           "    replicas: [http://10.0.0.7:8082, http://10.0.0.8:8082/]\n"
+                           "    grpc_replicas: [10.0.0.7:8083, 10.0.0.8:8083]")
+    iris = load_config(write(tmp_path, text)).models["iris"]
+    assert iris.grpc_target("http://10.0.0.8:8082") == "10.0.0.8:8083"
+    assert iris.grpc_target("http://10.0.0.7:8082") == "10.0.0.7:8083"
+    assert load_config(write(tmp_path, EXAMPLE)).models["iris"].grpc_target("http://10.0.0.7:8082") is None
 
 
 def test_quota_format_and_its_windows() -> None:

@@ -138,6 +138,63 @@ def test_errors_are_grpc_status_codes(gw: GatewayProcess, tiny_sklearn: Path) ->
         "StatusCode.RESOURCE_EXHAUSTED")
 
 
+def mlserver_calls(mlserver: EngineServer) -> dict[str, float]:
+    """MLServer's own count of what it served: gRPC calls by method, REST infer requests."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert mlserver.repository is not None
+    port = json.loads((mlserver.repository / "settings.json").read_text())["metrics_port"]
+    with urlopen(f"http://127.0.0.1:{port}/metrics") as text:
+        families = list(text_string_to_metric_families(text))
+    counts: dict[str, float] = {}
+    for family in families:
+        for sample in family.samples:
+            if sample.name == "grpc_server_handled_total":
+                method = sample.labels["grpc_method"]
+                counts[method] = counts.get(method, 0) + sample.value
+            elif sample.name == "rest_server_requests_total" and "infer" in sample.labels.get("path", ""):
+                counts["rest infer"] = counts.get("rest infer", 0) + sample.value
+    return counts
+
+
+def test_grpc_calls_reach_mlservers_own_grpc_port_unconverted(factory: GatewayFactory,
+                                                              mlserver: EngineServer,
+                                                              tiny_sklearn: Path) -> None:
+    assert mlserver.repository is not None
+    grpc_port = json.loads((mlserver.repository / "settings.json").read_text())["grpc_port"]
+    models = {"iris": {"kind": "predictive", "served_name": mlserver.model, "replicas": [mlserver.url],
+                       "grpc_replicas": [f"127.0.0.1:{grpc_port}"]}}
+    port = free_port()
+    gateway = factory.start(models=models, grpc_listen={"host": "127.0.0.1", "port": port})
+    key = gateway.new_key("grpc-direct", models=("iris",))
+    grpc = triton.InferenceServerClient(f"127.0.0.1:{port}")
+    deadline = time.monotonic() + 30
+    while not grpc.is_model_ready("iris", headers=bearer(key)):
+        assert time.monotonic() < deadline, gateway.log()[-2000:]
+        time.sleep(0.2)
+
+    before = mlserver_calls(mlserver)
+    metadata = grpc.get_model_metadata("iris", headers=bearer(key), as_json=True)
+    assert metadata["name"] == "iris"
+    assert metadata["inputs"] == [{"name": "input-0", "datatype": "FP64", "shape": ["-1", "4"]}]
+    inputs, expected = iris_inputs(tiny_sklearn)
+    result = grpc.infer("iris", inputs, headers=bearer(key))
+    assert result.get_response().model_name == "iris"
+    assert result.as_numpy("predict").ravel().tolist() == expected
+    after = mlserver_calls(mlserver)
+    served = {m: after.get(m, 0) - before.get(m, 0) for m in ("ModelMetadata", "ModelInfer", "rest infer")}
+    assert served == {"ModelMetadata": 1, "ModelInfer": 1, "rest infer": 0}, served
+
+    # The engine's own gRPC errors come back as their codes, and are metered like REST ones.
+    wrong = triton.InferInput("not-an-input", [1, 4], "FP64")
+    wrong.set_data_from_numpy(np.zeros((1, 4)))
+    code = code_of(lambda: grpc.infer("iris", [wrong, *inputs], headers=bearer(key)))
+    rows = usage_rows(gateway.store, "grpc-direct")
+    assert [(r["endpoint"], r["status"]) for r in rows][-3:-1] == [("grpc/metadata", 200), ("grpc/infer", 200)]
+    assert code == "StatusCode.INVALID_ARGUMENT", code
+    assert (rows[-1]["endpoint"], rows[-1]["status"]) == ("grpc/infer", 400)
+
+
 def test_raw_contents_that_do_not_fit_their_datatype_are_refused_before_the_engine() -> None:
     request = pb.ModelInferRequest(model_name="iris")
     request.inputs.add(name="input-0", datatype="FP64", shape=[1, 1])
@@ -214,6 +271,10 @@ def test_the_stack_opens_the_grpc_port_to_every_client_and_the_gateway_serves_it
     config = GatewayConfig.model_validate(yaml.safe_load(rendered["gateway.yaml"]))
     assert config.grpc_listen is not None and config.grpc_listen.port == port
     assert config.grpc_tls is not None and config.grpc_tls.cert.name == "grpc-tls.crt"
+    # gRPC calls go to MLServer's own gRPC port on each replica (API port + 1).
+    assert config.models["iris"].grpc_replicas == ["10.77.0.12:8091"]
+    assert config.models["digits"].grpc_replicas == ["10.77.0.12:8094"]
+    assert config.models["tiny-llama"].grpc_replicas is None
 
 
 def test_a_grpc_port_another_listener_holds_is_refused_naming_the_field(tmp_path: Path) -> None:

@@ -437,6 +437,9 @@ def _gateway_settings(stack: Stack, host: str) -> Settings:
         for rep in replicas(engine):
             address = stack.node(rep.node).address
             entry["replicas"].append(f"http://{address}:{rep.port}")
+            if rep.grpc_port is not None:
+                # MLServer's own gRPC endpoint: the gateway's gRPC calls go there unconverted.
+                entry.setdefault("grpc_replicas", []).append(f"{address}:{rep.grpc_port}")
     return {
         "port": gw.port,
         "metrics_port": gw.scrape_port,

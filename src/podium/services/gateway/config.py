@@ -71,6 +71,10 @@ class ModelConfig(_Strict):
     # Completion tokens for a request that names no max_tokens: sent to the engine as its
     # cap, and reserved against the key's token limits until the request is recorded.
     default_max_tokens: int = Field(default=1024, ge=1)
+    # A predictive engine's own Open Inference Protocol gRPC endpoint (HOST:PORT), one per
+    # replica in the order of `replicas`: gRPC calls go there, REST ones to `replicas`.
+    # None: gRPC calls are forwarded over REST.
+    grpc_replicas: list[str] | None = None
 
     @field_validator("replicas")
     @classmethod
@@ -79,6 +83,28 @@ class ModelConfig(_Strict):
             if not re.match(r"^https?://[^/\s]+(/.*)?$", url):
                 raise ValueError(f"replica {url!r} must be an http:// or https:// URL")
         return [url.rstrip("/") for url in urls]
+
+    @model_validator(mode="after")
+    def _grpc_replicas(self) -> ModelConfig:
+        targets = self.grpc_replicas
+        if targets is None:
+            return self
+        if self.kind != "predictive":
+            raise ValueError("grpc_replicas is for predictive models (the Open Inference Protocol); "
+                             "remove it from this llm model")
+        if len(targets) != len(self.replicas):
+            raise ValueError(f"grpc_replicas names {len(targets)} endpoints for {len(self.replicas)}"
+                             " replicas; give one HOST:PORT per replica, in the same order")
+        for target in targets:
+            if not re.fullmatch(r"[A-Za-z0-9.\-]+:\d{1,5}|\[[0-9A-Fa-f:]+\]:\d{1,5}", target):
+                raise ValueError(f"grpc replica {target!r} must be HOST:PORT, e.g. 10.0.0.5:8091")
+        return self
+
+    def grpc_target(self, replica_url: str) -> str | None:
+        """The gRPC endpoint of the replica answering REST at `replica_url`, if it has one."""
+        if self.grpc_replicas is None:
+            return None
+        return self.grpc_replicas[self.replicas.index(replica_url)]
 
     def probe_path(self) -> str:
         if self.health_path:

@@ -1,8 +1,9 @@
 """The Open Inference Protocol v2 gRPC service (inference.GRPCInferenceService) on its own port.
 
 Each call goes the REST way: the same key check, model access, limits, metering and metrics,
-and the same forwarding to the predictive engine's REST API (one path for retries and
-replica health). The message classes and the service stubs are those tritonclient ships.
+and the same replica choice, retries and replica health. It reaches the engine's own gRPC
+endpoint as the same message where the model's config names one (MLServer's grpc_port), and
+its REST API otherwise. The message classes and the service stubs are those tritonclient ships.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from podium.services.gateway import errors
 from podium.services.gateway.app import MAX_BODY, _proxied
 from podium.services.gateway.errors import GatewayError
 from podium.services.gateway.grpc_tensors import infer_body, infer_response, metadata_response
+from podium.services.gateway.grpc_upstream import EngineCall, EngineChannels
+from podium.services.gateway.proxy import GRPC_ANSWER
 from podium.services.gateway.runtime import Gateway
 from podium.services.gateway.validation import check_infer
 
@@ -68,6 +71,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
 
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
+        self.engines = EngineChannels()
 
     async def _answer(self, context: grpc.aio.ServicerContext, model: str,
                       handler: Callable[[dict[str, str]], Awaitable[Reply]]) -> Reply:
@@ -85,8 +89,11 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
         raise AssertionError("context.abort returns only by raising")
 
     async def _forward(self, context: grpc.aio.ServicerContext, seen: dict[str, str],
-                       model: str, endpoint: str, tail: str, body: dict[str, Any] | None
-                       ) -> tuple[int, bytes]:
+                       model: str, endpoint: str, tail: str, body: dict[str, Any] | None,
+                       engine_call: Callable[[str], tuple[str, Any]] | None = None,
+                       ) -> tuple[int, bytes, bool]:
+        """(status, payload, whether the payload is the engine's gRPC reply): `engine_call`
+        makes the method and request for the engine's gRPC endpoint from its model name."""
         started = time.perf_counter()
         key = await self.gw.authenticate(_authorization(context))
         seen["key"] = key.name
@@ -100,15 +107,20 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
                                      "the Open Inference Protocol", "model")
         if body is not None:
             check_infer(body)
-        path = f"/v2/models/{replicas.config.served_name or model}{tail}"
+        served = replicas.config.served_name or model
+        path = f"/v2/models/{served}{tail}"
         method = "GET" if body is None else "POST"
-        raw = None if body is None else json.dumps(body).encode()
+        upstream = None
+        if engine_call is not None and replicas.config.grpc_replicas is not None:
+            upstream = EngineCall(self.engines, *engine_call(served))
+        # Every replica of such a model takes the gRPC message: no JSON is made for it.
+        raw = None if body is None or upstream is not None else json.dumps(body).encode()
         # The REST path wants a request to keep its call on; this one is never read otherwise.
         holder = Request({"type": "http", "method": method, "path": path, "headers": []})
         answer = await _proxied(self.gw, holder, key, model, replicas, endpoint, started,
-                                method, path, raw)
+                                method, path, raw, grpc=upstream)
         seen["counted"] = "yes"
-        return int(answer.status_code), bytes(answer.body)
+        return int(answer.status_code), bytes(answer.body), answer.media_type == GRPC_ANSWER
 
     async def ServerLive(self, request: pb.ServerLiveRequest,
                          context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
@@ -124,8 +136,11 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
     async def ModelReady(self, request: pb.ModelReadyRequest,
                          context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
         async def ready(seen: dict[str, str]) -> pb.ModelReadyResponse:
-            status, _ = await self._forward(context, seen, request.name, "grpc/ready", "/ready",
-                                            None)
+            status, payload, proto = await self._forward(
+                context, seen, request.name, "grpc/ready", "/ready", None,
+                lambda served: ("ModelReady", pb.ModelReadyRequest(name=served)))
+            if proto:
+                return pb.ModelReadyResponse.FromString(payload)
             return pb.ModelReadyResponse(ready=status == 200)
 
         return await self._answer(context, request.name, ready)
@@ -133,10 +148,16 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
     async def ModelMetadata(self, request: pb.ModelMetadataRequest,
                             context: grpc.aio.ServicerContext) -> pb.ModelMetadataResponse:
         async def metadata(seen: dict[str, str]) -> pb.ModelMetadataResponse:
-            status, payload = await self._forward(context, seen, request.name, "grpc/metadata",
-                                                  "", None)
+            status, payload, proto = await self._forward(
+                context, seen, request.name, "grpc/metadata", "", None,
+                lambda served: ("ModelMetadata", pb.ModelMetadataRequest(name=served)))
             if status != 200:
                 raise _engine_error(status, payload)
+            if proto:
+                # The engine names the model as it serves it; the client asked by its public name.
+                answer = pb.ModelMetadataResponse.FromString(payload)
+                answer.name = request.name
+                return answer
             return metadata_response(request.name, json.loads(payload))
 
         return await self._answer(context, request.name, metadata)
@@ -145,10 +166,21 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
                          context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         async def infer(seen: dict[str, str]) -> pb.ModelInferResponse:
             body = infer_body(request)
-            status, payload = await self._forward(context, seen, request.model_name,
-                                                  "grpc/infer", "/infer", body)
+
+            def for_engine(served: str) -> tuple[str, pb.ModelInferRequest]:
+                forwarded = pb.ModelInferRequest()
+                forwarded.CopyFrom(request)
+                forwarded.model_name = served
+                return "ModelInfer", forwarded
+
+            status, payload, proto = await self._forward(context, seen, request.model_name,
+                                                         "grpc/infer", "/infer", body, for_engine)
             if status != 200:
                 raise _engine_error(status, payload)
+            if proto:
+                answer = pb.ModelInferResponse.FromString(payload)
+                answer.model_name = request.model_name
+                return answer
             return infer_response(request.model_name, json.loads(payload))
 
         return await self._answer(context, request.model_name, infer)

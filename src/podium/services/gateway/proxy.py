@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from starlette.responses import Response
@@ -29,6 +29,8 @@ from podium.services.gateway.runtime import Call, Gateway
 
 log = logging.getLogger("podium.gateway")
 _JSON = {"Content-Type": "application/json"}
+# An answer from the engine's gRPC endpoint: the serialized reply (grpc_upstream.GRPC_ANSWER).
+GRPC_ANSWER = "application/grpc+proto"
 _DONE = b"data: [DONE]\n\n"
 # Markers of a chunk that carries generated text (compact and spaced JSON).
 _TOKEN_MARKS = (
@@ -93,11 +95,18 @@ def _upstream_failure(exc: BaseException, what: str) -> _Failed:
     )
 
 
+class EngineCall(Protocol):
+    """A gRPC call for the engine's own gRPC endpoint (grpc_upstream.EngineCall)."""
+
+    async def send(self, target: str, timeout: float) -> tuple[int, bytes]: ...
+
+
 async def forward(
     gw: Gateway, call: Call, method: str, path: str, body: bytes | None, *,
-    stream: bool = False, strip_usage: bool = False,
+    stream: bool = False, strip_usage: bool = False, grpc: EngineCall | None = None,
 ) -> Response | StreamRelay:
-    """Send a request to a replica of the call's model and return the answer to relay."""
+    """Send a request to a replica of the call's model and return the answer to relay; `grpc`
+    goes to the replica's gRPC endpoint instead, where its config names one."""
     tried: set[str] = set()
     failure: _Failed | None = None
     seq = gw.next_seq()
@@ -116,7 +125,7 @@ async def forward(
                 # From here the relay owns the replica slot and releases it when done.
                 handed_off = isinstance(result, StreamRelay)
                 return result
-            return await _exchange(gw, call, replica, method, path, body)
+            return await _exchange(gw, call, replica, method, path, body, grpc)
         except _Failed as exc:
             # A plain 500 may be this request's own doing (MLServer answers 500 to inputs
             # its model cannot take): retried, but not held against the replica, so one bad
@@ -140,13 +149,18 @@ async def forward(
 
 
 async def _exchange(
-    gw: Gateway, call: Call, replica: EngineReplica, method: str, path: str, body: bytes | None
+    gw: Gateway, call: Call, replica: EngineReplica, method: str, path: str, body: bytes | None,
+    grpc: EngineCall | None = None,
 ) -> Response:
     assert gw.json_client is not None and gw.upstream is not None
     t = gw.config.timeouts
+    target = call.replicas.config.grpc_target(replica.url) if grpc is not None else None
     try:
         async with asyncio.timeout(t.first_byte_s + t.read_s):
-            if gw.upstream.handles(replica.url):
+            if grpc is not None and target is not None:
+                status, payload = await grpc.send(target, t.first_byte_s + t.read_s)
+                ctype = GRPC_ANSWER
+            elif gw.upstream.handles(replica.url):
                 answer = await gw.upstream.exchange(replica.url, method, path, body)
                 payload, status = answer.body, answer.status
                 ctype = answer.content_type or "application/json"
