@@ -130,6 +130,23 @@ def test_gateway_config_is_valid_for_the_gateway_and_lists_every_replica(
                  for p in pod["spec"]["containers"][0]["ports"]}
         assert ports["metrics"] == (gw.port + 1, gw.port + 1), name
         assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(gw.port + 1), name
+        assert ports["grpc"] == (gw.port + 3, gw.port + 3), f"{name}: gRPC on the node's address"
+
+
+def test_the_cluster_gateway_serves_grpc_on_its_port_and_service(
+    cluster_stack: Stack, versions: VersionTable
+) -> None:
+    gw = cluster_stack.gateway
+    assert gw is not None
+    config = GatewayConfig.model_validate(gateway_config(cluster_stack, INPUTS))
+    assert config.grpc_listen is not None
+    assert (config.grpc_listen.host, config.grpc_listen.port) == ("0.0.0.0", gw.port + 3)
+    # The API's certificate, and REST to engines (the cluster's replicas are Services).
+    assert config.tls is not None and config.grpc_tls is None
+    assert all(m.grpc_replicas is None for m in config.models.values())
+    service = by_name(build_objects(cluster_stack, versions, INPUTS), "Service")["gateway"]
+    ports = {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]}
+    assert ports == {"gateway": (gw.port, "gateway"), "grpc": (gw.port + 3, "grpc")}
 
 
 def test_secrets_only_from_inputs_and_never_rendered_without_them(

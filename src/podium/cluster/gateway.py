@@ -38,6 +38,9 @@ def gateway_config(stack: Stack, inputs: ClusterInputs) -> dict[str, Any]:
     config: dict[str, Any] = {
         "listen": {"host": "0.0.0.0", "port": gw.port},
         "metrics_listen": {"host": "0.0.0.0", "port": gw.scrape_port},
+        # The Open Inference Protocol's gRPC service, with the API's TLS; it reaches engines
+        # over REST (the replicas are Services, with no gRPC endpoint named).
+        "grpc_listen": {"host": "0.0.0.0", "port": gw.grpc_listen_port},
         "connections": {"max_connections": gw.max_connections,
                         "write_timeout_s": gw.write_timeout_s},
         "models": models,
@@ -113,7 +116,11 @@ def gateway_objects(stack: Stack, versions: VersionTable, inputs: ClusterInputs)
             "ports": [{"name": "gateway", "containerPort": gw.port, "hostPort": gw.port,
                        "protocol": "TCP"},
                       {"name": "metrics", "containerPort": gw.scrape_port,
-                       "hostPort": gw.scrape_port, "protocol": "TCP"}],
+                       "hostPort": gw.scrape_port, "protocol": "TCP"},
+                      # On the node's address like the API port; its firewall opens it to
+                      # every client.
+                      {"name": "grpc", "containerPort": gw.grpc_listen_port,
+                       "hostPort": gw.grpc_listen_port, "protocol": "TCP"}],
             "resources": {"requests": {"cpu": "250m", "memory": "256Mi"},
                           "limits": {"memory": "1Gi"}},
             "volumeMounts": mounts,
@@ -128,5 +135,6 @@ def gateway_objects(stack: Stack, versions: VersionTable, inputs: ClusterInputs)
             annotations={"prometheus.io/scrape": "true",
                          "prometheus.io/port": str(gw.scrape_port)},
         ))
-    out.append(service(stack, "gateway", "gateway", "gateway", [("gateway", gw.port)]))
+    out.append(service(stack, "gateway", "gateway", "gateway",
+                       [("gateway", gw.port), ("grpc", gw.grpc_listen_port)]))
     return out
