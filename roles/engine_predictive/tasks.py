@@ -15,8 +15,8 @@ KIND = "predictive"
 
 
 def requirements() -> list[str]:
-    """MLServer, its scikit-learn runtime and skops, pinned by stacks/versions.yaml at the host's
-    MLServer version (skops matches the version that writes Podium's models)."""
+    """MLServer, its scikit-learn runtime, skops and onnxruntime, pinned by stacks/versions.yaml
+    at the host's MLServer version (skops matches the version that writes Podium's models)."""
     return list(node_versions().components["engine-predictive"].requirements)
 
 
