@@ -171,3 +171,36 @@ def test_packed_box_holds_the_image_with_the_login_key_in_it(vm_image: Path, tmp
         check=True,
     )
     assert "Mode:  0600" in mode.stdout and "User:     0" in mode.stdout
+
+
+POOL_SCRIPT = """
+require ARGV[0]
+threads = 3.times.map { Thread.new { PodiumProvision.ensure_pool(ARGV[1], ARGV[2]) } }
+threads.each(&:join)
+puts "made"
+"""
+
+
+@pytest.mark.vm
+def test_machines_coming_up_at_once_make_the_storage_pool_once(tmp_path: Path) -> None:
+    # Vagrant runs every machine's `before :up` in parallel; each made the pool, and all but one
+    # failed on "pool already exists" before the pool was made under a lock.
+    from tests.fixtures_vm import require_vm_host
+
+    require_vm_host()
+    if shutil.which("ruby") is None:
+        pytest.skip("ruby is not installed (apt-get install -y vagrant)")
+    from podium.drivers.libvirt import ensure_libvirtd
+
+    ensure_libvirtd()
+    pool = f"podium-vagrant-test-{os.getpid()}"
+    try:
+        done = subprocess.run(["ruby", "-e", POOL_SCRIPT, str(PROVISION), pool, str(tmp_path / "pool")],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and done.stdout.strip() == "made", done.stderr
+        info = subprocess.run(["virsh", "-c", "qemu:///system", "pool-info", pool],
+                              capture_output=True, text=True).stdout
+        assert "running" in info, info
+    finally:
+        for step in ("pool-destroy", "pool-undefine"):
+            subprocess.run(["virsh", "-c", "qemu:///system", step, pool], capture_output=True)

@@ -42,4 +42,22 @@ module PodiumProvision
       :provisioned
     end
   end
+
+  # Defines, builds and starts libvirt's storage pool `pool` in `dir` unless it is there. Every
+  # machine's `before :up` calls this at once when Vagrant brings several up in parallel, so one
+  # of them makes the pool, under a lock beside it, and the others find it made.
+  def ensure_pool(pool, dir, uri = "qemu:///system")
+    FileUtils.mkdir_p(File.dirname(dir))
+    File.open(File.join(File.dirname(dir), ".#{pool}.lock"), File::RDWR | File::CREAT, 0o600) do |lock|
+      lock.flock(File::LOCK_EX)
+      virsh = ["virsh", "-q", "-c", uri]
+      unless system(*virsh, "pool-info", pool, out: File::NULL, err: File::NULL)
+        system(*virsh, "pool-define-as", pool, "dir", "--target", dir, exception: true)
+        system(*virsh, "pool-build", pool, exception: true)
+        system(*virsh, "pool-autostart", pool, exception: true)
+      end
+      state = IO.popen([*virsh, "pool-info", pool], &:read)
+      system(*virsh, "pool-start", pool, exception: true) unless state.match?(/State:\s+running/)
+    end
+  end
 end
