@@ -228,7 +228,8 @@ def _engines(stack: Stack) -> Iterator[Problem]:
         else:
             yield from _remote_code(engine, e, model)
             if model.format not in ENGINE_FORMATS[engine.kind]:
-                allowed = " or ".join(sorted(ENGINE_FORMATS[engine.kind]))
+                *others, last = sorted(ENGINE_FORMATS[engine.kind])
+                allowed = f"{', '.join(others)} or {last}" if others else last
                 yield Problem(
                     ("engines", e, "model"),
                     engine.model,
