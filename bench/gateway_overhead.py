@@ -19,6 +19,7 @@ interleaved so a slow spell of the shared host touches both alike.
 
     .venv/bin/python bench/gateway.py --instant
     .venv/bin/python bench/gateway_overhead.py --rounds 3 --json out.json
+    .venv/bin/python bench/gateway.py --instant --workers 2   # and a gateway of 2 workers
 """
 
 from __future__ import annotations
@@ -110,7 +111,8 @@ def cpu_seconds(pid: int) -> float:
 async def first_tokens(target: Target, count: int, max_s: float) -> list[float]:
     """Time to the first content event of `count` streams, one at a time."""
     # The upstream streams under /stream; the gateway names that replica by its model.
-    base = target.base if target.name == "podium" else target.base.replace("/v1", "/stream/v1")
+    base = (target.base if target.name.startswith("podium")
+            else target.base.replace("/v1", "/stream/v1"))
     body = {"model": STREAM_MODEL, "messages": PROMPT, "max_tokens": 4, "stream": True}
     headers = {"Authorization": f"Bearer {target.key}"}
     out: list[float] = []
@@ -196,6 +198,14 @@ def report(results: dict[str, dict[str, Any]]) -> str:
             f" {r['rps']:8.0f} {r['cpu_us']:10.0f}"
             f" {_ratio(r['rps'], nginx and nginx['rps']):>9}"
             f" {_ratio(r['cpu_us'], nginx and nginx['cpu_us']):>9}")
+    many = next((name for name in results if name.startswith("podium-")), None)
+    if many is not None and "podium" in results:
+        n = int(many.removeprefix("podium-").removesuffix("w"))
+        scale = results[many]["rps"] / results["podium"]["rps"]
+        lines.append(f"\n{n} workers on {os.cpu_count()} CPUs (shared with the upstream and wrk):"
+                     f" {scale:.2f}x the ceiling of one worker (target >= {0.8 * n:.1f}x),"
+                     f" {results[many]['cpu_us']:.0f} µs CPU per request against"
+                     f" {results['podium']['cpu_us']:.0f}")
     if "podium" in results:
         p = results["podium"]
         added50 = p["p50_ms"] - direct["p50_ms"]
@@ -231,6 +241,12 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             spec = KeySpec(name="bench", rpm=10**9, tpm=10**12)
             targets.append((s.podium(upstream, MODEL, spec, {STREAM_MODEL: upstream + "/stream"}),
                             s.procs[-1].pid))
+        if args.workers > 1 and "podium" not in args.skip:
+            # N workers may use every CPU; the upstream and wrk then compete with them.
+            spec = KeySpec(name="bench", rpm=10**9, tpm=10**12)
+            targets.append((s.podium(upstream, MODEL, spec, {STREAM_MODEL: upstream + "/stream"},
+                                     workers=args.workers, cpus=set(cpus),
+                                     name=f"podium-{args.workers}w"), s.procs[-1].pid))
         if "nginx" not in args.skip:
             targets.append((nginx_proxy(s, upstream, proxy_cpus), s.procs[-1].pid))
         os.sched_setaffinity(0, rest)  # the load generator, off the proxies' core
@@ -272,6 +288,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--connections", type=int, default=32, help="for the ceiling")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     p.add_argument("--skip", default="", help="comma-separated: podium,nginx")
+    p.add_argument("--workers", type=int, default=1,
+                   help="also measure a gateway of this many worker processes on every CPU")
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument("--keep", action="store_true", help="keep logs and configs")
     return p

@@ -15,7 +15,8 @@ import os
 import socket
 import time
 from asyncio import TimerHandle
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -23,6 +24,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from podium.errors import InvalidInput
 from podium.services.gateway.config import Connections, GatewayConfig
 from podium.services.gateway.errors import error_body
+
+if TYPE_CHECKING:
+    from podium.services.gateway.workers import WorkerBoard
 
 log = logging.getLogger("podium.gateway")
 # How long a refused connection's remaining input is read and dropped before it is closed.
@@ -266,23 +270,61 @@ def held_for_us(host: str, port: int) -> socket.socket | None:
 
 
 def run(config: GatewayConfig, log_level: str) -> None:
-    """Serve the API and the metrics listener from one process until SIGTERM or SIGINT.
+    """Serve the API and the metrics listener until SIGTERM or SIGINT: from this process, or
+    from `config.workers` processes sharing its listening sockets.
 
     Example: run(load_config(Path("/etc/podium/gateway/gateway.yaml")), "info")
     """
+    cores = os.cpu_count()
+    if cores is not None and config.workers > cores:
+        raise InvalidInput(
+            f"the gateway config's workers is {config.workers}, more than this machine's"
+            f" {cores} CPUs; set workers to {cores} or fewer"
+        )
+    api_socket = held_for_us(config.listen.host, config.listen.port)
+    sockets = [api_socket or bind(config.listen.host, config.listen.port),
+               bind(*config.metrics_address())]
+    if config.admin_listen is not None:
+        # The control machine's own listener: drains never share a port with the API.
+        sockets.append(bind(config.admin_listen.host, config.admin_listen.port))
+    if config.workers == 1:
+        serve(config, log_level, sockets)
+        return
+    from prometheus_client.multiprocess import mark_process_dead
+
+    from podium.services.gateway.workers import Supervisor, WorkerBoard, fresh_metrics_dir
+
+    board = WorkerBoard(((name, url) for name, model in config.models.items()
+                         for url in model.replicas), config.workers)
+    shared = fresh_metrics_dir(config.state_dir / "metrics")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(shared)
+
+    def worker(index: int) -> None:
+        from podium.services.gateway.metrics import share_between_workers
+
+        board.me = index
+        share_between_workers()
+        serve(config, log_level, sockets, board, shared)
+
+    log.info("gateway serving from %d worker processes", config.workers)
+    code = Supervisor(config.workers, worker,
+                      lambda pid: mark_process_dead(pid, str(shared)),  # type: ignore[no-untyped-call]
+                      sockets).run()
+    if code:
+        raise SystemExit(code)
+
+
+def serve(config: GatewayConfig, log_level: str, sockets: list[socket.socket],
+          board: WorkerBoard | None = None, shared: Path | None = None) -> None:
+    """One process serving the gateway on `sockets` (API, metrics, control if configured)."""
     import uvicorn
 
     from podium.services.gateway.app import create_apps
     from podium.services.gateway.draining import control_app
 
-    api_socket = held_for_us(config.listen.host, config.listen.port)
-    api, metrics = create_apps(config)
-    metrics_host, metrics_port = config.metrics_address()
-    sockets = [api_socket or bind(config.listen.host, config.listen.port), bind(metrics_host, metrics_port)]
-    others: dict[int, ASGIApp] = {metrics_port: metrics}
+    api, metrics = create_apps(config, board, shared)
+    others: dict[int, ASGIApp] = {config.metrics_address()[1]: metrics}
     if config.admin_listen is not None:
-        # The control machine's own listener: drains never share a port with the API.
-        sockets.append(bind(config.admin_listen.host, config.admin_listen.port))
         others[config.admin_listen.port] = control_app(api.state.gateway)
     tls = {}
     if config.tls is not None:
