@@ -259,6 +259,16 @@ http {{
         return port
 
 
+def finish(began_load: float, where: str, text: str, results: Any, out: Path | None) -> None:
+    """Print how busy the host was (other work shows in p99 first), then the report; and
+    write the figures to `out` when given."""
+    print(f"host load average (1 min): {began_load:.1f} before, {os.getloadavg()[0]:.1f} after,"
+          f" on {os.cpu_count()} CPUs{where}")
+    print(text)
+    if out:
+        out.write_text(json.dumps(results, indent=2))
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]

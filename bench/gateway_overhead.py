@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from gateway import PROMPT, Stack, Target, pct, stack
+from gateway import PROMPT, Stack, Target, finish, pct, stack
 
 MODEL = "tiny"
 STREAM_MODEL = "tiny-stream"  # served by the upstream under /stream
@@ -312,12 +312,7 @@ def main(argv: list[str] | None = None) -> None:
     results = run(args)
     print("upstream: nginx with a canned completion; proxies on CPU 0, upstream and load on"
           " the others")
-    # Other work on the host shows in p99 first: say how busy it was.
-    print(f"host load average (1 min): {before:.1f} before, {os.getloadavg()[0]:.1f} after,"
-          f" on {os.cpu_count()} CPUs")
-    print(report(results))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    finish(before, "", report(results), results, args.json)
 
 
 if __name__ == "__main__":
