@@ -23,6 +23,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from podium.services.gateway.client import ReplicaAdmin
+from tests.fixtures_console import ConsoleClient
 from tests.fixtures_gateway import (
     GatewayFactory,
     GatewayProcess,
@@ -193,3 +194,16 @@ def test_the_stacks_workers_reach_the_nodes_gateway_config_and_the_clusters() ->
         assert config.workers == workers
         cluster = gateway_config(changed, ClusterInputs())
         assert cluster.get("workers", 1) == workers
+
+
+def test_a_console_login_through_one_worker_holds_in_every_worker(
+        gateways: GatewayFactory, scripted: ScriptedEngine) -> None:
+    gw = gateways.start(models={"m": {"replicas": [scripted.url]}}, workers=2,
+                        console={"sources": ["127.0.0.1/32"]})
+    client = ConsoleClient(gw.port)
+    assert client.login(gw.admin_token).status == 303 and client.cookie
+    # A new connection each: the kernel hands them to either worker.
+    pages = [client.call("GET", "/console/keys").status for _ in range(16)]
+    assert pages == [200] * 16
+    assert client.call("POST", "/console/logout", {"csrf": client.csrf()}).status == 303
+    assert {client.call("GET", "/console/keys").status for _ in range(8)} == {303}

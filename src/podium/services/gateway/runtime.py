@@ -82,6 +82,8 @@ class Gateway:
                  metrics_dir: Path | None = None) -> None:
         self.config = config
         self.metrics = GatewayMetrics(metrics_dir)
+        # Console logins every worker sees, where several serve (None: the console keeps its own).
+        self.sessions = board.sessions if board is not None else None
         self.store = Store(config.store)
         self.admin_hash = config.admin_token_hash()
         self.keys = KeyCache(config.key_cache_s)

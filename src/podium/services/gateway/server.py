@@ -292,10 +292,12 @@ def run(config: GatewayConfig, log_level: str) -> None:
         return
     from prometheus_client.multiprocess import mark_process_dead
 
+    from podium.services.gateway.console_sessions import SharedSessionBook
     from podium.services.gateway.workers import Supervisor, WorkerBoard, fresh_metrics_dir
 
     board = WorkerBoard(((name, url) for name, model in config.models.items()
-                         for url in model.replicas), config.workers)
+                         for url in model.replicas), config.workers,
+                        SharedSessionBook(config.console.session_s) if config.console else None)
     shared = fresh_metrics_dir(config.state_dir / "metrics")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(shared)
 

@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import FrameType
 
+from podium.services.gateway.console_sessions import SharedSessionBook
+
 log = logging.getLogger("podium.gateway")
 # A worker that dies sooner than this after its start is restarted only after this long,
 # so one that cannot start does not spin.
@@ -39,10 +41,13 @@ class WorkerBoard:
     Example: board = WorkerBoard([("tiny", "http://10.0.0.5:8080")], workers=2); board.me = 1
     """
 
-    def __init__(self, replicas: Iterable[tuple[str, str]], workers: int) -> None:
+    def __init__(self, replicas: Iterable[tuple[str, str]], workers: int,
+                 sessions: SharedSessionBook | None = None) -> None:
         self.slots = {r: i for i, r in enumerate(sorted(set(replicas)))}
         self.workers = workers
         self.me = 0
+        # The console's logins, where it is served (a login must hold in every worker).
+        self.sessions = sessions
         n = len(self.slots)
         self._map = mmap.mmap(-1, 8 * max(1, n * (1 + workers)))
         self._cells = memoryview(self._map).cast("d")
