@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -152,13 +153,14 @@ def test_a_worker_that_dies_is_started_again_and_sigterm_stops_them_all(
     while time.monotonic() < deadline and (len(workers_of(gw)) != 2 or victim in workers_of(gw)):
         time.sleep(0.1)
     again = workers_of(gw)
-    assert len(again) == 2 and victim not in again
+    assert len(again) == 2 and victim not in again, (first, again, gw.log()[-3000:])
     time.sleep(1.0)  # the new worker's startup
     with ThreadPoolExecutor(8) as pool:
-        assert set(pool.map(lambda i: chat(gw, key, f"c{i}"), range(16))) == {200}
+        answers = list(pool.map(lambda i: chat(gw, key, f"c{i}"), range(16)))
+    assert set(answers) == {200}, (answers, gw.log()[-3000:])
     assert gw.proc is not None
     gw.proc.terminate()
-    assert gw.proc.wait(30) == 0
+    assert gw.proc.wait(30) == 0, gw.log()[-3000:]
     assert not [pid for pid in again if Path(f"/proc/{pid}").exists()]
 
 
@@ -207,3 +209,21 @@ def test_a_console_login_through_one_worker_holds_in_every_worker(
     assert pages == [200] * 16
     assert client.call("POST", "/console/logout", {"csrf": client.csrf()}).status == 303
     assert {client.call("GET", "/console/keys").status for _ in range(8)} == {303}
+
+
+def test_the_connection_cap_holds_over_every_worker_together(
+        gateways: GatewayFactory, scripted: ScriptedEngine) -> None:
+    gw = gateways.start(models={"m": {"replicas": [scripted.url]}}, workers=2,
+                        connections={"max_connections": 4, "header_timeout_s": 30})
+    idle = [socket.create_connection(("127.0.0.1", gw.port), timeout=30) for _ in range(4)]
+    try:
+        time.sleep(0.5)  # both workers have accepted theirs
+        for _ in range(4):
+            with socket.create_connection(("127.0.0.1", gw.port), timeout=30) as extra:
+                extra.settimeout(5)
+                assert extra.recv(65536).startswith(b"HTTP/1.1 503")
+    finally:
+        for sock in idle:
+            sock.close()
+    time.sleep(0.5)
+    assert httpx.get(gw.url + "/v2/health/live", timeout=10).status_code == 200

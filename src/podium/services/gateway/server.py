@@ -78,6 +78,8 @@ class BoundedHttp(HttpToolsProtocol):
     uncapped_ports: frozenset[int] = frozenset()
     # Connections open now that count against the cap (one gateway per subclass).
     open_counted = 0
+    # Where several workers serve: the cap is on all their connections together.
+    board: WorkerBoard | None = None
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
@@ -93,21 +95,26 @@ class BoundedHttp(HttpToolsProtocol):
         super().connection_made(transport)
         self.counted = self.server is None or self.server[1] not in self.uncapped_ports
         if self.counted:
-            type(self).open_counted += 1
-        if self.counted and self.open_counted > self.bounds.max_connections:
+            self._count(1)
+        open_now = self.open_counted if self.board is None else self.board.connections()
+        if self.counted and open_now > self.bounds.max_connections:
             # Refused before a byte is read: a flood of idle connections costs one write each.
-            _notes.warn("cap", self._peer(),
-                        f"refused: {self.open_counted - 1} connections are open")
+            _notes.warn("cap", self._peer(), f"refused: {open_now - 1} connections are open")
             transport.write(_answer(503, "Service Unavailable",
                                     "the gateway has too many connections open; retry shortly"))
             transport.close()
             return
         self._arm_read(self.bounds.header_timeout_s, "its request headers")
 
+    def _count(self, step: int) -> None:
+        type(self).open_counted += step
+        if self.board is not None:
+            self.board.hold_connections(self.open_counted)
+
     def connection_lost(self, exc: Exception | None) -> None:
         if self.counted:
             self.counted = False
-            type(self).open_counted -= 1
+            self._count(-1)
         self._disarm_read()
         if self.write_deadline is not None:
             self.write_deadline.cancel()
@@ -208,12 +215,12 @@ class BoundedHttp(HttpToolsProtocol):
         return self.client[0] if self.client else "?"
 
 
-def protocol_for(config: GatewayConfig) -> type[BoundedHttp]:
-    """A BoundedHttp subclass carrying this gateway's bounds."""
+def protocol_for(config: GatewayConfig, board: WorkerBoard | None = None) -> type[BoundedHttp]:
+    """A BoundedHttp subclass carrying this gateway's bounds (over all workers, with a board)."""
     uncapped = frozenset({config.metrics_address()[1]}
                          | ({config.admin_listen.port} if config.admin_listen else set()))
     return type("GatewayHttp", (BoundedHttp,),
-                {"bounds": config.connections, "uncapped_ports": uncapped})
+                {"bounds": config.connections, "uncapped_ports": uncapped, "board": board})
 
 
 class Listeners:
@@ -335,7 +342,7 @@ def serve(config: GatewayConfig, log_level: str, sockets: list[socket.socket],
     settings = uvicorn.Config(
         Listeners(api, others),
         loop="uvloop",
-        http=protocol_for(config),
+        http=protocol_for(config, board),
         log_level=log_level,
         # Every request is already metered and counted; an access log line would double
         # the gateway's per-request work for no information.

@@ -49,7 +49,9 @@ class WorkerBoard:
         # The console's logins, where it is served (a login must hold in every worker).
         self.sessions = sessions
         n = len(self.slots)
-        self._map = mmap.mmap(-1, 8 * max(1, n * (1 + workers)))
+        # Per (model, replica): the drain; per worker and (model, replica): its requests;
+        # per worker: the client connections it holds open.
+        self._map = mmap.mmap(-1, 8 * (n * (1 + workers) + workers))
         self._cells = memoryview(self._map).cast("d")
 
     def drained_until(self, model: str, url: str) -> float:
@@ -67,6 +69,15 @@ class WorkerBoard:
         """Requests in flight on a replica, all workers together."""
         n, slot = len(self.slots), self.slots[(model, url)]
         return int(sum(self._cells[n * (1 + w) + slot] for w in range(self.workers)))
+
+    def hold_connections(self, count: int) -> None:
+        """The client connections this worker holds open now (its own cell only)."""
+        self._cells[len(self.slots) * (1 + self.workers) + self.me] = count
+
+    def connections(self) -> int:
+        """Client connections open now, all workers together."""
+        start = len(self.slots) * (1 + self.workers)
+        return int(sum(self._cells[start:start + self.workers]))
 
 
 def fresh_metrics_dir(path: Path) -> Path:
