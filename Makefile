@@ -51,3 +51,4 @@ bench:
 	$(PY) bench/gateway.py
 	$(PY) bench/gateway.py --instant
 	$(PY) bench/vagrant_up.py
+	$(PY) bench/harness.py

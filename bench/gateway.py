@@ -165,26 +165,32 @@ class Stack:
         return url, "tiny-hf"
 
     def podium(self, engine: str, model: str, spec: KeySpec | None = None,
-               more: dict[str, str] | None = None) -> Target:
-        """The gateway serving `model` on `engine` (and each of `more`: model -> replica URL)."""
+               more: dict[str, str] | None = None, workers: int = 1,
+               cpus: set[int] | None = None, name: str = "podium") -> Target:
+        """The gateway serving `model` on `engine` (and each of `more`: model -> replica URL),
+        its files in a folder named `name`, on `cpus` (default: the proxies')."""
         from podium.services.gateway.client import StoreAdmin
         from podium.services.gateway.keys import KeySpec
 
-        store = f"sqlite:///{self.root / 'gateway.db'}"
+        home = self.root / name
+        home.mkdir(exist_ok=True)
+        store = f"sqlite:///{home / 'gateway.db'}"
         key = StoreAdmin(store).create_key(spec or KeySpec(name="bench"))["key"]
         port = free_port()
-        config = self.root / "gateway.yaml"
+        config = home / "gateway.yaml"
         config.write_text(yaml.safe_dump({
             "listen": {"host": "127.0.0.1", "port": port},
             "store": store,
+            "workers": workers,
             # The engine's own name, as the gateway role configures it in the appliance.
-            "models": {name: {"replicas": [url], "max_outstanding_per_replica": 256}
-                       for name, url in {model: engine, **(more or {})}.items()},
+            "models": {served: {"replicas": [url], "max_outstanding_per_replica": 256}
+                       for served, url in {model: engine, **(more or {})}.items()},
         }))
         proc = self.spawn([sys.executable, "-m", "podium.services.gateway", "--config",
-                           str(config), "--log-level", "warning"], "podium", cpus=self.proxy_cpus)
+                           str(config), "--log-level", "warning"], name,
+                          cpus=cpus or self.proxy_cpus)
         wait_http(f"http://127.0.0.1:{port}/v2/health/live", proc)
-        return Target("podium", f"http://127.0.0.1:{port}/v1", model, key)
+        return Target(name, f"http://127.0.0.1:{port}/v1", model, key)
 
     def litellm(self, engine: str, model: str, venv: Path) -> Target:
         binary = venv / "bin" / "litellm"
@@ -251,6 +257,16 @@ http {{
                            str(temp)], name, cpus=cpus)
         wait_http(f"http://127.0.0.1:{port}/health", proc)
         return port
+
+
+def finish(began_load: float, where: str, text: str, results: Any, out: Path | None) -> None:
+    """Print how busy the host was (other work shows in p99 first), then the report; and
+    write the figures to `out` when given."""
+    print(f"host load average (1 min): {began_load:.1f} before, {os.getloadavg()[0]:.1f} after,"
+          f" on {os.cpu_count()} CPUs{where}")
+    print(text)
+    if out:
+        out.write_text(json.dumps(results, indent=2))
 
 
 def pct(values: list[float], q: float) -> float:

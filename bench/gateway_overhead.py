@@ -19,6 +19,7 @@ interleaved so a slow spell of the shared host touches both alike.
 
     .venv/bin/python bench/gateway.py --instant
     .venv/bin/python bench/gateway_overhead.py --rounds 3 --json out.json
+    .venv/bin/python bench/gateway.py --instant --workers 2   # and a gateway of 2 workers
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from gateway import PROMPT, Stack, Target, pct, stack
+from gateway import PROMPT, Stack, Target, finish, pct, stack
 
 MODEL = "tiny"
 STREAM_MODEL = "tiny-stream"  # served by the upstream under /stream
@@ -110,7 +111,8 @@ def cpu_seconds(pid: int) -> float:
 async def first_tokens(target: Target, count: int, max_s: float) -> list[float]:
     """Time to the first content event of `count` streams, one at a time."""
     # The upstream streams under /stream; the gateway names that replica by its model.
-    base = target.base if target.name == "podium" else target.base.replace("/v1", "/stream/v1")
+    base = (target.base if target.name.startswith("podium")
+            else target.base.replace("/v1", "/stream/v1"))
     body = {"model": STREAM_MODEL, "messages": PROMPT, "max_tokens": 4, "stream": True}
     headers = {"Authorization": f"Bearer {target.key}"}
     out: list[float] = []
@@ -196,6 +198,14 @@ def report(results: dict[str, dict[str, Any]]) -> str:
             f" {r['rps']:8.0f} {r['cpu_us']:10.0f}"
             f" {_ratio(r['rps'], nginx and nginx['rps']):>9}"
             f" {_ratio(r['cpu_us'], nginx and nginx['cpu_us']):>9}")
+    many = next((name for name in results if name.startswith("podium-")), None)
+    if many is not None and "podium" in results:
+        n = int(many.removeprefix("podium-").removesuffix("w"))
+        scale = results[many]["rps"] / results["podium"]["rps"]
+        lines.append(f"\n{n} workers on {os.cpu_count()} CPUs (shared with the upstream and wrk):"
+                     f" {scale:.2f}x the ceiling of one worker (target >= {0.8 * n:.1f}x),"
+                     f" {results[many]['cpu_us']:.0f} µs CPU per request against"
+                     f" {results['podium']['cpu_us']:.0f}")
     if "podium" in results:
         p = results["podium"]
         added50 = p["p50_ms"] - direct["p50_ms"]
@@ -231,18 +241,30 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             spec = KeySpec(name="bench", rpm=10**9, tpm=10**12)
             targets.append((s.podium(upstream, MODEL, spec, {STREAM_MODEL: upstream + "/stream"}),
                             s.procs[-1].pid))
+        if args.workers > 1 and "podium" not in args.skip:
+            # N workers may use every CPU; the upstream and wrk then compete with them.
+            spec = KeySpec(name="bench", rpm=10**9, tpm=10**12)
+            targets.append((s.podium(upstream, MODEL, spec, {STREAM_MODEL: upstream + "/stream"},
+                                     workers=args.workers, cpus=set(cpus),
+                                     name=f"podium-{args.workers}w"), s.procs[-1].pid))
         if "nginx" not in args.skip:
             targets.append((nginx_proxy(s, upstream, proxy_cpus), s.procs[-1].pid))
         os.sched_setaffinity(0, rest)  # the load generator, off the proxies' core
         script = wrk_script(s.root / "completion.lua")
         one: dict[str, list[dict[str, float]]] = {t.name: [] for t, _ in targets}
         ttft: dict[str, list[float]] = {t.name: [] for t, _ in targets}
+        stream_cpu: dict[str, list[tuple[float, int]]] = {t.name: [] for t, _ in targets}
         many: dict[str, list[dict[str, float]]] = {t.name: [] for t, _ in targets}
         share = args.seconds / args.rounds
         for _ in range(args.rounds):
             for t, pid in targets:
                 one[t.name].append(wrk(t, script, 1, share, rest))
-                ttft[t.name] += asyncio.run(first_tokens(t, args.streams // args.rounds, share))
+                before = cpu_seconds(pid) if pid else 0.0
+                firsts = asyncio.run(first_tokens(t, args.streams // args.rounds, share))
+                ttft[t.name] += firsts
+                # The warm-up streams count too: ten more than the figures.
+                stream_cpu[t.name].append(((cpu_seconds(pid) if pid else 0.0) - before,
+                                           len(firsts) + 10))
                 many[t.name].append(ceiling(t, pid, script, args.connections, share, rest))
         results: dict[str, dict[str, Any]] = {}
         for t, _pid in targets:
@@ -253,13 +275,16 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                 "p50_ms": statistics.median(c["p50_ms"] for c in one[t.name]),
                 "p99_ms": statistics.median(c["p99_ms"] for c in one[t.name]),
                 "ttft_ms": pct(ttft[t.name], 0.5) * 1000, "streams": len(ttft[t.name]),
+                "stream_cpu_us": (sum(c for c, _ in stream_cpu[t.name])
+                                  / max(1, sum(n for _, n in stream_cpu[t.name])) * 1e6),
                 "rps": sum(c["rps"] for c in cells) / len(cells),
                 "cpu_us": sum(c["cpu_us"] * c["n"] for c in cells) / n if n else 0.0,
                 "non_2xx": sum(c["non_2xx"] for c in cells + one[t.name]),
             }
             r = results[t.name]
             print(f"{t.name:8} p50 {r['p50_ms']:.3f} ms p99 {r['p99_ms']:.3f} ms"
-                  f" TTFT {r['ttft_ms']:.3f} ms {r['rps']:.0f} req/s {r['cpu_us']:.0f} µs/req"
+                  f" TTFT {r['ttft_ms']:.3f} ms ({r['stream_cpu_us']:.0f} µs CPU per stream)"
+                  f" {r['rps']:.0f} req/s {r['cpu_us']:.0f} µs/req"
                   + (f" ({r['non_2xx']:.0f} non-2xx)" if r["non_2xx"] else ""), file=sys.stderr)
     return results
 
@@ -272,6 +297,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--connections", type=int, default=32, help="for the ceiling")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     p.add_argument("--skip", default="", help="comma-separated: podium,nginx")
+    p.add_argument("--workers", type=int, default=1,
+                   help="also measure a gateway of this many worker processes on every CPU")
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument("--keep", action="store_true", help="keep logs and configs")
     return p
@@ -285,12 +312,7 @@ def main(argv: list[str] | None = None) -> None:
     results = run(args)
     print("upstream: nginx with a canned completion; proxies on CPU 0, upstream and load on"
           " the others")
-    # Other work on the host shows in p99 first: say how busy it was.
-    print(f"host load average (1 min): {before:.1f} before, {os.getloadavg()[0]:.1f} after,"
-          f" on {os.cpu_count()} CPUs")
-    print(report(results))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    finish(before, "", report(results), results, args.json)
 
 
 if __name__ == "__main__":

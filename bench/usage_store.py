@@ -6,7 +6,11 @@ the baseline is Python's sqlite3 inserting one row and committing, on the callin
 then the gateway's Store.run(record_op(...)) from an event loop, one at a time and 16 at a
 time. CPU is the process's, per record.
 
-    .venv/bin/python bench/usage_store.py [--records 3000]
+Then the tail, one record at a time: each record's wall time (p50, p99, p99.9, worst) with
+the store as it runs (its own thread checkpoints SQLite's log every second) against the same
+store whose commits checkpoint the log themselves (SQLite's default, every 1,000 pages).
+
+    .venv/bin/python bench/usage_store.py [--records 3000] [--tail-records 12000]
 """
 
 from __future__ import annotations
@@ -71,9 +75,36 @@ def through_store(path: Path, n: int, concurrency: int) -> tuple[float, float]:
         store.close()
 
 
+def tail(path: Path, n: int, checkpoint_in_commits: bool) -> list[float]:
+    """Each record's wall time, one at a time, in ms, sorted."""
+    from sqlalchemy import event
+
+    store = Store(f"sqlite:///{path}")
+    store.create_schema()
+    store.start()
+    if checkpoint_in_commits:
+        @event.listens_for(store.engine, "connect")
+        def _default(dbapi_conn: object, _record: object) -> None:
+            dbapi_conn.execute("PRAGMA wal_autocheckpoint=1000")  # type: ignore[attr-defined]
+
+    async def main() -> list[float]:
+        out = []
+        for i in range(n):
+            began = time.perf_counter()
+            await store.run(record_op(record(i), None))
+            out.append((time.perf_counter() - began) * 1000)
+        return sorted(out)
+
+    try:
+        return uvloop.run(main())
+    finally:
+        store.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=3000)
+    parser.add_argument("--tail-records", type=int, default=12000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="podium-bench-") as tmp:
         root = Path(tmp)
@@ -82,10 +113,17 @@ def main() -> None:
         for c in (1, 16):
             cpu, wall = through_store(root / f"store{c}.db", args.records, c)
             rows.append((f"gateway store, {c} at a time", cpu, wall))
+        tails = [(name, tail(root / f"tail{k}.db", args.tail_records, k))
+                 for k, name in ((True, "commits checkpoint (SQLite's default)"),
+                                 (False, "a thread checkpoints (the store now)"))]
     print(f"{'per usage record':32} {'CPU us':>8} {'wall us':>8} {'CPU/bare':>9} {'wall/bare':>9}")
     for name, cpu, wall in rows:
         print(f"{name:32} {cpu * 1e6:8.0f} {wall * 1e6:8.0f} {cpu / base_cpu:8.2f}x"
               f" {wall / base_wall:8.2f}x")
+    print(f"\n{'one at a time, ms per record':38} {'p50':>6} {'p99':>6} {'p99.9':>6} {'worst':>6}")
+    for name, ms in tails:
+        at = [ms[min(len(ms) - 1, int(q * len(ms)))] for q in (0.5, 0.99, 0.999)]
+        print(f"{name:38} {at[0]:6.2f} {at[1]:6.2f} {at[2]:6.2f} {ms[-1]:6.2f}")
 
 
 if __name__ == "__main__":

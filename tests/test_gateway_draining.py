@@ -182,10 +182,11 @@ def test_drain_needs_the_admin_token_and_is_not_on_the_api_or_metrics_port(
         control.drain("http://127.0.0.1:1")
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_sigterm_lets_an_inflight_stream_finish_then_exits(
-    gateways: GatewayFactory, engines: tuple[ScriptedEngine, ScriptedEngine]
+    gateways: GatewayFactory, engines: tuple[ScriptedEngine, ScriptedEngine], workers: int
 ) -> None:
-    gw, key, _ = start(gateways, engines)
+    gw, key, _ = start(gateways, engines, workers=workers)
     stream = running(gw, key, "usage to the end")
     assert gw.proc is not None
     gw.proc.send_signal(signal.SIGTERM)
@@ -229,10 +230,13 @@ def on_held_socket(gw: GatewayProcess, held: socket.socket, log: Path) -> subpro
     return proc
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_a_gateway_restarted_on_its_held_socket_refuses_no_request(
-    gateways: GatewayFactory, engines: tuple[ScriptedEngine, ScriptedEngine], tmp_path: Path
+    gateways: GatewayFactory, engines: tuple[ScriptedEngine, ScriptedEngine], tmp_path: Path,
+    workers: int,
 ) -> None:
-    gw = gateways.config(models={"m": {"replicas": [e.url for e in engines]}}, health=HEALTH)
+    gw = gateways.config(models={"m": {"replicas": [e.url for e in engines]}}, health=HEALTH,
+                         workers=workers)
     held = socket.create_server(("127.0.0.1", gw.port), backlog=128)
     log = tmp_path / "held-gateway.log"
     first = on_held_socket(gw, held, log)

@@ -193,3 +193,30 @@ def test_a_store_made_before_teams_budgets_rotation_and_audit_is_brought_up_to_d
         assert found.state(time.time()) == "active"
     finally:
         store.engine.dispose()
+
+
+def test_commits_never_checkpoint_sqlites_log_a_thread_of_the_store_does(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "g.db"
+    store = Store(f"sqlite:///{path}")
+    store.create_schema()
+    store.start()
+    try:
+        # The store threads' connections leave the write-ahead log to the checkpoint thread,
+        # so no request's commit waits for a checkpoint's copy and fsync.
+        every = store.submit(lambda conn: conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar())
+        assert every.result(timeout=30) == 0
+        for fut in [store.submit(record_op(_record(i), None)) for i in range(50)]:
+            fut.result(timeout=30)
+        # Read the database file alone (immutable: no log): the records are there once the
+        # checkpoint thread has run, without 1,000 pages of log to set one off.
+        deadline = time.monotonic() + 10
+        found = 0
+        while time.monotonic() < deadline and found < 50:
+            time.sleep(0.2)
+            with sqlite3.connect(f"file:{path}?immutable=1", uri=True) as db:
+                found = db.execute("SELECT count(*) FROM gateway_usage").fetchone()[0]
+        assert found == 50
+    finally:
+        store.close()

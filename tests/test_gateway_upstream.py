@@ -1,4 +1,5 @@
-"""The gateway's client for non-streamed exchanges, against a real HTTP server on 127.0.0.1.
+"""The gateway's client for engines (answers whole and streamed), against a real HTTP server on
+127.0.0.1.
 
 The server answers by path, so each test chooses how an engine behaves: kept alive, closing
 after its answer, an answer whose end is the end of the connection, hanging up early,
@@ -63,6 +64,20 @@ class Engine:
             await writer.drain()
             return False
         elif how == "hang-up":
+            return False
+        elif how == "sse":
+            # Two events, sent apart, chunked as uvicorn and vLLM send a stream.
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n")
+            for event in (b"data: one\n\n", b"data: [DONE]\n\n"):
+                writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+                await writer.drain()
+                await asyncio.sleep(0.05)
+            writer.write(b"0\r\n\r\n")
+        elif how == "sse-cut":
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\nd\r\ndata: first\n\n\r\n")
+            await writer.drain()
             return False
         elif how == "garbage":
             writer.write(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
@@ -184,3 +199,34 @@ def test_a_connection_idle_past_the_keepalive_is_not_reused() -> None:
         assert e.connections == 2
 
     run(test, keepalive_s=0.2)
+
+
+def test_a_stream_comes_as_it_is_sent_and_a_kept_alive_connection_serves_the_next() -> None:
+    async def test(e: Engine, url: str, pool: UpstreamPool) -> None:
+        for _ in range(2):
+            resp = await pool.stream(url, "/v1/sse", b"{}")
+            assert (resp.status, resp.content_type) == (200, "text/event-stream")
+            first = await resp.content.readany()
+            assert first == b"data: one\n\n"  # before the second event was even sent
+            assert await resp.read() == b"data: [DONE]\n\n"
+            resp.close()
+        assert e.connections == 1  # the engine kept it alive: the second stream reused it
+        assert e.requests == ["POST /v1/sse HTTP/1.1"] * 2
+
+    run(test)
+
+
+def test_a_stream_the_engine_cuts_off_fails_as_oserror_and_its_connection_is_not_reused() -> None:
+    async def test(e: Engine, url: str, pool: UpstreamPool) -> None:
+        resp = await pool.stream(url, "/v1/sse-cut", b"{}")
+        assert await resp.content.readany() == b"data: first\n\n"
+        with pytest.raises(OSError):
+            await resp.content.readany()
+        resp.close()
+        closing = await pool.stream(url, "/v1/close", b"{}")
+        assert (closing.status, await closing.read()) == (503, b"no")
+        closing.release()
+        assert (await pool.exchange(url, "POST", "/v1/keep", b"{}")).body == OK
+        assert e.connections == 3
+
+    run(test)

@@ -45,6 +45,8 @@ def gateway_config(stack: Stack, inputs: ClusterInputs) -> dict[str, Any]:
                         "write_timeout_s": gw.write_timeout_s},
         "models": models,
     }
+    if gw.workers > 1:
+        config["workers"] = gw.workers
     if gw.tls:
         config["tls"] = {"cert": f"{TLS_DIR}/tls.crt", "key": f"{TLS_DIR}/tls.key"}
     if gw.store == "postgresql":

@@ -448,6 +448,8 @@ def _gateway_settings(stack: Stack, host: str) -> Settings:
         "drain_timeout_s": gw.drain_timeout_s,
         "max_connections": gw.max_connections,
         "write_timeout_s": gw.write_timeout_s,
+        # Only when more than one, so single-worker gateways keep their recorded config.
+        **({"workers": gw.workers} if gw.workers > 1 else {}),
         "tls": gw.tls,
         "store": gw.store,
         "store_node": gw.store_node,

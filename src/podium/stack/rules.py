@@ -318,6 +318,12 @@ def _gateway(stack: Stack) -> Iterator[Problem]:
         )
     if gw.store == "postgresql" and not gw.store_node:
         yield Problem(("gateway", "store_node"), None, "is required when store is postgresql")
+    for name in gw.nodes:
+        machine = next((n.machine for n in stack.nodes if n.name == name), None)
+        if machine is not None and gw.workers > machine.cpus:
+            yield Problem(("gateway", "workers"), gw.workers,
+                          f"is more than the {machine.cpus} CPUs of gateway node {name};"
+                          f" set workers to {machine.cpus} or fewer, or give {name} more cpus")
     team_names: set[str] = set()
     for t, team in enumerate(gw.teams):
         if team.name in team_names:

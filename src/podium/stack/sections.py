@@ -197,6 +197,8 @@ class Gateway(Strict):
     max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 4096
     # How long an answer waits on a client that stopped reading before it is cut off.
     write_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    # Gateway processes per node, each on a core of its own, sharing its port and store.
+    workers: Annotated[int, Field(ge=1, le=512)] = 1
     tls: bool = True
     store: Literal["sqlite", "postgresql"] = "sqlite"
     # The PostgreSQL node when store is postgresql.

@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import prometheus_client
@@ -25,6 +26,7 @@ from podium.services.gateway.replicas import ReplicaSet
 from podium.services.gateway.reservation import worst_case
 from podium.services.gateway.runtime import Call, Gateway
 from podium.services.gateway.validation import check_infer, check_openai, parse_body
+from podium.services.gateway.workers import WorkerBoard
 
 log = logging.getLogger("podium.gateway")
 MAX_BODY = 16 * 1024 * 1024
@@ -239,16 +241,19 @@ class HotRoutes:
         await response(scope, receive, send)
 
 
-def create_apps(config: GatewayConfig) -> tuple[HotRoutes, Starlette]:
+def create_apps(config: GatewayConfig, board: WorkerBoard | None = None,
+                metrics_dir: Path | None = None) -> tuple[HotRoutes, Starlette]:
     """The API app and the metrics app of one gateway; the store and health checks start with
     the API app's lifespan. The metrics app has its own listener, which the firewall opens to
     the monitoring node only, so /metrics needs no credential there and is absent from the API.
+
+    One of several workers gets the board they share and the folder of their metrics files.
 
     Example: api, metrics = create_apps(load_config(Path("gateway.yaml")))
     """
     # The *_created series double what /metrics carries and no dashboard reads them.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
-    gw = Gateway(config)
+    gw = Gateway(config, board, metrics_dir)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -207,8 +207,11 @@ class GatewayConfig(_Strict):
     health: Health = Field(default_factory=Health)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     usage: UsageRetention = Field(default_factory=UsageRetention)
-    # Requests in flight in this gateway process before it answers 503.
+    # Requests in flight in each gateway process before it answers 503.
     max_in_flight: int = Field(default=1024, ge=1)
+    # Processes serving the API, each on a core of its own, sharing the listeners and the
+    # store (workers.py).
+    workers: int = Field(default=1, ge=1, le=512)
     # How long a key lookup is trusted; bounds how late a revocation takes effect.
     key_cache_s: float = Field(default=1.0, ge=0, le=5)
     # The gateway's own files (the usage spool); relative to the config file's folder.

@@ -59,7 +59,8 @@ class ConsolePages:
     def __init__(self, gw: Gateway, console: Console) -> None:
         self.gw = gw
         self.console = console
-        self.books = SessionBook(console.session_s)
+        # Several workers share theirs (workers.py); one keeps its own.
+        self.books = gw.sessions or SessionBook(console.session_s)
 
     def html(self, request: Request, template: str, session: ConsoleSession | None,
              status: int = 200, **data: Any) -> Response:

@@ -44,7 +44,7 @@ def replica_view(gw: Gateway, url: str) -> dict[str, Any]:
         "models": sorted(rs.name for rs, _ in found),
         "healthy": all(r.healthy for _, r in found),
         "drained": any(r.drained for _, r in found),
-        "in_flight": sum(r.outstanding for _, r in found),
+        "in_flight": sum(r.in_flight() for _, r in found),
     }
 
 
@@ -91,7 +91,7 @@ async def drain(gw: Gateway, request: Request) -> JSONResponse:
     hold_s = _seconds(body, "hold_s", DEFAULT_HOLD_S)
     wait_s = _seconds(body, "wait_s", 0.0)
     for _, replica in _copies(gw, url):
-        replica.drained_until = time.monotonic() + hold_s
+        replica.drain_until(time.monotonic() + hold_s)
     deadline = time.monotonic() + wait_s
     while replica_view(gw, url)["in_flight"] and time.monotonic() < deadline:
         await asyncio.sleep(POLL_S)
@@ -107,7 +107,7 @@ async def undrain(gw: Gateway, request: Request) -> JSONResponse:
         timeout=timeout, connector=aiohttp.TCPConnector(force_close=True)
     ) as session:
         for rs, replica in _copies(gw, url):
-            replica.drained_until = 0.0
+            replica.drain_until(0.0)
             await rs.probe_one(session, replica)
     return JSONResponse(replica_view(gw, url))
 

@@ -26,6 +26,7 @@ from podium.services.gateway.errors import GatewayError, error_body
 from podium.services.gateway.metering import UsageRecord, tokens_of, usage_in_body
 from podium.services.gateway.replicas import EngineReplica
 from podium.services.gateway.runtime import Call, Gateway
+from podium.services.gateway.upstream import StreamedAnswer
 
 log = logging.getLogger("podium.gateway")
 _JSON = {"Content-Type": "application/json"}
@@ -193,7 +194,7 @@ class SseReader:
     await and one write each.
     """
 
-    def __init__(self, content: aiohttp.StreamReader) -> None:
+    def __init__(self, content: aiohttp.StreamReader | StreamedAnswer) -> None:
         self.content = content
         self.buffer = b""
 
@@ -221,10 +222,13 @@ async def _open_stream(
 ) -> Response | StreamRelay:
     assert gw.stream_client is not None
     t = gw.config.timeouts
-    resp: aiohttp.ClientResponse | None = None
+    resp: aiohttp.ClientResponse | StreamedAnswer | None = None
     try:
         async with asyncio.timeout(t.first_byte_s):
-            resp = await gw.stream_client.post(replica.url + path, data=body, headers=_JSON)
+            if gw.upstream is not None and gw.upstream.handles(replica.url):
+                resp = await gw.upstream.stream(replica.url, path, body)
+            else:
+                resp = await gw.stream_client.post(replica.url + path, data=body, headers=_JSON)
             if resp.status != 200:
                 payload = await resp.read()
                 resp.release()
@@ -306,7 +310,8 @@ class StreamRelay:
     """
 
     def __init__(self, gw: Gateway, call: Call, replica: EngineReplica,
-                 resp: aiohttp.ClientResponse, reader: SseReader, first: list[bytes],
+                 resp: aiohttp.ClientResponse | StreamedAnswer, reader: SseReader,
+                 first: list[bytes],
                  strip_usage: bool) -> None:
         self.gw, self.call, self.replica, self.resp = gw, call, replica, resp
         self.reader = reader

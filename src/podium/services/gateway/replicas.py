@@ -13,6 +13,7 @@ import aiohttp
 from podium.services.gateway.config import Health, ModelConfig
 from podium.services.gateway.metrics import GatewayMetrics
 from podium.services.gateway.routing import ReplicaStats, RouteRequest, choose_replica
+from podium.services.gateway.workers import WorkerBoard
 
 log = logging.getLogger("podium.gateway.replicas")
 
@@ -30,30 +31,47 @@ class EngineReplica:
     # changes it (see draining.py); a drain ends by itself, so a change that never finished
     # (its `podium up` killed) cannot keep a replica out for ever.
     drained_until: float = 0.0
+    # Where the gateway runs several workers: the drain and the load every worker sees.
+    board: WorkerBoard | None = None
 
     @property
     def drained(self) -> bool:
-        return time.monotonic() < self.drained_until
+        until = (self.drained_until if self.board is None
+                 else self.board.drained_until(self.model, self.url))
+        return time.monotonic() < until
+
+    def drain_until(self, until: float) -> None:
+        """Hold the replica drained until `until` (monotonic), in every worker."""
+        self.drained_until = until
+        if self.board is not None:
+            self.board.drain(self.model, self.url, until)
+
+    def in_flight(self) -> int:
+        """Requests on this replica now, over every worker of the gateway."""
+        if self.board is None:
+            return self.outstanding
+        return self.board.outstanding(self.model, self.url)
 
 
 class ReplicaSet:
     """The replicas of one model and the rules that take them out and bring them back."""
 
     def __init__(
-        self, name: str, config: ModelConfig, health: Health, metrics: GatewayMetrics
+        self, name: str, config: ModelConfig, health: Health, metrics: GatewayMetrics,
+        board: WorkerBoard | None = None,
     ) -> None:
         self.name = name
         self.config = config
         self.health = health
         self.metrics = metrics
-        self.replicas = {url: EngineReplica(name, url) for url in config.replicas}
+        self.replicas = {url: EngineReplica(name, url, board=board) for url in config.replicas}
         self._urls = list(self.replicas)
         for url in self._urls:
             metrics.replica_healthy.labels(name, url).set(1)
 
     def pick(self, seq: int, tried: frozenset[str]) -> EngineReplica | None:
         stats = {
-            url: ReplicaStats(r.healthy, r.outstanding, r.drained)
+            url: ReplicaStats(r.healthy, r.in_flight(), r.drained)
             for url, r in self.replicas.items()
         }
         request = RouteRequest(seq, self.config.max_outstanding_per_replica, tried)
@@ -61,11 +79,15 @@ class ReplicaSet:
         return None if url is None else self.replicas[url]
 
     def acquire(self, replica: EngineReplica) -> None:
-        replica.outstanding += 1
-        self.metrics.replica_outstanding.labels(self.name, replica.url).set(replica.outstanding)
+        self._count(replica, 1)
 
     def release(self, replica: EngineReplica) -> None:
-        replica.outstanding -= 1
+        self._count(replica, -1)
+
+    def _count(self, replica: EngineReplica, step: int) -> None:
+        replica.outstanding += step
+        if replica.board is not None:
+            replica.board.publish(self.name, replica.url, replica.outstanding)
         self.metrics.replica_outstanding.labels(self.name, replica.url).set(replica.outstanding)
 
     def succeeded(self, replica: EngineReplica) -> None:

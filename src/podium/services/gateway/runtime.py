@@ -12,6 +12,7 @@ import secrets
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
@@ -30,6 +31,7 @@ from podium.services.gateway.spool import UsageSpool, spool_entry
 from podium.services.gateway.store import Store
 from podium.services.gateway.upstream import UpstreamPool
 from podium.services.gateway.usage import rollup_op
+from podium.services.gateway.workers import WorkerBoard
 
 log = logging.getLogger("podium.gateway")
 T = TypeVar("T")
@@ -76,14 +78,17 @@ class Call:
 class Gateway:
     """Everything a request handler needs, built from the config and started with the app."""
 
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, board: WorkerBoard | None = None,
+                 metrics_dir: Path | None = None) -> None:
         self.config = config
-        self.metrics = GatewayMetrics()
+        self.metrics = GatewayMetrics(metrics_dir)
+        # Console logins every worker sees, where several serve (None: the console keeps its own).
+        self.sessions = board.sessions if board is not None else None
         self.store = Store(config.store)
         self.admin_hash = config.admin_token_hash()
         self.keys = KeyCache(config.key_cache_s)
         self.models = {
-            name: ReplicaSet(name, model, config.health, self.metrics)
+            name: ReplicaSet(name, model, config.health, self.metrics, board)
             for name, model in config.models.items()
         }
         self.health = HealthChecker(list(self.models.values()), config.health)

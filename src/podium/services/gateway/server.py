@@ -15,7 +15,8 @@ import os
 import socket
 import time
 from asyncio import TimerHandle
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -23,6 +24,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from podium.errors import InvalidInput
 from podium.services.gateway.config import Connections, GatewayConfig
 from podium.services.gateway.errors import error_body
+
+if TYPE_CHECKING:
+    from podium.services.gateway.workers import WorkerBoard
 
 log = logging.getLogger("podium.gateway")
 # How long a refused connection's remaining input is read and dropped before it is closed.
@@ -74,6 +78,8 @@ class BoundedHttp(HttpToolsProtocol):
     uncapped_ports: frozenset[int] = frozenset()
     # Connections open now that count against the cap (one gateway per subclass).
     open_counted = 0
+    # Where several workers serve: the cap is on all their connections together.
+    board: WorkerBoard | None = None
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
@@ -89,21 +95,26 @@ class BoundedHttp(HttpToolsProtocol):
         super().connection_made(transport)
         self.counted = self.server is None or self.server[1] not in self.uncapped_ports
         if self.counted:
-            type(self).open_counted += 1
-        if self.counted and self.open_counted > self.bounds.max_connections:
+            self._count(1)
+        open_now = self.open_counted if self.board is None else self.board.connections()
+        if self.counted and open_now > self.bounds.max_connections:
             # Refused before a byte is read: a flood of idle connections costs one write each.
-            _notes.warn("cap", self._peer(),
-                        f"refused: {self.open_counted - 1} connections are open")
+            _notes.warn("cap", self._peer(), f"refused: {open_now - 1} connections are open")
             transport.write(_answer(503, "Service Unavailable",
                                     "the gateway has too many connections open; retry shortly"))
             transport.close()
             return
         self._arm_read(self.bounds.header_timeout_s, "its request headers")
 
+    def _count(self, step: int) -> None:
+        type(self).open_counted += step
+        if self.board is not None:
+            self.board.hold_connections(self.open_counted)
+
     def connection_lost(self, exc: Exception | None) -> None:
         if self.counted:
             self.counted = False
-            type(self).open_counted -= 1
+            self._count(-1)
         self._disarm_read()
         if self.write_deadline is not None:
             self.write_deadline.cancel()
@@ -204,12 +215,12 @@ class BoundedHttp(HttpToolsProtocol):
         return self.client[0] if self.client else "?"
 
 
-def protocol_for(config: GatewayConfig) -> type[BoundedHttp]:
-    """A BoundedHttp subclass carrying this gateway's bounds."""
+def protocol_for(config: GatewayConfig, board: WorkerBoard | None = None) -> type[BoundedHttp]:
+    """A BoundedHttp subclass carrying this gateway's bounds (over all workers, with a board)."""
     uncapped = frozenset({config.metrics_address()[1]}
                          | ({config.admin_listen.port} if config.admin_listen else set()))
     return type("GatewayHttp", (BoundedHttp,),
-                {"bounds": config.connections, "uncapped_ports": uncapped})
+                {"bounds": config.connections, "uncapped_ports": uncapped, "board": board})
 
 
 class Listeners:
@@ -266,23 +277,63 @@ def held_for_us(host: str, port: int) -> socket.socket | None:
 
 
 def run(config: GatewayConfig, log_level: str) -> None:
-    """Serve the API and the metrics listener from one process until SIGTERM or SIGINT.
+    """Serve the API and the metrics listener until SIGTERM or SIGINT: from this process, or
+    from `config.workers` processes sharing its listening sockets.
 
     Example: run(load_config(Path("/etc/podium/gateway/gateway.yaml")), "info")
     """
+    cores = os.cpu_count()
+    if cores is not None and config.workers > cores:
+        raise InvalidInput(
+            f"the gateway config's workers is {config.workers}, more than this machine's"
+            f" {cores} CPUs; set workers to {cores} or fewer"
+        )
+    api_socket = held_for_us(config.listen.host, config.listen.port)
+    sockets = [api_socket or bind(config.listen.host, config.listen.port),
+               bind(*config.metrics_address())]
+    if config.admin_listen is not None:
+        # The control machine's own listener: drains never share a port with the API.
+        sockets.append(bind(config.admin_listen.host, config.admin_listen.port))
+    if config.workers == 1:
+        serve(config, log_level, sockets)
+        return
+    from prometheus_client.multiprocess import mark_process_dead
+
+    from podium.services.gateway.console_sessions import SharedSessionBook
+    from podium.services.gateway.workers import Supervisor, WorkerBoard, fresh_metrics_dir
+
+    board = WorkerBoard(((name, url) for name, model in config.models.items()
+                         for url in model.replicas), config.workers,
+                        SharedSessionBook(config.console.session_s) if config.console else None)
+    shared = fresh_metrics_dir(config.state_dir / "metrics")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(shared)
+
+    def worker(index: int) -> None:
+        from podium.services.gateway.metrics import share_between_workers
+
+        board.me = index
+        share_between_workers()
+        serve(config, log_level, sockets, board, shared)
+
+    log.info("gateway serving from %d worker processes", config.workers)
+    code = Supervisor(config.workers, worker,
+                      lambda pid: mark_process_dead(pid, str(shared)),  # type: ignore[no-untyped-call]
+                      sockets).run()
+    if code:
+        raise SystemExit(code)
+
+
+def serve(config: GatewayConfig, log_level: str, sockets: list[socket.socket],
+          board: WorkerBoard | None = None, shared: Path | None = None) -> None:
+    """One process serving the gateway on `sockets` (API, metrics, control if configured)."""
     import uvicorn
 
     from podium.services.gateway.app import create_apps
     from podium.services.gateway.draining import control_app
 
-    api_socket = held_for_us(config.listen.host, config.listen.port)
-    api, metrics = create_apps(config)
-    metrics_host, metrics_port = config.metrics_address()
-    sockets = [api_socket or bind(config.listen.host, config.listen.port), bind(metrics_host, metrics_port)]
-    others: dict[int, ASGIApp] = {metrics_port: metrics}
+    api, metrics = create_apps(config, board, shared)
+    others: dict[int, ASGIApp] = {config.metrics_address()[1]: metrics}
     if config.admin_listen is not None:
-        # The control machine's own listener: drains never share a port with the API.
-        sockets.append(bind(config.admin_listen.host, config.admin_listen.port))
         others[config.admin_listen.port] = control_app(api.state.gateway)
     tls = {}
     if config.tls is not None:
@@ -291,7 +342,7 @@ def run(config: GatewayConfig, log_level: str) -> None:
     settings = uvicorn.Config(
         Listeners(api, others),
         loop="uvloop",
-        http=protocol_for(config),
+        http=protocol_for(config, board),
         log_level=log_level,
         # Every request is already metered and counted; an access log line would double
         # the gateway's per-request work for no information.
