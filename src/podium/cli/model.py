@@ -273,13 +273,22 @@ def make_tiny(
     size: Annotated[
         str, typer.Option("--size", help="tiny (a few MB) or, for gguf and hf, 1b.")
     ] = "tiny",
+    gguf: Annotated[
+        Path | None, typer.Option("--gguf", help="For hf: also write this GGUF with llama.cpp's converter.")
+    ] = None,
 ) -> None:
     """Write a tiny random-weight model for the lab and tests (no download)."""
     # Imported here: it needs the optional model libraries (gguf, numpy, safetensors, skops).
     from podium.models.tiny import make_tiny as make
 
+    if gguf is not None and kind != "hf":
+        raise InvalidInput(f"--gguf converts hf models, not kind {kind!r}; drop --gguf or use --kind hf.")
     # make_tiny checks the kind itself and names the valid ones.
-    print(make(kind, out, seed=seed, size=size))  # type: ignore[arg-type]
+    print(made := make(kind, out, seed=seed, size=size))  # type: ignore[arg-type]
+    if gguf is not None:
+        from podium.finetune.convert import base_to_gguf
+
+        print(base_to_gguf(made, gguf))
 
 
 def register(root: typer.Typer) -> None:
