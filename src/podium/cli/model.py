@@ -220,12 +220,28 @@ def show(
         tensors = (info.signature or {}).get(side, [])
         rows.append((side, "; ".join(f"{t['name']} {t['datatype']} {t['shape']}" for t in tensors)
                      or "-"))
+    rows += _lineage_rows(info.lineage)
     for key, value in rows:
-        out.print(f"{key:8} {value}", markup=False)
+        # Never wrapped: a digest split across lines cannot be copied.
+        out.print(f"{key:8} {value}", markup=False, soft_wrap=True)
     table = Table("file", "size", "sha256", title_justify="left")
     for f in info.files:
         table.add_row(f["path"], _size(int(f["size"])), f["sha256"][:16])
     out.print(table)
+
+
+def _lineage_rows(lineage: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """What a fine-tuned model was made from, as `show` prints it; nothing for a pushed one."""
+    if not lineage:
+        return []
+    base, data = lineage.get("base", {}), lineage.get("dataset", {})
+    hyper = lineage.get("hyperparameters", {})
+    return [
+        ("base", f"{base.get('model', '?')} {base.get('digest', '?')}"),
+        ("dataset", f"{data.get('name', '?')} {data.get('digest', '?')}"),
+        ("trained", " ".join(f"{k}={v}" for k, v in sorted(hyper.items())) or "-"),
+        ("trainer", lineage.get("trainer", "?")),
+    ]
 
 
 @app.command()
