@@ -74,7 +74,7 @@ def main(argv: list[str]) -> int:
             optimizer.step()
             optimizer.zero_grad()
             step += 1
-            emit("step", step=step, epoch=epoch, loss=round(float(loss), 5),
+            emit("step", step=step, epoch=epoch, loss=round(loss.item(), 5),
                  elapsed_s=round(time.monotonic() - started, 2))
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out)
