@@ -355,17 +355,24 @@ class CliRun:
 def podium(*args: str) -> CliRun:
     """Run `podium keys|usage|gateway|audit ...` in-process as podium.cli.main would."""
     import typer
-    from typer.testing import CliRunner
 
     from podium.cli import audit as audit_cli
     from podium.cli import gateway as gateway_cli
     from podium.cli import keys as keys_cli
     from podium.cli import usage as usage_cli
-    from podium.errors import PodiumError
 
     app = typer.Typer()
     for module in (audit_cli, gateway_cli, keys_cli, usage_cli):
         module.register(app)
+    return invoke(app, *args)
+
+
+def invoke(app: Any, *args: str) -> CliRun:
+    """Run a typer app in-process as podium.cli.main would: Podium's errors become exit codes."""
+    from typer.testing import CliRunner
+
+    from podium.errors import PodiumError
+
     result = CliRunner().invoke(app, list(args))
     if isinstance(result.exception, PodiumError):
         return CliRun(result.exception.exit_code, result.stdout, str(result.exception))

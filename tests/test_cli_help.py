@@ -12,6 +12,7 @@ COMMANDS = [
     ["model", "rm"], ["model", "make-tiny"],
     ["keys"], ["keys", "create"], ["keys", "ls"], ["keys", "revoke"],
     ["gateway"], ["gateway", "serve"],
+    ["finetune"], ["jobs"], ["jobs", "ls"], ["jobs", "logs"], ["jobs", "cancel"],
 ]
 
 

@@ -25,7 +25,7 @@ def _register() -> None:
 
     core.register(app)
     for name in ("lab", "model", "keys", "gateway", "usage", "status", "bundle", "releases",
-                 "audit"):
+                 "audit", "finetune"):
         try:
             module = __import__(f"podium.cli.{name}", fromlist=["register"])
         except ModuleNotFoundError as exc:

@@ -220,12 +220,28 @@ def show(
         tensors = (info.signature or {}).get(side, [])
         rows.append((side, "; ".join(f"{t['name']} {t['datatype']} {t['shape']}" for t in tensors)
                      or "-"))
+    rows += _lineage_rows(info.lineage)
     for key, value in rows:
-        out.print(f"{key:8} {value}", markup=False)
+        # Never wrapped: a digest split across lines cannot be copied.
+        out.print(f"{key:8} {value}", markup=False, soft_wrap=True)
     table = Table("file", "size", "sha256", title_justify="left")
     for f in info.files:
         table.add_row(f["path"], _size(int(f["size"])), f["sha256"][:16])
     out.print(table)
+
+
+def _lineage_rows(lineage: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """What a fine-tuned model was made from, as `show` prints it; nothing for a pushed one."""
+    if not lineage:
+        return []
+    base, data = lineage.get("base", {}), lineage.get("dataset", {})
+    hyper = lineage.get("hyperparameters", {})
+    return [
+        ("base", f"{base.get('model', '?')} {base.get('digest', '?')}"),
+        ("dataset", f"{data.get('name', '?')} {data.get('digest', '?')}"),
+        ("trained", " ".join(f"{k}={v}" for k, v in sorted(hyper.items())) or "-"),
+        ("trainer", lineage.get("trainer", "?")),
+    ]
 
 
 @app.command()
@@ -273,13 +289,22 @@ def make_tiny(
     size: Annotated[
         str, typer.Option("--size", help="tiny (a few MB) or, for gguf and hf, 1b.")
     ] = "tiny",
+    gguf: Annotated[
+        Path | None, typer.Option("--gguf", help="For hf: also write this GGUF with llama.cpp's converter.")
+    ] = None,
 ) -> None:
     """Write a tiny random-weight model for the lab and tests (no download)."""
     # Imported here: it needs the optional model libraries (gguf, numpy, safetensors, skops).
     from podium.models.tiny import make_tiny as make
 
+    if gguf is not None and kind != "hf":
+        raise InvalidInput(f"--gguf converts hf models, not kind {kind!r}; drop --gguf or use --kind hf.")
     # make_tiny checks the kind itself and names the valid ones.
-    print(make(kind, out, seed=seed, size=size))  # type: ignore[arg-type]
+    print(made := make(kind, out, seed=seed, size=size))  # type: ignore[arg-type]
+    if gguf is not None:
+        from podium.finetune.convert import base_to_gguf
+
+        print(base_to_gguf(made, gguf))
 
 
 def register(root: typer.Typer) -> None:

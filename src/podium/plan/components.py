@@ -22,6 +22,7 @@ from podium.stack.ports import ALERTMANAGER_PORT, POSTGRESQL_PORT, listeners, re
 Settings = dict[str, Any]
 # The gateways' database and its account on the store node.
 STORE_DATABASE = STORE_USER = "podium"
+TRAINER_LABEL = "trainer"
 
 
 @dataclass(frozen=True)
@@ -504,6 +505,11 @@ def _kubernetes_settings(stack: Stack, host: str) -> Settings:
     return k3s_settings(stack, load_versions(), host)
 
 
+def _trainer_hosts(stack: Stack) -> list[str]:
+    """Nodes the stack labels for training (`labels: {trainer: "true"}`)."""
+    return [n.name for n in stack.nodes if n.labels.get(TRAINER_LABEL) == "true"]
+
+
 def _when(attr: str, hosts: Callable[[Stack], list[str]]) -> Callable[[Stack], list[str]]:
     return lambda stack: hosts(stack) if getattr(stack, attr) else []
 
@@ -522,6 +528,8 @@ COMPONENTS: tuple[Component, ...] = (
         _registry_settings,
     ),
     Component("kubernetes", ("gpu", "registry"), _kubernetes_hosts, _kubernetes_settings),
+    # Before the engines: a node that trains may also serve, and training needs nothing of theirs.
+    Component("trainer", ("base",), _trainer_hosts, lambda stack, host: {}),
     _engine_component("llamacpp"),
     _engine_component("vllm"),
     _engine_component("sglang"),

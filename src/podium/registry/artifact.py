@@ -109,12 +109,14 @@ def describe(
 
 def model_config(
     name: str, version: str, fmt: str, files: list[ModelFile], source: str, trust: Trust,
-    signature: dict[str, Any] | None = None,
+    signature: dict[str, Any] | None = None, lineage: dict[str, Any] | None = None,
 ) -> bytes:
     """The config blob: what engines and `podium model show` read without fetching weights.
 
     signature: the model's inputs and outputs (registry/signature.py), where it has them;
     left out otherwise, so a model without one keeps the digest it always had.
+    lineage: what a fine-tuned model was made from (base digest, dataset digest,
+    hyperparameters, trainer); left out the same way.
     """
     config: dict[str, Any] = {
         "schema": 1,
@@ -127,6 +129,8 @@ def model_config(
     }
     if signature is not None:
         config["signature"] = signature
+    if lineage is not None:
+        config["lineage"] = lineage
     return canonical_json(config)
 
 

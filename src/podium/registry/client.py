@@ -15,6 +15,7 @@ from urllib.parse import urljoin
 from podium.errors import InvalidInput, PodiumError
 from podium.registry import artifact, media
 from podium.registry.artifact import Progress, hash_file
+from podium.registry.lineage import adapters_of
 from podium.registry.pull import (
     check_free_space,
     fetch_blob,
@@ -72,6 +73,8 @@ class ModelInfo:
     trust: dict[str, Any] = field(default_factory=dict)
     # Inputs and outputs read from the model at push time (None: the model has none recorded).
     signature: dict[str, Any] | None = None
+    # What a fine-tuned model was made from (None: it was pushed, not trained here).
+    lineage: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -154,6 +157,7 @@ class Registry:
         *,
         source: str | None = None,
         progress: Progress | None = None,
+        lineage: dict[str, Any] | None = None,
     ) -> str:
         """Push a model file or directory as `models/<name>:<version>`; returns the manifest digest.
 
@@ -168,7 +172,7 @@ class Registry:
         described = artifact.describe(path, files, model_format, progress)
         config = artifact.model_config(
             name, version, model_format, described, source or path.name, trust,
-            model_signature(path, files, model_format, trust),
+            model_signature(path, files, model_format, trust), lineage,
         )
         manifest = artifact.model_manifest(name, version, model_format, config, described)
         digest = "sha256:" + artifact.sha256_hex(manifest)
@@ -381,6 +385,7 @@ class Registry:
             source=str(config.get("source", "")),
             trust=config.get("trust", {}),
             signature=config.get("signature"),
+            lineage=config.get("lineage"),
         )
 
     # -- change -------------------------------------------------------------------------------
@@ -402,6 +407,11 @@ class Registry:
         """
         digest = self.resolve(ref)
         tags = [t.tag for t in self.tags(ref.name) if t.digest == digest]
+        if adapters := adapters_of(self, digest):
+            raise InvalidInput(
+                f"{ref} ({digest}) is the base of {', '.join(adapters)}; remove "
+                f"{'those' if len(adapters) > 1 else 'it'} first (podium model rm {adapters[0]})"
+            )
         response = self.http.do_request(
             self.http.v2(f"{ref.repository}/manifests/{digest}"), "DELETE"
         )
