@@ -67,6 +67,10 @@ def checked_settings(kind: str, settings: Mapping[str, Any]) -> dict[str, Any]:
             )
         if not replica.get("model_digest"):
             replica["model_digest"] = _registry_digest(settings["registry"]["url"], replica, what)
+        adapter = replica.get("adapter")
+        if adapter and not adapter.get("model_digest"):
+            replica["adapter"] = {**adapter, "model_digest": _registry_digest(
+                settings["registry"]["url"], adapter, f"{what} (adapter)")}
     return out
 
 
@@ -80,11 +84,12 @@ def _registry_digest(url: str, replica: Mapping[str, Any], what: str) -> str:
     tls = url.startswith("https://")
     registry = Registry(url.split("://", 1)[1], insecure=not tls, ca=registry_ca(stack) if tls else None,
                         user=credential.user, password=credential.password)
-    tags = {t.tag: t.digest for t in registry.tags(replica["model"])}
+    repository = engine_files.weights_repository(replica)
+    tags = {t.tag: t.digest for t in registry.tags(repository)}
     digest = tags.get(replica["model_version"])
     if digest is None:
         raise DeployError(
-            f"{what}: model {replica['model']}:{replica['model_version']} is not in the registry; "
+            f"{what}: model {repository}:{replica['model_version']} is not in the registry; "
             "run `podium up` so the stack's models are pushed first"
         )
     return digest
@@ -137,7 +142,9 @@ def pull_models(settings: Mapping[str, Any], link_weights: bool) -> None:
     """Pull each digest the replicas serve that the node lacks (and its weights link)."""
     url = settings["registry"]["url"]
     done: set[str] = set()
-    for replica in settings["replicas"]:
+    # An adapter model's replica pulls its base's weights and its adapter, each as a model.
+    pulls = [p for r in settings["replicas"] for p in [r, r.get("adapter")] if p]
+    for replica in pulls:
         digest = replica["model_digest"]
         if digest in done:
             continue
@@ -150,14 +157,15 @@ def pull_models(settings: Mapping[str, Any], link_weights: bool) -> None:
         present = host.get_fact(Command, command=f"{probe} && echo present || echo missing")
         if present == "present":
             continue
-        command = [PULL_TOOL, "--registry", url, "--repository", f"models/{replica['model']}",
+        repository = engine_files.weights_repository(replica)
+        command = [PULL_TOOL, "--registry", url, "--repository", f"models/{repository}",
                    "--digest", digest, "--root", engine_files.MODELS, "--auth-file", AUTH_FILE]
         if url.startswith("https://"):
             command += ["--ca", CA_FILE]
         if link_weights:
             command += ["--link", link]
         server.shell(
-            name=f"Pull model {replica['model']}:{replica['model_version']} ({digest[:19]})",
+            name=f"Pull model {repository}:{replica['model_version']} ({digest[:19]})",
             commands=[shlex.join(command)],
         )
 

@@ -118,14 +118,17 @@ def _command(kind: str, replica: Mapping[str, Any]) -> list[str]:
     if kind == "llamacpp":
         return [f"{venv}/bin/llama-server", "--model", weights_link(replica), "--alias", name,
                 "--host", "0.0.0.0", "--port", port, "--metrics", "--no-webui",
-                *arg_words(replica["args"])]
+                *adapter_words(kind, replica), *arg_words(replica["args"])]
     if kind == "vllm":
         args = dict(replica["args"])
+        if "adapter" in replica:
+            # vLLM answers the adapter's name with the LoRA and the base's name without it.
+            name = str(replica["base_model"])
         if device(replica) == "gpu":
             if replica["gpus"] > 1 and not set(args) & TP_ARGS:
                 args["tensor-parallel-size"] = replica["gpus"]
             return [f"{venv}/bin/vllm", "serve", model_dir(replica), "--served-model-name", name,
-                    "--host", "0.0.0.0", "--port", port, *arg_words(args)]
+                    "--host", "0.0.0.0", "--port", port, *adapter_words(kind, replica), *arg_words(args)]
         # torch.compile would triple the CPU build's start-up (about 110 s cold, and a compiler
         # at run time); a stack may still ask for it with `enforce-eager: false`.
         args.setdefault("enforce-eager", True)
@@ -133,7 +136,7 @@ def _command(kind: str, replica: Mapping[str, Any]) -> list[str]:
         # server module is the same server.
         return [f"{venv}/bin/python", "-m", "vllm.entrypoints.openai.api_server",
                 "--model", model_dir(replica), "--served-model-name", name,
-                "--host", "0.0.0.0", "--port", port, *arg_words(args)]
+                "--host", "0.0.0.0", "--port", port, *adapter_words(kind, replica), *arg_words(args)]
     if kind == "sglang":
         args = dict(replica["args"])
         if replica["gpus"] > 1 and not set(args) & TP_ARGS:
@@ -144,6 +147,24 @@ def _command(kind: str, replica: Mapping[str, Any]) -> list[str]:
     if kind == "predictive":
         return [f"{venv}/bin/mlserver", "start", f"/{predictive_folder(replica)}"]
     raise KeyError(kind)
+
+
+def weights_repository(replica: Mapping[str, Any]) -> str:
+    """The registry repository of the weights a replica pulls: its base's for an adapter model."""
+    return str(replica.get("base_model") or replica["model"])
+
+
+def adapter_words(kind: str, replica: Mapping[str, Any]) -> list[str]:
+    """Flags that load an adapter model's LoRA beside its base; none for a plain model.
+
+    llama-server applies `--lora FILE` at scale 1 to every request, so one engine serves one
+    adapter; vLLM selects `--lora-modules NAME=FOLDER` by the request's model name."""
+    adapter = replica.get("adapter")
+    if not adapter:
+        return []
+    if kind == "llamacpp":
+        return ["--lora", weights_link(adapter)]
+    return ["--enable-lora", "--lora-modules", f"{replica['model']}={model_dir(adapter)}"]
 
 
 def _environment(kind: str, replica: Mapping[str, Any]) -> dict[str, str]:

@@ -57,6 +57,9 @@ def make_plan(
                 # moved alias or a re-pushed version shows up as a change.
                 for replica in settings["replicas"]:
                     replica["model_digest"] = digests.get(replica["model_ref"])
+                    if "adapter" in replica:
+                        replica["adapter"] = {**replica["adapter"],
+                                              "model_digest": digests.get(replica["adapter"]["model_ref"])}
             digest = config_hash({"version": version, "settings": settings})
             recorded = state.get(host)
             before = recorded.components.get(component.name) if recorded else None

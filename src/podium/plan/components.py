@@ -18,6 +18,7 @@ from podium.plan.egress import cluster_settings, egress_settings, ntp_servers
 from podium.stack.devices import device, gpu_count, uses_gpu
 from podium.stack.model import Stack
 from podium.stack.ports import ALERTMANAGER_PORT, POSTGRESQL_PORT, listeners, replicas
+from podium.stack.sections import Model
 
 Settings = dict[str, Any]
 # The gateways' database and its account on the store node.
@@ -315,6 +316,7 @@ def _engine_component(kind: str) -> Component:
                         "gpus": gpu_count(engine),
                         "args": engine.args,
                         "gpu_ids": gpu_ids.get((engine.name, rep.index), []),
+                        **adapter_settings(stack, model),
                     }
                 )
         reg = stack.registry
@@ -327,6 +329,23 @@ def _engine_component(kind: str) -> Component:
         return {"replicas": out, "registry": registry, "mirror": mirror_source(stack)}
 
     return Component(f"engine-{kind}", ("registry", "gpu", "storage"), hosts, settings)
+
+
+def adapter_settings(stack: Stack, model: Model) -> Settings:
+    """An adapter model's replicas pull and load its base's weights and the adapter beside them;
+    they still answer to the adapter model's own name. Nothing for a plain model, so its
+    settings (and their hash) stay as they were."""
+    if model.adapter is None:
+        return {}
+    base = stack.model(model.base or "")
+    name, _, version = model.adapter.partition(":")
+    return {
+        "model_version": base.version,
+        "model_format": base.format,
+        "base_model": base.name,
+        "adapter": {"model": name, "model_version": version, "model_ref": model.adapter,
+                    "model_format": model.format},
+    }
 
 
 def _gpu_ids(stack: Stack, host: str) -> dict[tuple[str, int], list[int]]:

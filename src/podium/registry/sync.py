@@ -36,19 +36,54 @@ def sync_models(stack: Stack, push: bool) -> dict[str, str]:
     credential = push_credential(stack.name) if push else pull_credential(stack.name)
     registry = stack_registry(stack, credential)
     versions: dict[tuple[str, str], str] = {}
+    adapters: dict[str, str] = {}
     for index, model in enumerate(stack.models):
+        if model.adapter is not None:
+            digest = adapter_digest(registry, index, model)
+            if digest is None and push:
+                raise InvalidInput(
+                    f"models[{index}].adapter {model.adapter!r} of model {model.name} is not in the "
+                    f"registry; train it first with `podium finetune {stack.name} --name "
+                    f"{ModelRef.parse(model.adapter).name} ...`, or name an adapter version it holds"
+                )
+            if digest is not None:
+                adapters[model.adapter] = digest
+            continue
         digest = _sync_model(stack, registry, index, model, push)
         if digest is not None:
             versions[(model.name, model.version)] = digest
     out: dict[str, str] = {}
     for engine in stack.engines:
         model = stack.model(engine.model)
+        if model.adapter is not None:
+            # An adapter model's replicas pull its base's weights, and the adapter by its own ref.
+            if model.adapter in adapters:
+                out[model.adapter] = adapters[model.adapter]
+            model = stack.model(model.base or "")
         digest = versions.get((model.name, model.version))
         if digest is not None:
             # An alias stands for the version the stack declares it on, which is where the
             # push above points it.
             out[engine.model] = digest
     return out
+
+
+def adapter_digest(registry: Registry, index: int, model: Model) -> str | None:
+    """The digest of an adapter model's adapter, which `podium finetune` pushed (never the stack):
+    None while it is not there; refused when that version is not a LoRA adapter in GGUF."""
+    ref = ModelRef.parse(model.adapter or "")
+    digest = {t.tag: t.digest for t in registry.tags(ref.name)}.get(ref.tag or "")
+    if digest is None:
+        return None
+    config = registry.config(ref)
+    kind = (config.get("lineage") or {}).get("kind")
+    if kind != "lora-adapter" or config.get("format") != model.format:
+        raise InvalidInput(
+            f"models[{index}].adapter {model.adapter!r} of model {model.name} is a "
+            f"{config.get('format')} {kind or 'model'}, not a {model.format} LoRA adapter; name an "
+            "adapter that `podium finetune` pushed"
+        )
+    return digest
 
 
 def _sync_model(stack: Stack, registry: Registry, index: int, model: Model, push: bool) -> str | None:

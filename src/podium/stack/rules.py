@@ -18,6 +18,8 @@ Path = tuple[str | int, ...]
 # "SGLang on CPU"): a model that must run on CPU goes to vLLM's CPU build instead.
 SGLANG_ON_CPU = "serve the model on CPU with kind vllm and device: cpu"
 
+# The one format of base and adapter that each engine able to serve adapters loads.
+ADAPTER_FORMATS = {"llamacpp": "gguf", "vllm": "safetensors"}
 ENGINE_FORMATS = {
     "llamacpp": {"gguf"},
     "vllm": {"safetensors"},
@@ -208,6 +210,7 @@ def _models(stack: Stack) -> Iterator[Problem]:
                 model.format,
                 "is a pickle format that runs code when loaded; use skops, or set trusted: true",
             )
+        yield from _adapter_model(stack, m, model)
 
 
 def _engines(stack: Stack) -> Iterator[Problem]:
@@ -227,7 +230,9 @@ def _engines(stack: Stack) -> Iterator[Problem]:
             )
         else:
             yield from _remote_code(engine, e, model)
-            if model.format not in ENGINE_FORMATS[engine.kind]:
+            if model.adapter is not None:
+                yield from _adapter_engine(stack, engine, e, model)
+            elif model.format not in ENGINE_FORMATS[engine.kind]:
                 *others, last = sorted(ENGINE_FORMATS[engine.kind])
                 allowed = f"{', '.join(others)} or {last}" if others else last
                 yield Problem(
@@ -236,6 +241,52 @@ def _engines(stack: Stack) -> Iterator[Problem]:
                     f"is {model.format}, but {engine.kind} serves {allowed}",
                 )
         yield from _engine_devices(stack, e)
+
+
+def _adapter_model(stack: Stack, m: int, model: Model) -> Iterator[Problem]:
+    """An adapter model names both halves, over a base of this stack that is no adapter itself."""
+    if (model.base is None) != (model.adapter is None):
+        given, missing = ("base", "adapter") if model.adapter is None else ("adapter", "base")
+        yield Problem(("models", m, given), getattr(model, given),
+                      f"needs {missing} as well: an adapter model is served as adapter: NAME:VERSION "
+                      "over base: MODEL:VERSION")
+        return
+    if model.base is None:
+        return
+    try:
+        base = stack.model(model.base)
+    except KeyError:
+        refs = [f"{b.name}:{t}" for b in stack.models if b.adapter is None for t in [b.version, *b.aliases]]
+        yield Problem(("models", m, "base"), model.base,
+                      f"is not a model version or alias in models; declared: {', '.join(refs) or 'none'}")
+        return
+    if base.adapter is not None:
+        yield Problem(("models", m, "base"), model.base,
+                      "is itself an adapter model; name the model it was trained from")
+
+
+def _adapter_engine(stack: Stack, engine: Engine, e: int, model: Model) -> Iterator[Problem]:
+    """Only llama.cpp (a GGUF LoRA over a GGUF base) and vLLM (a PEFT adapter over safetensors)
+    load an adapter beside their base."""
+    if engine.kind not in ADAPTER_FORMATS:
+        yield Problem(("engines", e, "kind"), engine.kind,
+                      f"cannot serve adapter model {model.name}; serve it with kind llamacpp or vllm")
+        return
+    try:
+        base: Model | None = stack.model(model.base or "")
+    except KeyError:
+        base = None
+    if base is None or base.adapter is not None:
+        return  # models[].base says so
+    wanted = ADAPTER_FORMATS[engine.kind]
+    if base.format != wanted:
+        yield Problem(("engines", e, "model"), engine.model,
+                      f"is an adapter over {model.base}, which is {base.format}, but {engine.kind} serves "
+                      f"adapters over {wanted} bases only; serve a {wanted} base")
+    elif model.format != wanted:
+        yield Problem(("engines", e, "model"), engine.model,
+                      f"is a {model.format} adapter, but {engine.kind} loads {wanted} adapters only; "
+                      f"set format: {wanted} on model {model.name}")
 
 
 def _remote_code(engine: Engine, e: int, model: Model) -> Iterator[Problem]:

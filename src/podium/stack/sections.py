@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from podium.stack.nodes import Strict
 from podium.stack.types import (
@@ -109,6 +109,10 @@ class Registry(Strict):
     tls: bool = True
 
 
+# name:version or name:alias of a model.
+ModelTag = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]*:[A-Za-z0-9][A-Za-z0-9._-]*$")]
+
+
 class Model(Strict):
     name: Name
     version: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
@@ -122,13 +126,26 @@ class Model(Strict):
     default_max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] = 1024
     # Types a skops file may contain beyond skops' own safe list.
     trusted_types: list[PythonName] = []
+    # A LoRA adapter served over a base model of this stack: `base` is that model's name:version
+    # (or alias), `adapter` the registry's name:version that `podium finetune` pushed. Such a
+    # model is pulled, not pushed, so its version, format and source follow the adapter's.
+    base: ModelTag | None = None
+    adapter: ModelTag | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _adapter_defaults(cls, data: object) -> object:
+        if isinstance(data, dict) and isinstance(data.get("adapter"), str):
+            tag = data["adapter"].partition(":")[2]
+            data = {"version": tag or None, "format": "gguf", "source": data["adapter"], **data}
+        return data
 
 
 class Engine(Strict):
     name: Name
     kind: Literal["llamacpp", "vllm", "sglang", "predictive"]
     # name:version or name:alias of a model in `models`.
-    model: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]*:[A-Za-z0-9][A-Za-z0-9._-]*$")]
+    model: ModelTag
     nodes: Placement
     replicas: Annotated[int, Field(ge=1, le=64)] = 1
     # First replica's port on a node; further replicas on the same node take the next ports.
