@@ -290,6 +290,8 @@ def _model_digests(
         # Read the registry only. A model version not pushed yet has no digest: name it so, and
         # the engine role plans its pull instead of refusing a model it cannot find there.
         found = sync_models(stack, push=False)
-        return {e.model: found.get(e.model, NOT_PUSHED) for e in stack.engines}
+        # An adapter model's adapter is pulled by its own reference, beside its base.
+        refs = [e.model for e in stack.engines] + [m.adapter for m in stack.models if m.adapter]
+        return {ref: found.get(ref, NOT_PUSHED) for ref in refs}
     digests: dict[str, str] = sync_models(stack, push=push)
     return digests
