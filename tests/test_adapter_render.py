@@ -136,6 +136,8 @@ BAD = [
      "models[3].base = 'tiny-helper:2': is itself an adapter model"),
     ("engine that cannot serve adapters", lambda d: d["engines"][1].update(kind="predictive"),
      "engines[1].kind = 'predictive': cannot serve adapter model tiny-helper; serve it with kind llamacpp or vllm"),
+    ("adapter engine on kubernetes", lambda d: d.update(kubernetes={"server": "ctrl", "engines": ["helper"]}),
+     "kubernetes.engines[0] = 'helper': serves adapter model tiny-helper, which runs as a systemd unit only"),
     ("llama.cpp over a safetensors base", lambda d: d["models"][1].update(base="small-hf:1"),
      "engines[1].model = 'tiny-helper:2': is an adapter over small-hf:1, which is safetensors, but llamacpp "
      "serves adapters over gguf bases only"),
@@ -164,3 +166,29 @@ def test_the_gateway_routes_the_adapter_models_name_to_its_own_engine(tmp_path: 
     models = gateway.settings["models"]
     assert models["tiny-helper"]["replicas"] == ["http://192.0.2.11:8180"]
     assert models["tiny-llama"]["replicas"] == ["http://192.0.2.11:8080"]
+
+
+def test_a_release_keeps_the_adapters_digest_beside_its_bases(tmp_path: Path) -> None:
+    """Pruning keeps what a kept release serves: the adapter's file must count as served."""
+    from podium.plan.state import HostState
+    from podium.releases.record import host_components
+
+    stack = load_stack(str(_write(tmp_path, STACK).parent))
+    actions = make_plan(stack, load_versions(), {}, DIGESTS)
+    states = {"cpu1": HostState(host="cpu1")}
+    for a in actions:
+        if a.host == "cpu1":
+            states["cpu1"].record(a.component, a.to_version or "", a.config_hash or "")
+    served = host_components(states, actions)["cpu1"]["engine-llamacpp"].model_digests
+    assert served == sorted([BASE_DIGEST, ADAPTER_DIGEST])
+
+
+def test_a_bundle_carries_the_base_but_not_the_adapter_made_on_the_appliance(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from podium.bundle.models import write_models
+
+    monkeypatch.setenv("PODIUM_STATE_DIR", str(tmp_path / "state"))
+    data = {**STACK, "models": STACK["models"][:2], "engines": STACK["engines"][:2]}
+    stack = load_stack(str(_write(tmp_path, data).parent))
+    assert len(write_models(stack, tmp_path / "models")) == 1
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["tiny-llama"]

@@ -22,6 +22,8 @@ def write_models(stack: Stack, out: Path) -> list[str]:
     digests = []
     keep = set()
     for index, model in enumerate(stack.models):
+        if model.adapter is not None:
+            continue  # made on the appliance by `podium finetune`, into its registry; never carried in
         folder = out / model.name / model.version
         keep.add(folder)
         source = model_source(stack, index, model)

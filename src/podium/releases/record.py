@@ -90,7 +90,9 @@ def host_components(
     served: dict[tuple[str, str], list[str]] = {}
     for a in actions:
         if a.component.startswith("engine-") and a.action != "remove":
-            digests = {r.get("model_digest") for r in a.settings.get("replicas", [])}
+            # An adapter model's replica serves two: its base's weights and the adapter.
+            digests = {d for r in a.settings.get("replicas", [])
+                       for d in (r.get("model_digest"), (r.get("adapter") or {}).get("model_digest"))}
             served[(a.host, a.component)] = sorted(d for d in digests if d)
     return {
         host: {

@@ -272,6 +272,11 @@ def _adapter_engine(stack: Stack, engine: Engine, e: int, model: Model) -> Itera
         yield Problem(("engines", e, "kind"), engine.kind,
                       f"cannot serve adapter model {model.name}; serve it with kind llamacpp or vllm")
         return
+    if stack.kubernetes and engine.name in stack.kubernetes.engines:
+        yield Problem(("kubernetes", "engines", stack.kubernetes.engines.index(engine.name)), engine.name,
+                      f"serves adapter model {model.name}, which runs as a systemd unit only; "
+                      "leave this engine out of kubernetes.engines")
+        return
     try:
         base: Model | None = stack.model(model.base or "")
     except KeyError:
