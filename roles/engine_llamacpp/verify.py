@@ -31,10 +31,18 @@ def test_040_serves_the_model_pulled_by_digest(host, settings):
         if replica.get("model_digest"):
             wanted = engine_files.weights_link(replica)
             assert model == wanted, f"{unit} serves {model}, not the stack's digest ({wanted})"
-        target = host.check_output(f"readlink -f {shlex.quote(model)}")
-        pulled = target.startswith(engine_files.MODELS + "/sha256:")
-        assert pulled, f"{unit} serves {target}, not a model pulled by digest"
-        assert host.file(target).is_file, f"{target}, served by {unit}, is missing"
+        served = [model]
+        if replica.get("adapter"):
+            # An adapter model's unit loads its LoRA, pulled by digest as its base is.
+            lora = argv[argv.index("--lora") + 1] if "--lora" in argv else None
+            wanted = engine_files.weights_link(replica["adapter"])
+            assert lora == wanted, f"{unit} loads adapter {lora}, not the stack's ({wanted})"
+            served.append(lora)
+        for path in served:
+            target = host.check_output(f"readlink -f {shlex.quote(path)}")
+            pulled = target.startswith(engine_files.MODELS + "/sha256:")
+            assert pulled, f"{unit} serves {target}, not a model pulled by digest"
+            assert host.file(target).is_file, f"{target}, served by {unit}, is missing"
 
 
 def test_050_completion_returns_tokens(host, settings):
