@@ -138,6 +138,8 @@ BAD = [
      "engines[1].kind = 'predictive': cannot serve adapter model tiny-helper; serve it with kind llamacpp or vllm"),
     ("adapter engine on kubernetes", lambda d: d.update(kubernetes={"server": "ctrl", "engines": ["helper"]}),
      "kubernetes.engines[0] = 'helper': serves adapter model tiny-helper, which runs as a systemd unit only"),
+    ("a second lora in the args", lambda d: d["engines"][1]["args"].update(lora="/tmp/other.gguf"),
+     "engines[1].args.lora = '/tmp/other.gguf': is set by Podium for adapter model tiny-helper"),
     ("llama.cpp over a safetensors base", lambda d: d["models"][1].update(base="small-hf:1"),
      "engines[1].model = 'tiny-helper:2': is an adapter over small-hf:1, which is safetensors, but llamacpp "
      "serves adapters over gguf bases only"),

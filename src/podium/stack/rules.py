@@ -20,6 +20,8 @@ SGLANG_ON_CPU = "serve the model on CPU with kind vllm and device: cpu"
 
 # The one format of base and adapter that each engine able to serve adapters loads.
 ADAPTER_FORMATS = {"llamacpp": "gguf", "vllm": "safetensors"}
+# The flags that load an adapter model's LoRA; a second one in the args would load another.
+ADAPTER_ARGS = {"lora", "lora-scaled", "lora-init-without-apply", "enable-lora", "lora-modules"}
 ENGINE_FORMATS = {
     "llamacpp": {"gguf"},
     "vllm": {"safetensors"},
@@ -277,6 +279,9 @@ def _adapter_engine(stack: Stack, engine: Engine, e: int, model: Model) -> Itera
                       f"serves adapter model {model.name}, which runs as a systemd unit only; "
                       "leave this engine out of kubernetes.engines")
         return
+    for key in sorted(set(engine.args) & ADAPTER_ARGS):
+        yield Problem(("engines", e, "args", key), engine.args[key],
+                      f"is set by Podium for adapter model {model.name}; remove it from the engine's args")
     try:
         base: Model | None = stack.model(model.base or "")
     except KeyError:
