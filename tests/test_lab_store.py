@@ -53,9 +53,9 @@ def test_verify_proves_the_store_and_both_gateways(lab: dict[str, Any]) -> None:
 def test_a_key_made_through_one_gateway_works_on_the_other_and_is_metered_once(lab: dict[str, Any]) -> None:
     up, prefix = lab["up"].stdout, lab["copy"].prefix
     key, ca = line(up, "key: "), line(up, "ca: ")
-    first = line(up, "gateway: ")
-    assert first.startswith(f"https://{prefix}10:"), first
-    second = first.replace(f"//{prefix}10:", f"//{prefix}11:")
+    # podium lab up prints the gateways' one address (gateway.address).
+    assert line(up, "gateway: ") == f"https://{prefix}20:8443/v1", line(up, "gateway: ")
+    first, second = f"https://{prefix}10:8443/v1", f"https://{prefix}11:8443/v1"
     trust = ssl.create_default_context(cafile=ca)
     body = {"model": "tiny-llama", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
     with httpx.Client(verify=trust, timeout=120, headers={"Authorization": f"Bearer {key}"}) as client:
