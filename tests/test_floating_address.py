@@ -4,10 +4,13 @@ firewall letting VRRP in from those nodes alone."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -80,11 +83,13 @@ def test_each_gateway_node_gets_keepalived_with_unicast_to_the_other() -> None:
         lines = [line.strip() for line in conf.splitlines()]
         for wanted in (f"unicast_src_ip {own}", peer, f"priority {priority}", "virtual_router_id 20",
                        "10.77.19.20/32 dev host0", "state BACKUP", "nopreempt", "local_gateway",
-                       "script_user nobody nogroup", "enable_script_security"):
+                       "script_user podium-gateway podium-gateway", "enable_script_security"):
             assert wanted in lines, f"{host}: {wanted!r} missing from keepalived.conf:\n{conf}"
         # The node itself is no peer of its own.
         assert own not in [line for line in lines if line and line[0].isdigit() and "/" not in line]
         health = files["keepalived/podium-gateway-health"]
+        # A killed gateway gives the address up at the next check, not after curl's timeout.
+        assert "systemctl is-active --quiet podium-gateway || exit 1" in health, health
         assert health.startswith("#!/bin/sh") and (
             f"--cacert /etc/podium/gateway/ca.crt https://{own}:8443/v2/health/live" in health), health
         confs[host] = conf
@@ -93,7 +98,9 @@ def test_each_gateway_node_gets_keepalived_with_unicast_to_the_other() -> None:
     if shutil.which("keepalived") and here:
         for host, conf in confs.items():
             path = Path(f"/tmp/podium-keepalived-{host}-{id(conf)}.conf")
-            path.write_text(conf.replace("host0", here[0]))
+            # The gateway's user exists on gateway nodes only; nobody stands in for it here.
+            path.write_text(conf.replace("host0", here[0]).replace("podium-gateway podium-gateway",
+                                                                    "nobody nogroup"))
             try:
                 checked = subprocess.run(["keepalived", "--config-test", "-f", str(path)], capture_output=True,
                                          text=True, timeout=30)
@@ -161,3 +168,71 @@ def test_a_stack_without_host_network_lets_its_ca_vouch_for_the_gateways_address
     names = x509.load_pem_x509_certificate(cert.read_bytes()).extensions.get_extension_for_class(
         x509.SubjectAlternativeName).value
     assert {str(a) for a in names.get_values_for_type(x509.IPAddress)} == {"10.77.19.10", "10.77.19.20"}
+
+
+def _holds(namespace: str, address: str) -> bool:
+    shown = subprocess.run(["ip", "-n", namespace, "-o", "-4", "addr", "show", "to", address], capture_output=True,
+                           text=True, check=True).stdout
+    return bool(shown.strip())
+
+
+def test_keepalived_with_the_rendered_settings_elects_one_holder_and_moves_the_address(tmp_path: Path) -> None:
+    """Two keepalived processes on the rendered settings, each in a network namespace of this
+    test's own joined by a veth pair (a lab bridge in small): one holds the address; when its
+    check fails the other takes it within 3 s, and keeps it once the first is healthy again. The
+    check of the local gateway is a file this test removes, standing in for a gateway."""
+    if os.geteuid() != 0 or not shutil.which("keepalived") or not shutil.which("ip"):
+        pytest.skip("needs root, ip and keepalived (apt-get install keepalived)")
+    stack = load_stack(LABSTORE)
+    tag = uuid.uuid4().hex[:6]
+    third = 250 - int(tag, 16) % 20
+    sides = {"ctrl": ("a", "10.77.19.10"), "node1": ("b", "10.77.19.11")}
+    address = f"10.213.{third}.20"
+    # keepalived runs a check as its script user only from folders no one else may write (not /tmp).
+    checks = Path(f"/run/podium-keepalived-{tag}")
+    checks.mkdir(mode=0o755)
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        subprocess.run(["ip", "link", "add", f"pk{tag}a", "type", "veth", "peer", "name", f"pk{tag}b"], check=True)
+        for host, (side, own) in sides.items():
+            namespace, dev, mine = f"pk{tag}{side}", f"pk{tag}{side}", own.replace("10.77.19.", f"10.213.{third}.")
+            subprocess.run(["ip", "netns", "add", namespace], check=True)
+            subprocess.run(["ip", "link", "set", dev, "netns", namespace], check=True)
+            subprocess.run(["ip", "-n", namespace, "addr", "add", f"{mine}/24", "dev", dev], check=True)
+            subprocess.run(["ip", "-n", namespace, "link", "set", dev, "up"], check=True)
+            (checks / f"ok-{side}").touch()
+            check = checks / f"check-{side}"
+            check.write_text(f"#!/bin/sh\ntest -e {checks / f'ok-{side}'}\n")
+            check.chmod(0o755)
+            conf = files_for("gateway", host, settings_of(stack, "gateway", host))["keepalived/keepalived.conf"]
+            conf = (conf.replace("10.77.19.", f"10.213.{third}.").replace("host0", dev)
+                    .replace("/etc/keepalived/podium-gateway-health", str(check))
+                    .replace("podium-gateway podium-gateway", "nobody nogroup"))
+            (tmp_path / f"{side}.conf").write_text(conf)
+            started.append(subprocess.Popen(
+                ["ip", "netns", "exec", namespace, "keepalived", "--dont-fork", "--log-console", "-f",
+                 str(tmp_path / f"{side}.conf"), "-p", str(tmp_path / f"{side}.pid"), "-r",
+                 str(tmp_path / f"{side}.vrrp.pid")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        a, b = f"pk{tag}a", f"pk{tag}b"
+        deadline = time.monotonic() + 15
+        while not (_holds(a, address) or _holds(b, address)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        # ctrl has the higher priority: it holds the address first, alone.
+        assert _holds(a, address) and not _holds(b, address), "ctrl's keepalived did not take the address"
+        (checks / "ok-a").unlink()
+        failed = time.monotonic()
+        while not _holds(b, address) and time.monotonic() - failed < 10:
+            time.sleep(0.05)
+        moved = time.monotonic() - failed
+        assert _holds(b, address) and not _holds(a, address) and moved <= 3, f"moved in {moved:.2f} s"
+        (checks / "ok-a").touch()
+        time.sleep(4)
+        assert _holds(b, address) and not _holds(a, address), "the address moved back (nopreempt)"
+    finally:
+        for process in started:
+            process.terminate()
+            process.wait(timeout=10)
+        for side in ("a", "b"):
+            subprocess.run(["ip", "netns", "del", f"pk{tag}{side}"], capture_output=True)
+        subprocess.run(["ip", "link", "del", f"pk{tag}a"], capture_output=True)
+        shutil.rmtree(checks, ignore_errors=True)
