@@ -24,6 +24,7 @@ from podium.releases.book import ReleaseBook
 from podium.secrets import StackSecrets
 from podium.stack.versions import built
 from roles import checks, folders
+from roles.gateway import floating
 from roles.gateway.defaults import DEFAULTS
 from roles.store.accounts import STORE_PASSWORD, passfile
 
@@ -88,7 +89,9 @@ def deploy() -> None:
         )
     )
     if settings["tls"]:
-        cert, key = server_certificate(stack, f"gateway-{host.name}", [address], [host.name])
+        # Clients of the gateways' one address check it against the same certificate.
+        shared = [settings["floating"]["address"]] if "floating" in settings else []
+        cert, key = server_certificate(stack, f"gateway-{host.name}", [address, *shared], [host.name])
         changed.append(
             files.put(name="Gateway certificate", src=str(cert), dest=f"{etc}/tls.crt", mode="644")
         )
@@ -170,6 +173,11 @@ def deploy() -> None:
         ],
         _if=any_changed(*changed, unit, *installed),
     )
+    if "floating" in settings:
+        floating.hold_the_address(settings)
+    elif checks.output(f"test -e {floating.CONF} && echo held") == "held":
+        # The stack no longer declares gateway.address: this node stops answering for it.
+        floating.release_the_address()
     # Also with no key declared: keys the stack declared before are then revoked.
     declared_keys(
         name="Make the gateway's API keys those the stack declares",
@@ -270,10 +278,14 @@ def gateway_url_for(address: str, settings: dict) -> str:
 def check() -> None:
     checks.passes(name="Gateway runs", commands=["systemctl is-active podium-gateway"],
                   proves="podium-gateway active")
+    if "floating" in host.data.podium_gateway:
+        floating.check(host.data.podium_gateway)
 
 
 @pyinfra_deploy("gateway: remove", data_defaults=DEFAULTS)
 def remove() -> None:
+    if checks.output(f"test -e {floating.CONF} && echo held") == "held":
+        floating.release_the_address()
     # The socket first: while it is held, a client connecting would start the gateway again.
     systemd.service(name="Release the gateway's API port", service="podium-gateway.socket", running=False,
                     enabled=False)

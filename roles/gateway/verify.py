@@ -9,6 +9,7 @@ answers are written there too, never to a world-readable /tmp file."""
 
 import json
 import shlex
+import time
 import uuid
 
 import pytest
@@ -207,3 +208,27 @@ def test_080_grpc_answers_over_tls_and_refuses_a_wrong_key(host, settings):
     assert answer == ["live", "StatusCode.UNAUTHENTICATED"], (
         f"gRPC ServerLive then ModelMetadata with a wrong key on {target}: expected live and "
         f"UNAUTHENTICATED, got {answer}")
+
+
+def test_090_the_gateways_address_is_on_exactly_one_gateway_node(host, settings, stack, node):
+    floating = settings.get("floating")
+    if floating is None:
+        pytest.skip("the stack declares no gateway.address")
+    assert host.service("keepalived").is_running, "keepalived is not active: the gateways' address cannot move here"
+    holds = f"ip -o -4 addr show to {floating['address']}"
+    # keepalived elects a holder within a few adverts of its start.
+    for _ in range(20):
+        holders = [name for name in stack.gateway.nodes if node(name).check_output(holds).strip()]
+        if len(holders) == 1:
+            break
+        time.sleep(0.5)
+    assert len(holders) == 1, (
+        f"gateway.address {floating['address']}: expected exactly one gateway node holding it, "
+        f"found {holders or 'none'}")
+    # The address answers from every gateway node, with a certificate that names it.
+    scheme = "https" if settings["tls"] else "http"
+    ca = f"--cacert {ETC}/ca.crt" if settings["tls"] else ""
+    url = f"{scheme}://{floating['address']}:{settings['port']}/v2/health/live"
+    answer = host.run(f"curl -sS -o /dev/null -w '%{{http_code}}' --max-time 5 {ca} {url}")
+    assert answer.stdout.strip() == "200", (
+        f"GET {url} from {host.backend.get_hostname()}: expected 200, got {answer.stdout} {answer.stderr}")

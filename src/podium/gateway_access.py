@@ -24,7 +24,8 @@ def gateway_url(stack: Stack, node: str | None = None) -> str:
     gw = stack.gateway
     if gw is None:
         raise PodiumError(f"stack {stack.name} declares no gateway")
-    address = stack.node(node or gw.nodes[0]).address
+    # Clients use the gateways' one address where the stack declares it; `node` asks one gateway.
+    address = gw.address if node is None and gw.address else stack.node(node or gw.nodes[0]).address
     return f"{'https' if gw.tls else 'http'}://{address}:{gw.port}"
 
 

@@ -42,10 +42,15 @@ def component_templates(role: str) -> list[str]:
     return sorted(str(p.relative_to(templates_dir())) for p in folder.rglob("*.j2") if p.is_file())
 
 
-def render_component(role: str, host: str, settings: Mapping[str, Any]) -> dict[str, str]:
-    """Every template of the role, rendered with its host settings; keys drop the `.j2`."""
+def render_component(role: str, host: str, settings: Mapping[str, Any], skip: str | None = None) -> dict[str, str]:
+    """Every template of the role, rendered with its host settings; keys drop the `.j2`.
+
+    skip: a prefix (e.g. "keepalived/") of templates the host does not get.
+    """
     out = {}
     for name in component_templates(role):
         relative = name.removeprefix(f"{role}/").removesuffix(".j2")
+        if skip is not None and relative.startswith(skip):
+            continue
         out[relative] = render_template(name, host=host, settings=settings, s=settings)
     return out

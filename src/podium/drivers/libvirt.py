@@ -207,6 +207,20 @@ class LibvirtDriver(MachineDriver):
             self._wait_for_ssh(conn, network, machines)
         return self.status(network, [spec.name for spec in machines])
 
+    def define(self, network: LabNetwork, machines: Sequence[MachineSpec]) -> list[str]:
+        """Each machine's disks, seed and domain on the hypervisor, left stopped: for a site that
+        starts its VMs itself, or to read back what `ensure` would boot. Returns the domains' names;
+        a machine already defined is left as it is."""
+        check_layout(network, machines)
+        ensure_libvirtd(self.uri)
+        with self._connect() as conn:
+            pool = self._ensure_pool(conn)
+            base = self._ensure_volume(pool, self.image or _default_image(), "qcow2")
+            for spec in machines:
+                if _lookup(conn, domain_name(network.lab, spec.name)) is None:
+                    self._create(conn, pool, base, network, spec, start=False)
+        return [domain_name(network.lab, spec.name) for spec in machines]
+
     def status(self, network: LabNetwork, names: Sequence[str]) -> list[MachineStatus]:
         statuses = []
         with self._connect() as conn:
@@ -258,6 +272,7 @@ class LibvirtDriver(MachineDriver):
         base: Any,
         network: LabNetwork,
         spec: MachineSpec,
+        start: bool = True,
     ) -> None:
         host_keys = generate_host_keys(spec.name)
         public = [" ".join(v.split()[:2]) for k, v in sorted(host_keys.items()) if k.endswith(".pub")]
@@ -286,8 +301,9 @@ class LibvirtDriver(MachineDriver):
             host_keys=public,
         )
         dom = conn.defineXML(xml)
-        dom.create()
-        log.info("started machine %s of lab %s on %s", spec.name, network.lab, self.uri)
+        if start:
+            dom.create()
+        log.info("%s machine %s of lab %s on %s", "started" if start else "defined", spec.name, network.lab, self.uri)
 
     def _ensure_network(self, network: LabNetwork) -> None:
         if not is_local(self.uri):

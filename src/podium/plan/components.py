@@ -84,7 +84,16 @@ def _base_settings(stack: Stack, host: str) -> Settings:
         "egress": egress_settings(stack),
         "cluster": cluster_settings(stack, host),
         "mirror": mirror_source(stack),
+        # VRRP (IP protocol 112) between gateway nodes sharing gateway.address, from each other only.
+        **({"vrrp_peers": peers} if (peers := _vrrp_peers(stack, host)) else {}),
     }
+
+
+def _vrrp_peers(stack: Stack, host: str) -> list[str]:
+    gw = stack.gateway
+    if gw is None or gw.address is None or host not in gw.nodes:
+        return []
+    return sorted(str(stack.node(n).address) for n in gw.nodes if n != host)
 
 
 def _audiences(stack: Stack) -> dict[str, list[str]]:
@@ -487,6 +496,27 @@ def _gateway_settings(stack: Stack, host: str) -> Settings:
         "console_sources": _audiences(stack)["admin"],
         "prometheus_url": (f"http://{stack.node(stack.monitoring.node).address}:{stack.monitoring.port}"
                            if stack.monitoring else None),
+        # Only when declared, so stacks without one keep their recorded gateway config.
+        **({"floating": _floating_settings(stack, host)} if gw.address else {}),
+    }
+
+
+def _floating_settings(stack: Stack, host: str) -> Settings:
+    """keepalived's part: the address, this node's VRRP peers and its priority."""
+    gw = stack.gateway
+    assert gw is not None and gw.address is not None
+    node = stack.node(host)
+    return {
+        "address": str(gw.address),
+        # The lowest byte names the address' VRRP router on the link (1-254 for a host address).
+        "router_id": int(gw.address) % 256 or 1,
+        "own": str(node.address),
+        # Unicast to the other gateway nodes: the lab's bridge and many clouds drop multicast.
+        "peers": [str(stack.node(n).address) for n in gw.nodes if n != host],
+        # The first gateway node starts as the holder; later ones follow in declared order.
+        "priority": 200 - 10 * gw.nodes.index(host),
+        # The role names the interface holding the node's address where the stack does not.
+        "interface": node.interface,
     }
 
 

@@ -46,8 +46,9 @@ class CaScope:
     def of(cls, stack: Stack) -> CaScope:
         nets = [ipaddress.ip_network(str(stack.host_network.subnet))] if stack.host_network else []
         nets += [ipaddress.ip_network(str(v.subnet)) for v in stack.network.vlans]
-        for node in stack.nodes:
-            address = ipaddress.ip_address(str(node.address))
+        # The gateways' one address is theirs too: their certificates name it.
+        shared = [stack.gateway.address] if stack.gateway and stack.gateway.address else []
+        for address in [ipaddress.ip_address(str(a)) for a in [*(n.address for n in stack.nodes), *shared]]:
             if not any(address in net for net in nets if net.version == address.version):
                 nets.append(ipaddress.ip_network(address))
         return cls(tuple(sorted({n.name for n in stack.nodes})), tuple(str(n) for n in nets))

@@ -366,6 +366,26 @@ def _gpu_capacity(stack: Stack) -> Iterator[Problem]:
         )
 
 
+def _floating_address(stack: Stack) -> Iterator[Problem]:
+    """gateway.address moves between gateway nodes on one link: a free address of the subnet."""
+    gw = stack.gateway
+    if gw is None or gw.address is None:
+        return
+    where, value = ("gateway", "address"), str(gw.address)
+    if len(gw.nodes) < 2:
+        yield Problem(where, value, "needs two or more gateway nodes to move between; add a node to"
+                      " gateway.nodes or remove gateway.address and use the node's own address")
+    holder = next((n.name for n in stack.nodes if n.address == gw.address), None)
+    if holder is not None:
+        yield Problem(where, value, f"is node {holder}'s own address; choose a free address of the"
+                      " stack's subnet for the gateways")
+    net = stack.host_network
+    if net is not None and (gw.address not in net.subnet or gw.address in (net.gateway, net.subnet.network_address,
+                                                                          net.subnet.broadcast_address)):
+        yield Problem(where, value, f"must be a free host address in host_network.subnet {net.subnet}"
+                      f" other than its gateway {net.gateway}")
+
+
 def _gateway(stack: Stack) -> Iterator[Problem]:
     gw = stack.gateway
     if gw is None:
@@ -385,6 +405,7 @@ def _gateway(stack: Stack) -> Iterator[Problem]:
             yield Problem(("gateway", "workers"), gw.workers,
                           f"is more than the {machine.cpus} CPUs of gateway node {name};"
                           f" set workers to {machine.cpus} or fewer, or give {name} more cpus")
+    yield from _floating_address(stack)
     team_names: set[str] = set()
     for t, team in enumerate(gw.teams):
         if team.name in team_names:

@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 from podium.stack.nodes import Strict
 from podium.stack.types import (
     AbsPath,
+    Address,
     AptSource,
     ArgKey,
     Duration,
@@ -217,6 +218,9 @@ class Gateway(Strict):
     # Gateway processes per node, each on a core of its own, sharing its port and store.
     workers: Annotated[int, Field(ge=1, le=512)] = 1
     tls: bool = True
+    # One address clients use for every gateway node: keepalived moves it to a node whose
+    # gateway answers (two or more gateway nodes; a free address of the stack's subnet).
+    address: Address | None = None
     store: Literal["sqlite", "postgresql"] = "sqlite"
     # The PostgreSQL node when store is postgresql.
     store_node: Name | None = None
