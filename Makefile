@@ -10,7 +10,7 @@ APT_PACKAGES := build-essential cmake pkg-config git python3-venv apt-utils gnup
 	prometheus prometheus-node-exporter prometheus-alertmanager \
 	libvirt-dev libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils libxml2-utils \
 	ovmf dosfstools e2fsprogs fdisk systemd vagrant vagrant-libvirt dnsmasq-base \
-	chromium chromium-driver
+	chromium chromium-driver keepalived
 EXTRAS := models,test,postgres,libvirt,kubernetes,pulumi,grpc
 
 .PHONY: deps system-deps venv lab lab-down test lint unit bench
