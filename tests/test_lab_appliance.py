@@ -252,6 +252,21 @@ def test_grpc_metadata_infer_and_errors_with_tritonclient(lab):
     assert rows[("grpc-lab", "digits")] == 2, rows
 
 
+def test_openai_client_embeds_and_the_embeddings_are_metered(client, lab):
+    from podium.models.tiny_llama import SIZES
+
+    answer = client.embeddings.create(model="tiny-embed", input=["hello lab", "goodbye lab"])
+    assert [d.index for d in answer.data] == [0, 1]
+    assert all(len(d.embedding) == SIZES["tiny"].n_embd for d in answer.data)
+    assert answer.data[0].embedding != answer.data[1].embedding
+    result = podium("usage", lab["stack"], "--by", "model", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = {r["model"]: r for r in json.loads(result.stdout)}
+    assert rows["tiny-embed"]["requests"] >= 1
+    assert rows["tiny-embed"]["prompt_tokens"] >= answer.usage.prompt_tokens > 0
+    assert rows["tiny-embed"]["completion_tokens"] == 0
+
+
 def test_usage_is_metered_per_key(client, lab):
     client.completions.create(model="tiny-llama", prompt="count me", max_tokens=3)
     result = podium("usage", lab["stack"], "--by", "model", "--json")

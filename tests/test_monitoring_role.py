@@ -120,10 +120,13 @@ def test_lab_scrape_config_covers_every_exporter_engine_replica_gateway_and_regi
         ("10.77.0.11:9100", {"node": "node1"}),
         ("10.77.0.12:9100", {"node": "node2"}),
     ]
-    # llama.cpp on its API port, one target per replica, round-robin over the engine's nodes.
+    # llama.cpp on its API port, one target per replica, round-robin over the engine's nodes;
+    # the embedding model's engine beside it on node1.
     assert jobs["engine-llamacpp"] == [
         ("10.77.0.11:8080", {**LLAMA, "node": "node1", "replica": "0"}),
         ("10.77.0.12:8080", {**LLAMA, "node": "node2", "replica": "1"}),
+        ("10.77.0.11:8086", {"engine": "tiny-embed-cpp", "model": "tiny-embed", "node": "node1",
+                             "replica": "0"}),
     ]
     # MLServer on the replica's own metrics port (API 8090, gRPC 8091, metrics 8092; the ONNX
     # model's replica 8093-8095).
