@@ -168,8 +168,9 @@ def deploy() -> None:
     server.shell(
         name="Wait for the gateway to answer",
         commands=[
-            f"for i in $(seq 120); do curl -fsS {ca} {scheme}://{address}:{settings['port']}/v2/health/live "
-            ">/dev/null && exit 0; sleep 0.5; done; exit 1"
+            # Each try bounded: a port the socket unit holds accepts while no gateway answers.
+            f"for i in $(seq 120); do curl -fsS --max-time 2 {ca} "
+            f"{scheme}://{address}:{settings['port']}/v2/health/live >/dev/null && exit 0; sleep 0.5; done; exit 1"
         ],
         _if=any_changed(*changed, unit, *installed),
     )

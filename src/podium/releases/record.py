@@ -8,14 +8,16 @@ import getpass
 import json
 import socket
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
-from podium.plan.actions import Action
 from podium.plan.state import HostState, canonical_sha256
 from podium.stack.model import Stack
 from podium.stack.versions import VersionTable
+
+if TYPE_CHECKING:  # the planner (and through it the registry client) is not on gateway nodes
+    from podium.plan.actions import Action
 
 RELEASE_FORMAT = 1
 
