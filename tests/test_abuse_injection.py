@@ -101,6 +101,10 @@ def base_doc(slot: tuple[str, ...]) -> dict[str, Any]:
     top = slot[0]
     if top in OTHER_FORMS and not isinstance(BASE[top], dict) and len(slot) > 1:
         return {**BASE, top: copy.deepcopy(OTHER_FORMS[top])}
+    if slot[:2] == ("models", ITEM) and slot[2:] in (("base",), ("adapter",)):
+        # An adapter model's own fields are tried on a copy whose first model is the adapter.
+        models = BASE["models"]
+        return {**BASE, "models": [m for m in models if "adapter" in m] + [m for m in models if "adapter" not in m]}
     return BASE
 
 

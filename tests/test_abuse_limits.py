@@ -18,8 +18,8 @@ from sqlalchemy import select
 
 from podium.cluster import ClusterInputs
 from podium.cluster.gateway import gateway_config
+from podium.files import build_gateway
 from podium.plan.components import BY_NAME
-from podium.render import render_component
 from podium.services.gateway.config import GatewayConfig
 from podium.services.gateway.keys import KeySpec, create_op, new_secret
 from podium.services.gateway.limits import minute_window, period_window
@@ -203,7 +203,7 @@ def test_the_stacks_caps_and_key_bounds_reach_the_gateway(tmp_path: Path) -> Non
     stack = write_stack(tmp_path / "capped", text)
     settings = BY_NAME["gateway"].settings(stack, "ctl")
     assert settings["keys"][0]["max_in_flight"] == 3  # created with it by podium up
-    for document in (render_component("gateway", "ctl", settings)["gateway.yaml"],
+    for document in (build_gateway("ctl", settings)["gateway.yaml"],
                      yaml.safe_dump(gateway_config(stack, ClusterInputs()))):
         config = GatewayConfig.model_validate(yaml.safe_load(document))
         assert config.models["tiny-llama"].default_max_tokens == 77

@@ -42,8 +42,9 @@ def test_format_is_guessed_from_file_names() -> None:
     hf = ["config.json", "model.safetensors", "tokenizer.json"]
     assert guess_format(Path("hf"), hf) == "safetensors"
     assert guess_format(Path("c.pkl"), ["c.pkl"]) == "joblib"
+    assert guess_format(Path("d.onnx"), ["d.onnx"]) == "onnx"
     with pytest.raises(InvalidInput, match="--format"):
-        guess_format(Path("weights"), ["weights.onnx"])
+        guess_format(Path("weights"), ["weights.tflite"])
     with pytest.raises(InvalidInput, match="several model formats"):
         guess_format(Path("mix"), ["a.gguf", "b.safetensors"])
 
