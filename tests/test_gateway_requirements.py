@@ -67,6 +67,8 @@ def third_party_imports(start: str) -> dict[str, str]:
         if name in seen:
             continue
         seen.add(name)
+        # Importing a.b.c runs a/__init__.py and a/b/__init__.py first.
+        todo.extend(name.rsplit(".", n)[0] for n in range(1, name.count(".")))
         path = module_file(name)
         if path is None:
             continue
@@ -126,3 +128,34 @@ def test_every_module_the_gateway_imports_comes_from_its_pinned_requirements() -
         f"the gateway imports {missing} (module: importer), which no pin under "
         "components.gateway.requirements in stacks/versions.yaml installs on a node"
     )
+
+
+BLOCKER = """
+import importlib.abc, sys
+allowed = set(sys.argv[1].split(","))
+
+class OnlyTheNodesVenv(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        top = name.split(".")[0]
+        if (top in sys.stdlib_module_names or top in allowed or top.startswith("_")
+                or top == "podium"):
+            return None
+        raise ModuleNotFoundError(f"No module named {name!r} on a gateway node", name=name)
+
+sys.meta_path.insert(0, OnlyTheNodesVenv())
+import podium.services.gateway.__main__, podium.services.gateway.server, podium.services.gateway.app
+import podium.services.gateway.console, podium.services.gateway.grpc_service
+print("imported")
+"""
+
+
+def test_the_gateway_and_its_console_import_with_only_the_nodes_modules() -> None:
+    import subprocess
+
+    versions = yaml.safe_load((REPO / "stacks" / "versions.yaml").read_text(encoding="utf-8"))
+    allowed = closure(versions["components"]["gateway"]["requirements"])
+    modules = {module for module, dists in packages_distributions().items()
+               if {re.sub(r"[-_.]+", "-", d).lower() for d in dists} & allowed}
+    done = subprocess.run([sys.executable, "-c", BLOCKER, ",".join(sorted(modules))],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "imported", done.stderr[-3000:]
