@@ -39,6 +39,17 @@ from tests.scripted_engine import ScriptedEngine, scripted
 __all__ = ["gateways", "postgres_server", "scripted"]
 
 
+def where(pid: int) -> str:
+    """What a process is doing now (its state and the kernel call it waits in), for a failure's
+    message: a supervisor that does not start a worker again must say where it stopped."""
+    try:
+        state = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                     if line.startswith("State:"))
+        return f"{state}, waiting in {Path(f'/proc/{pid}/wchan').read_text() or '-'}"
+    except OSError as e:
+        return f"process {pid}: {e}"
+
+
 def workers_of(gw: GatewayProcess) -> set[int]:
     """The pids of the gateway's worker processes (its children)."""
     assert gw.proc is not None
@@ -153,7 +164,9 @@ def test_a_worker_that_dies_is_started_again_and_sigterm_stops_them_all(
     while time.monotonic() < deadline and (len(workers_of(gw)) != 2 or victim in workers_of(gw)):
         time.sleep(0.1)
     again = workers_of(gw)
-    assert len(again) == 2 and victim not in again, (first, again, gw.log()[-3000:])
+    assert gw.proc is not None
+    assert len(again) == 2 and victim not in again, (
+        first, again, where(gw.proc.pid), gw.log()[-3000:])
     time.sleep(1.0)  # the new worker's startup
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda i: chat(gw, key, f"c{i}"), range(16)))

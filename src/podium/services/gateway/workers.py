@@ -134,10 +134,10 @@ class Supervisor:
             if time.monotonic() - started < RESTART_PAUSE_S:
                 time.sleep(RESTART_PAUSE_S)
             if not self.stopping:
-                self._fork(index)
+                log.warning("gateway worker %d started again as pid %d", index, self._fork(index))
         return 1 if failed else 0
 
-    def _fork(self, index: int) -> None:
+    def _fork(self, index: int) -> int:
         pid = os.fork()
         if pid == 0:
             code = 0
@@ -152,6 +152,7 @@ class Supervisor:
                 logging.shutdown()
                 os._exit(code)
         self.pids[pid] = (index, time.monotonic())
+        return pid
 
     def _stop(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True
