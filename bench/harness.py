@@ -15,6 +15,7 @@ ratio to direct measured in the same run. Counts are bounded per cell.
 
     .venv/bin/python bench/harness.py                         # concurrency 1 and 4
     .venv/bin/python bench/harness.py --concurrency 1 --requests 40 --json out.json
+    .venv/bin/python bench/harness.py --lab stacks/lab        # a running lab appliance
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,9 +52,9 @@ def aiperf(venv: Path) -> Path:
 
 
 def profile(binary: Path, target: Target, tokenizer: Path, concurrency: int, requests: int,
-            out: Path) -> dict[str, dict[str, float]]:
+            out: Path, prefix: tuple[str, ...] = ()) -> dict[str, dict[str, float]]:
     """One AIPerf run of streamed chat completions; its figures by metric tag."""
-    cmd = [str(binary), "profile", "--model", target.model, "--url",
+    cmd = [*prefix, str(binary), "profile", "--model", target.model, "--url",
            target.base.removesuffix("/v1"), "--endpoint-type", "chat", "--streaming",
            "--tokenizer", str(tokenizer), "--concurrency", str(concurrency),
            "--request-count", str(requests), "--warmup-request-count", "4",
@@ -104,6 +107,25 @@ def report(results: dict[str, dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
+def measure(binary: Path, targets: list[Target], tokenizer: Path, concurrencies: list[int],
+            args: argparse.Namespace, root: Path, prefix: tuple[str, ...] = ()
+            ) -> dict[str, dict[str, dict[str, float]]]:
+    """Each target at each concurrency, in interleaved rounds; the rounds' summary per cell."""
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for c in concurrencies:
+        runs: dict[str, list[dict[str, dict[str, float]]]] = {t.name: [] for t in targets}
+        for r in range(max(1, args.rounds)):
+            # Each round starts with the other target, so neither always runs first.
+            for t in (targets if r % 2 == 0 else targets[::-1]):
+                started = time.monotonic()
+                runs[t.name].append(profile(binary, t, tokenizer, c, args.requests,
+                                            root / f"aiperf-{t.name}-c{c}-{r}", prefix))
+                print(f"{t.name:7} c={c} round {r + 1}: {time.monotonic() - started:.0f} s",
+                      file=sys.stderr)
+        results[str(c)] = {name: summary(found) for name, found in runs.items()}
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", default="1,4")
@@ -112,28 +134,30 @@ def main() -> None:
     parser.add_argument("--aiperf-venv", type=Path, default=AIPERF_VENV)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep logs and AIPerf's artifacts")
+    parser.add_argument("--lab", metavar="STACK",
+                        help="measure a running lab appliance (podium lab up STACK) instead")
     args = parser.parse_args()
     binary = aiperf(args.aiperf_venv)
     concurrencies = [int(c) for c in args.concurrency.split(",")]
+    began = os.getloadavg()[0]
+    if args.lab:
+        from harness_lab import lab_targets, tokenizer_for
+
+        root = Path(tempfile.mkdtemp(prefix="podium-harness-"))
+        with lab_targets(args.lab) as (targets, prefix, where):
+            results = measure(binary, targets, tokenizer_for(root), concurrencies, args, root,
+                              tuple(prefix))
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+        finish(began, where, report(results), results, args.json)
+        return
     from podium.models import make_tiny
 
-    began = os.getloadavg()[0]
     with stack(args.keep, None, None) as s:
         tokenizer = make_tiny("hf", s.root / "tiny-hf")  # the same vocabulary as the GGUF
         engine, model = s.engine(slots=max(4, max(concurrencies)), http_threads=32)
         targets = [Target("direct", engine + "/v1", model), s.podium(engine, model)]
-        results: dict[str, dict[str, dict[str, float]]] = {}
-        for c in concurrencies:
-            runs: dict[str, list[dict[str, dict[str, float]]]] = {t.name: [] for t in targets}
-            for r in range(max(1, args.rounds)):
-                # Each round starts with the other target, so neither always runs first.
-                for t in (targets if r % 2 == 0 else targets[::-1]):
-                    started = time.monotonic()
-                    runs[t.name].append(profile(binary, t, tokenizer, c, args.requests,
-                                                s.root / f"aiperf-{t.name}-c{c}-{r}"))
-                    print(f"{t.name:7} c={c} round {r + 1}: {time.monotonic() - started:.0f} s",
-                          file=sys.stderr)
-            results[str(c)] = {name: summary(found) for name, found in runs.items()}
+        results = measure(binary, targets, tokenizer, concurrencies, args, s.root)
     finish(began, "; engine, gateway and AIPerf share them", report(results), results, args.json)
 
 
