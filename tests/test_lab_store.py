@@ -3,9 +3,10 @@ subnet of its own): `podium lab up` lays PostgreSQL down on ctrl and two gateway
 node1 sharing one address, and `podium verify` proves its TLS, scram account, pg_hba, firewall
 and nightly dump. A key created through one gateway is honoured by the other and its usage is
 counted once, in the one store; under load split across both gateways a key's rpm admits exactly
-its limit and usage equals llama-server's own counters; the address moves when its gateway is
-killed and a client sees no failure; a PostgreSQL restart loses no usage record; a second
-`podium up` changes nothing. Measured figures go to build/lab-store-ha.json."""
+its limit, its tpm charge ends within one reservation of the limit, and usage equals
+llama-server's own counters; the address moves when its gateway is killed and a client sees no
+failure; a PostgreSQL restart loses no usage record; a second `podium up` changes nothing.
+Measured figures go to build/lab-store-ha.json."""
 
 from __future__ import annotations
 
@@ -139,6 +140,20 @@ def new_key(lab: dict[str, Any], name: str, **limits: Any) -> str:
     return secret
 
 
+def same_minute_window() -> int:
+    """The rate counters' minute window, started where at least 15 s of it are left."""
+    if time.time() % 60 > 40:
+        time.sleep(60 - time.time() % 60 + 0.5)
+    return int(time.time() // 60)
+
+
+def engine_usage(before: dict[str, float], after: dict[str, float]) -> tuple[float, float]:
+    """Prompt and generated tokens llama-server counted between two readings."""
+    prompt = (after["prompt_tokens_total"] - before["prompt_tokens_total"]
+              + after.get("prompt_tokens_cached_total", 0) - before.get("prompt_tokens_cached_total", 0))
+    return prompt, after["tokens_predicted_total"] - before["tokens_predicted_total"]
+
+
 RPM = 10
 
 
@@ -148,10 +163,7 @@ def test_one_keys_rpm_admits_exactly_its_limit_over_both_gateways(lab: dict[str,
     what llama-server counted."""
     name = f"ha-rpm-{int(time.time())}"
     key = new_key(lab, name, rpm=RPM)
-    # Start where the window has at least 15 s left, so the whole run falls in one window.
-    if time.time() % 60 > 40:
-        time.sleep(60 - time.time() % 60 + 0.5)
-    window = int(time.time() // 60)
+    window = same_minute_window()
     before = engine_counters(lab)
     prefix, results, lock = lab["copy"].prefix, [], threading.Lock()
     stop = time.time() + 12
@@ -179,9 +191,7 @@ def test_one_keys_rpm_admits_exactly_its_limit_over_both_gateways(lab: dict[str,
     rows = stored_eventually(lab, name, admitted)
     after = engine_counters(lab)
     counted = [r for r in rows if r["status"] == 200]
-    prompt = (after["prompt_tokens_total"] - before["prompt_tokens_total"]
-              + after.get("prompt_tokens_cached_total", 0) - before.get("prompt_tokens_cached_total", 0))
-    generated = after["tokens_predicted_total"] - before["tokens_predicted_total"]
+    prompt, generated = engine_usage(before, after)
     figures = {"limit": RPM, "requests": len(results), "admitted": len(admitted),
                "refused_429": statuses.count(429), "overshoot": len(admitted) - RPM,
                "records": len(counted), "record_prompt_tokens": sum(r["prompt"] for r in counted),
@@ -191,6 +201,67 @@ def test_one_keys_rpm_admits_exactly_its_limit_over_both_gateways(lab: dict[str,
     assert len(admitted) == RPM and statuses.count(429) > 0, f"rpm {RPM} over both gateways: {figures}"
     assert {r["id"] for r in counted} == admitted, f"usage records are not the admitted requests: {figures}"
     assert figures["record_prompt_tokens"] == prompt and figures["record_completion_tokens"] == generated, (
+        f"usage differs from llama-server's own counters: {figures}")
+
+
+TPM = 200
+
+
+def test_one_keys_tpm_charge_stays_within_one_reservation_over_both_gateways(lab: dict[str, Any]) -> None:
+    """Four clients, two on each gateway's own address, in one minute window: each request
+    reserves its worst case (body bytes + max_tokens) in PostgreSQL before it is sent and settles
+    to what it used, so what the key is charged ends within one reservation of its tpm, the
+    counter equals the usage records, and the records equal llama-server's own counters."""
+    name = f"ha-tpm-{int(time.time())}"
+    created = admin_api(lab["copy"].name, lab["url"]).create_key(KeySpec(name=name, tpm=TPM))
+    key, key_id = created["key"], created["id"]
+    body = {"model": "tiny-llama", "messages": CHAT, "max_tokens": 8}
+    # The most one request reserves: every byte of its body (spaced JSON is the longest form
+    # a client sends it in), plus its max_tokens.
+    reservation = len(json.dumps(body).encode()) + 8
+    window = same_minute_window()
+    before = engine_counters(lab)
+    prefix, results, lock = lab["copy"].prefix, [], threading.Lock()
+    stop = time.time() + 12
+
+    def client(url: str) -> None:
+        with httpx.Client(verify=lab["trust"], timeout=60, headers={"Authorization": f"Bearer {key}"}) as http:
+            while time.time() < stop:
+                answer = http.post(f"{url}/chat/completions", json=body)
+                code = answer.json().get("error", {}).get("code") if answer.status_code == 429 else None
+                with lock:
+                    results.append((answer.status_code, answer.headers.get("x-request-id"), code, time.time()))
+                if answer.status_code == 429:
+                    time.sleep(0.25)
+
+    threads = [threading.Thread(target=client, args=(f"https://{prefix}{n}:8443/v1",)) for n in (10, 10, 11, 11)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert all(int(at // 60) == window for *_, at in results), "the run crossed a minute window"
+    statuses = [s for s, *_ in results]
+    assert set(statuses) <= {200, 429}, f"answers other than 200 and 429: {sorted(set(statuses))}"
+    assert {c for s, _, c, _ in results if s == 429} <= {"tokens_per_minute"}, results
+    admitted = {i for s, i, _, _ in results if s == 200}
+    counted = [r for r in stored_eventually(lab, name, admitted) if r["status"] == 200]
+    served = sum(r["prompt"] + r["completion"] for r in counted)
+    charged = int(on_node(lab, "ctrl", "runuser -u postgres -- psql -XtAq -d podium -c " + shlex.quote(
+        f"SELECT coalesce(sum(value), 0) FROM gateway_counters WHERE key_id = {key_id} AND kind = 'tpm'"
+        f" AND \"window\" = {window * 60}")).strip())
+    prompt, generated = engine_usage(before, engine_counters(lab))
+    figures = {"limit": TPM, "reservation": reservation, "requests": len(results), "admitted": len(admitted),
+               "refused_429": statuses.count(429), "charged": charged, "served_tokens": served,
+               "over_limit": max(0, served - TPM), "records": len(counted),
+               "record_prompt_tokens": sum(r["prompt"] for r in counted), "engine_prompt_tokens": prompt,
+               "record_completion_tokens": sum(r["completion"] for r in counted),
+               "engine_completion_tokens": generated}
+    record("tpm_over_two_gateways", figures)
+    assert admitted and statuses.count(429) > 0, f"tpm {TPM} was not reached over both gateways: {figures}"
+    assert {r["id"] for r in counted} == admitted, f"usage records are not the admitted requests: {figures}"
+    assert charged == served, f"the tpm counter is not the tokens the records hold: {figures}"
+    assert served <= TPM + reservation, f"charged past one reservation over the limit: {figures}"
+    assert (figures["record_prompt_tokens"], figures["record_completion_tokens"]) == (prompt, generated), (
         f"usage differs from llama-server's own counters: {figures}")
 
 
