@@ -164,6 +164,18 @@ def test_lab_up_prints_a_curl_line_that_works(lab):
     assert json.loads(result.stdout)["choices"][0]["message"]["content"]
 
 
+def test_lab_up_prints_the_console_the_lab_host_opens(lab):
+    """The `console:` line is the URL the lab host (the lab's admin source) opens: it answers
+    the login page over the stack's TLS."""
+    url = line(lab["output"], "console: ")
+    assert url == lab["url"].removesuffix("/v1") + "/console/", lab["output"]
+    trust = ssl.create_default_context(cafile=lab["ca"])
+    with urllib.request.urlopen(url, context=trust, timeout=30) as answer:
+        page = answer.read().decode()
+        assert answer.url == url + "login", answer.url  # no session yet: sent to log in
+    assert 'name="token"' in page and "Podium console" in page, page[:500]
+
+
 def test_openai_client_lists_models_and_chats(client):
     assert {m.id for m in client.models.list()} == {"tiny-llama", "iris", "digits", "tiny-embed"}
     reply = client.chat.completions.create(
