@@ -176,6 +176,18 @@ def test_lab_up_prints_the_console_the_lab_host_opens(lab):
     assert 'name="token"' in page and "Podium console" in page, page[:500]
 
 
+def test_verify_proves_the_console_refuses_a_node_and_answers_the_lab_host(lab):
+    """podium verify asks the console from ctrl itself (no admin source: refused) and from the
+    lab host (the admin source: the login page); both checks ran and passed, none skipped."""
+    result = podium("verify", lab["stack"], "--json")
+    outcomes = {(o["component"], o["host"]): o for o in json.loads(result.stdout)}
+    gateway = outcomes[("gateway", "ctrl")]
+    assert gateway["passed"], gateway["failures"]
+    assert {"test_100_the_console_refuses_a_node_that_is_no_admin_source",
+            "test_110_the_console_shows_its_login_page_to_an_admin_source"} <= set(gateway["checks"]), gateway
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
 def test_openai_client_lists_models_and_chats(client):
     assert {m.id for m in client.models.list()} == {"tiny-llama", "iris", "digits", "tiny-embed"}
     reply = client.chat.completions.create(
