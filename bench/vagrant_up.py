@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.fixtures_lab import remove_stack_state, unique_stack  # noqa: E402
 
-from podium.drivers.libvirt import ensure_libvirtd  # noqa: E402
+from podium.drivers.libvirtd import ensure_libvirtd  # noqa: E402
 from podium.stack import load_stack  # noqa: E402
 
 PODIUM = [sys.executable, "-m", "podium"]

@@ -22,10 +22,12 @@ from podium.secrets import state_root
 from podium.stack import load_stack
 
 
-def podium(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
-    """`podium ARGS` as a user runs it: a child process in the repository, output captured."""
+def podium(*args: str, timeout: float = 1800,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`podium ARGS` as a user runs it: a child process in the repository, output captured, with
+    `env` added to this process' environment."""
     return subprocess.run([sys.executable, "-m", "podium", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
+                          timeout=timeout, cwd=REPO, env={**os.environ, **(env or {})})
 
 
 def require_lab_host() -> None:

@@ -24,7 +24,8 @@ from podium.services.gateway.config import GatewayConfig
 from podium.services.gateway.keys import KeySpec, create_op, new_secret
 from podium.services.gateway.limits import minute_window, period_window
 from podium.services.gateway.reservation import worst_case
-from podium.services.gateway.store import Store, counters_table
+from podium.services.gateway.store import Store
+from podium.services.gateway.tables import counters_table
 from tests.fixtures_cluster import CLUSTER_STACK, write_stack
 from tests.fixtures_gateway import (
     GatewayFactory,

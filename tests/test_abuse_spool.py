@@ -15,7 +15,8 @@ from sqlalchemy import func, select
 
 from podium.services.gateway.metering import UsageRecord
 from podium.services.gateway.spool import SPOOL_NAME, UsageSpool, spool_entry
-from podium.services.gateway.store import Store, counters_table
+from podium.services.gateway.store import Store
+from podium.services.gateway.tables import counters_table
 from tests.fixtures_gateway import (
     GatewayFactory,
     GatewayProcess,

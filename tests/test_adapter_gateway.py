@@ -24,8 +24,8 @@ from tests.fixtures_engines import START_TIMEOUT_S, EngineServer, serve_on_free_
 from tests.fixtures_gateway import GatewayFactory, gateways, usage_rows
 from tests.test_adapter_render import DIGESTS
 from tests.test_finetune_train import (
-    ANSWER,
     PROMPT,
+    base_and_adapter_answers,
     base_gguf,
     chat_dataset,
     converters,
@@ -120,14 +120,7 @@ def test_the_adapter_model_answers_under_its_own_name_key_and_usage(
     gw = gateways.start(models=models)
     client = openai.OpenAI(base_url=gw.url + "/v1", api_key=gw.new_key("everyone"), max_retries=0)
 
-    def ask(model: str) -> str:
-        reply = client.chat.completions.create(model=model, messages=PROMPT, max_tokens=16,  # type: ignore[arg-type]
-                                               temperature=0, seed=7)
-        return reply.choices[0].message.content or ""
-
-    plain, tuned = ask("tiny-llama"), ask("tiny-helper")
-    assert plain != tuned, plain
-    assert tuned.startswith(ANSWER[:20]) and not plain.startswith(ANSWER[:20]), (plain, tuned)
+    plain, tuned = base_and_adapter_answers(client, "tiny-llama", "tiny-helper")
     print(f"base: {plain!r}\nadapter: {tuned!r}", file=sys.stderr)
 
     base_only = openai.OpenAI(base_url=gw.url + "/v1", max_retries=0,

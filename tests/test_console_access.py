@@ -156,6 +156,39 @@ def test_outside_the_admin_sources_the_console_refuses_before_any_login(
     assert inside.call("GET", "/console/keys").status == 200
 
 
+def test_verify_asks_the_console_from_a_node_outside_its_sources_and_from_this_machine(
+        factory: GatewayFactory, gw: GatewayProcess) -> None:
+    """`podium verify`'s console checks, run against real gateways: curl on a node outside the
+    sources gets the refusal, and this machine, an admin source, gets the login form."""
+    import testinfra
+    from roles.gateway import verify
+
+    closed = factory.start(models=MODELS, console={"sources": ["127.0.0.2/32"]})
+    status, body = verify.console_answer_on(testinfra.get_host("local://"),
+                                            f"http://127.0.0.1:{closed.port}/console/login")
+    assert (status, body.strip()) == (403, verify.CONSOLE_REFUSED)
+    source, status, body = verify.console_answer_here(f"http://127.0.0.1:{closed.port}/console/login")
+    assert (source, status) == ("127.0.0.1", 403)
+    source, status, body = verify.console_answer_here(f"http://127.0.0.1:{gw.port}/console/login")
+    assert (source, status) == ("127.0.0.1", 200) and 'name="token"' in body
+
+
+def test_verify_refuses_from_the_gateway_node_else_from_another_node_that_is_no_admin_source() -> None:
+    from roles.gateway.verify import outside_console_sources
+
+    from podium.plan.components import BY_NAME
+    from podium.render import REPO
+    from podium.stack import load_stack
+
+    stack = load_stack(REPO / "stacks" / "lab")
+    # What verify reads: the gateway's settings hold the lab host as the console's one source.
+    sources = BY_NAME["gateway"].settings(stack, "ctrl")["console_sources"]
+    assert sources == ["10.77.0.1"]
+    assert outside_console_sources(stack, sources, "ctrl") == "ctrl"
+    assert outside_console_sources(stack, ["10.77.0.10/32"], "ctrl") == "node1"
+    assert outside_console_sources(stack, ["10.77.0.0/24"], "ctrl") is None
+
+
 def test_a_gateway_without_a_console_serves_none(factory: GatewayFactory) -> None:
     gw = factory.start(models=MODELS)
     assert ConsoleClient(gw.port).call("GET", "/console/login").status == 404

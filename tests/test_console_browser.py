@@ -6,7 +6,6 @@ weight and time to first render."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import ssl
 import subprocess
@@ -23,8 +22,17 @@ import openai
 import pytest
 
 from podium.registry.ca import CaScope, ca_certificate, server_certificate
-from podium.render import REPO
 from podium.services.gateway.console_chart import days_back
+from tests.fixtures_console import (
+    CHROMEDRIVER,
+    PAGES,
+    SCREENSHOTS,
+    browser,
+    check_figures,
+    every_page,
+    log_in,
+    screenshot,
+)
 from tests.fixtures_engines import (
     EngineServer,
     engine_dir,
@@ -34,13 +42,9 @@ from tests.fixtures_engines import (
 )
 from tests.fixtures_gateway import GatewayFactory, GatewayProcess, models_for
 
-__all__ = ["engine_dir", "llama_server", "llama_server_bin", "tiny_gguf"]
+__all__ = ["browser", "engine_dir", "llama_server", "llama_server_bin", "tiny_gguf"]
 
 pytestmark = pytest.mark.engines
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-SCREENSHOTS = REPO / "build" / "screenshots"
-PAGES = {"overview": "", "models": "models", "keys": "keys", "usage": "usage?by=key&days=7",
-         "releases": "releases", "audit": "audit"}
 STACK = "console-browser"
 
 
@@ -96,67 +100,6 @@ def _wait_tls(found: TlsGateway) -> None:
             time.sleep(0.1)
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        pytest.fail("headless Chromium is missing: apt-get install -y chromium chromium-driver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1280,800", "--hide-scrollbars", "--no-first-run"):
-        options.add_argument(arg)
-    # The stack CA is the test's own; Chromium is told to take the gateway's certificate as is.
-    options.accept_insecure_certs = True
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must never fetch a driver
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-def screenshot(driver: Any, name: str) -> Path:
-    """Save the viewport as build/screenshots/NAME.png and check it shows something."""
-    from PIL import Image
-
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    path = SCREENSHOTS / f"{name}.png"
-    assert driver.save_screenshot(str(path)), name
-    with Image.open(path) as image:
-        colours = image.convert("RGB").getcolors(maxcolors=1 << 16)
-        width = image.width
-    # A blank or unstyled page has a handful of colours; a rendered one has text's anti-aliasing.
-    assert colours is None or len(colours) > 20, f"{name}: {len(colours or [])} colours"
-    assert width == driver.execute_script("return window.innerWidth"), name
-    return path
-
-
-def page_figures(driver: Any) -> dict[str, Any]:
-    """What the page weighed (document and every asset, as decoded) and when it first painted."""
-    nav = driver.execute_script(
-        "return performance.getEntriesByType('navigation')[0].toJSON()")
-    assets = driver.execute_script(
-        "return performance.getEntriesByType('resource').map(r => r.toJSON())")
-    paints: dict[str, float] = {}
-    deadline = time.monotonic() + 5  # the load event can come before the first paint
-    while "first-contentful-paint" not in paints and time.monotonic() < deadline:
-        paints = {p["name"]: p["startTime"] for p in driver.execute_script(
-            "return performance.getEntriesByType('paint').map(p => p.toJSON())")}
-        time.sleep(0.05)
-    return {
-        "bytes": nav["decodedBodySize"] + sum(a["decodedBodySize"] for a in assets),
-        "transferred": nav["transferSize"] + sum(a["transferSize"] for a in assets),
-        "assets": len(assets),
-        "first_contentful_paint_ms": round(paints.get("first-contentful-paint", -1), 1),
-        "response_end_ms": round(nav["responseEnd"], 1),
-    }
-
-
 def test_an_operator_makes_a_key_sees_it_used_and_revokes_it(browser: Any,
                                                                tls_gateway: TlsGateway) -> None:
     from selenium.webdriver.common.by import By
@@ -164,12 +107,7 @@ def test_an_operator_makes_a_key_sees_it_used_and_revokes_it(browser: Any,
     from selenium.webdriver.support.ui import WebDriverWait
 
     base = tls_gateway.url + "/console/"
-    browser.get(base)
-    assert browser.current_url == base + "login"
-    screenshot(browser, "login")
-    browser.find_element(By.ID, "token").send_keys(tls_gateway.gw.admin_token)
-    browser.find_element(By.ID, "login").click()
-    WebDriverWait(browser, 10).until(expected.url_to_be(base))
+    log_in(browser, base, tls_gateway.gw.admin_token, shot="login")
     cookie = browser.get_cookie("podium_console")
     assert cookie is not None and cookie["secure"] and cookie["httpOnly"]
     assert cookie["sameSite"] == "Strict"
@@ -198,11 +136,7 @@ def test_an_operator_makes_a_key_sees_it_used_and_revokes_it(browser: Any,
     row = browser.find_element(By.XPATH, "//table[@id='usage']//tr[td[1]='browser-key']")
     assert row.find_elements(By.TAG_NAME, "td")[1].text == "1"
 
-    figures: dict[str, Any] = {}
-    for name, path in PAGES.items():
-        browser.get(base + path)
-        figures[name] = page_figures(browser)
-        screenshot(browser, name)
+    figures = every_page(browser, base)
     browser.set_window_size(390, 844)  # a phone
     for name in ("overview", "keys", "usage"):
         browser.get(base + PAGES[name])
@@ -233,9 +167,7 @@ def test_an_operator_makes_a_key_sees_it_used_and_revokes_it(browser: Any,
     assert severe == [], severe
     (SCREENSHOTS / "figures.json").write_text(json.dumps(figures, indent=2))
     print(json.dumps(figures, indent=2))
-    for name, f in figures.items():
-        assert f["first_contentful_paint_ms"] > 0 and f["assets"] == 1, (name, f)
-        assert f["bytes"] < 64 * 1024, (name, f)
+    check_figures(figures)
 
 
 def test_chromium_is_debians(browser: Any) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import gguf
 import httpx
+import openai
 import pytest
 
 from podium.finetune import train
@@ -74,6 +75,21 @@ def chat_dataset(path: Path, lines: int = 50) -> Path:
                           {"role": "assistant", "content": ANSWER}]} for i in range(lines)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def base_and_adapter_answers(client: openai.OpenAI, base: str, adapter: str) -> tuple[str, str]:
+    """Both models' greedy answers to PROMPT for one seed, through the official client; only the
+    adapter's is the answer it was trained on."""
+
+    def ask(model: str) -> str:
+        reply = client.chat.completions.create(model=model, messages=PROMPT, max_tokens=16,  # type: ignore[arg-type]
+                                               temperature=0, seed=7)
+        return reply.choices[0].message.content or ""
+
+    plain, tuned = ask(base), ask(adapter)
+    assert plain != tuned, plain
+    assert tuned.startswith(ANSWER[:20]) and not plain.startswith(ANSWER[:20]), (plain, tuned)
+    return plain, tuned
 
 
 def serve(llama_server_bin: Path, model: Path, log: Path, *extra: str) -> EngineServer:

@@ -12,7 +12,8 @@ import openai
 import pytest
 
 from podium.services.gateway.metering import UsageRecord, record_op
-from podium.services.gateway.store import Store, usage_daily_table
+from podium.services.gateway.store import Store
+from podium.services.gateway.tables import usage_daily_table
 from podium.services.gateway.usage import report_op, rollup_op
 from tests.fixtures_engines import engine_dir, llama_server_bin, tiny_gguf
 from tests.fixtures_gateway import (

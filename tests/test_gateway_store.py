@@ -13,7 +13,8 @@ import pytest
 from sqlalchemy import Connection, event, func, select, text
 
 from podium.services.gateway.metering import UsageRecord, record_op
-from podium.services.gateway.store import Store, usage_table
+from podium.services.gateway.store import Store
+from podium.services.gateway.tables import usage_table
 
 
 def _record(i: int) -> UsageRecord:

@@ -2,7 +2,9 @@
 up` provisions every component and verifies it, then the official `openai` client gets answers
 through the gateway over TLS, a predictive model answers Open Inference Protocol v2, every
 request is metered, Prometheus has the gateway's TTFT histogram, a stopped engine replica fires
-its alert, a second `podium up` changes nothing, and `lab down` leaves nothing behind.
+its alert, the operator console answers the lab host (its pages' weight and first render measured
+in Chromium) and refuses a node, a second `podium up` changes nothing, and `lab down` leaves
+nothing behind.
 
 It runs a copy of stacks/lab under a name and subnet of its own, so a lab the user is running
 from stacks/lab (its machines, keys and usage) is never touched. Like stacks/lab, the copy comes
@@ -21,12 +23,16 @@ from pathlib import Path
 import openai
 import pytest
 
+from podium.gateway_access import ADMIN_TOKEN
 from podium.lab.up import LAB_STATE
 from podium.monitoring.query import PrometheusClient
 from podium.registry.sync import tiny_cache
 from podium.render import REPO
+from podium.secrets import StackSecrets
+from tests.fixtures_console import SCREENSHOTS, browser, check_figures, every_page, log_in
 from tests.fixtures_lab import UniqueStack, podium, remove_stack_state, require_lab_host, unique_stack
 
+__all__ = ["browser"]  # a fixture, imported so pytest finds it
 pytestmark = pytest.mark.lab
 
 
@@ -162,6 +168,42 @@ def test_lab_up_prints_a_curl_line_that_works(lab):
     result = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["choices"][0]["message"]["content"]
+
+
+def test_lab_up_prints_the_console_the_lab_host_opens(lab):
+    """The `console:` line is the URL the lab host (the lab's admin source) opens: it answers
+    the login page over the stack's TLS."""
+    url = line(lab["output"], "console: ")
+    assert url == lab["url"].removesuffix("/v1") + "/console/", lab["output"]
+    trust = ssl.create_default_context(cafile=lab["ca"])
+    with urllib.request.urlopen(url, context=trust, timeout=30) as answer:
+        page = answer.read().decode()
+        assert answer.url == url + "login", answer.url  # no session yet: sent to log in
+    assert 'name="token"' in page and "Podium console" in page, page[:500]
+
+
+def test_verify_proves_the_console_refuses_a_node_and_answers_the_lab_host(lab):
+    """podium verify asks the console from ctrl itself (no admin source: refused) and from the
+    lab host (the admin source: the login page); both checks ran and passed, none skipped."""
+    result = podium("verify", lab["stack"], "--json")
+    outcomes = {(o["component"], o["host"]): o for o in json.loads(result.stdout)}
+    gateway = outcomes[("gateway", "ctrl")]
+    assert gateway["passed"], gateway["failures"]
+    assert {"test_100_the_console_refuses_a_node_that_is_no_admin_source",
+            "test_110_the_console_shows_its_login_page_to_an_admin_source"} <= set(gateway["checks"]), gateway
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_console_pages_in_a_browser_on_the_lab_host(lab, browser):
+    """The console in Debian's headless Chromium on the lab host, against the lab's gateway:
+    log in with the stack's admin token, then every page's screenshot (lab-NAME.png) and its
+    weight and time to first render, kept in build/screenshots/lab-figures.json."""
+    base = line(lab["output"], "console: ")
+    log_in(browser, base, StackSecrets(lab["name"]).token(ADMIN_TOKEN), shot="lab-login")
+    figures = every_page(browser, base, prefix="lab-")
+    (SCREENSHOTS / "lab-figures.json").write_text(json.dumps(figures, indent=2))
+    print(f"console figures against {base}:\n{json.dumps(figures, indent=2)}")
+    check_figures(figures)
 
 
 def test_openai_client_lists_models_and_chats(client):

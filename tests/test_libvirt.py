@@ -12,7 +12,7 @@ import pytest
 
 from podium.drivers import get_driver
 from podium.drivers.base import LabNetwork, MachineSpec
-from podium.drivers.libvirt import LibvirtDriver, domain_type, ensure_libvirtd
+from podium.drivers.libvirt import LibvirtDriver
 from podium.drivers.libvirt_machine import (
     build_seed,
     domain_name,
@@ -25,6 +25,7 @@ from podium.drivers.libvirt_machine import (
     seed_volume,
     volume_xml,
 )
+from podium.drivers.libvirtd import domain_type, ensure_libvirtd
 from podium.drivers.nspawn import NspawnDriver
 from podium.errors import InvalidInput
 from podium.lab.vmimage import GRUB_CFG, ROOT_LABEL, SEED_LABEL, VmImageRecipe, vm_image_path

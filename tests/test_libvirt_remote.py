@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from podium.drivers.libvirt import LibvirtDriver, ensure_libvirtd
+from podium.drivers.libvirt import LibvirtDriver
 from podium.drivers.libvirt_machine import domain_name
+from podium.drivers.libvirtd import ensure_libvirtd
 from tests.fixtures_sshd import Sshd, sshd
 from tests.fixtures_vm import require_vm_host
 

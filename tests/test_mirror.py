@@ -21,8 +21,9 @@ from podium.lab import network as labnet
 from podium.lab.image import ImageRecipe, bundle_recipe, debootstrap_command
 from podium.lab.up import lab_network
 from podium.plan.actions import make_plan
-from podium.plan.components import BY_NAME, MIRROR_CA
+from podium.plan.components import BY_NAME
 from podium.plan.egress import egress_settings
+from podium.plan.mirror_settings import MIRROR_CA
 from podium.registry import ModelRef, Registry
 from podium.render import REPO
 from podium.stack.loader import load_stack

@@ -42,7 +42,7 @@ def test_vagrant_up_provisions_a_machine_through_base_and_network(tmp_path: Path
     require_vm_host()
     if shutil.which("vagrant") is None:
         pytest.skip("vagrant is not installed (apt-get install -y vagrant vagrant-libvirt)")
-    from podium.drivers.libvirt import ensure_libvirtd
+    from podium.drivers.libvirtd import ensure_libvirtd
 
     ensure_libvirtd()
     network = unique_vm_network()

@@ -190,7 +190,7 @@ def test_machines_coming_up_at_once_make_the_storage_pool_once(tmp_path: Path) -
     require_vm_host()
     if shutil.which("ruby") is None:
         pytest.skip("ruby is not installed (apt-get install -y vagrant)")
-    from podium.drivers.libvirt import ensure_libvirtd
+    from podium.drivers.libvirtd import ensure_libvirtd
 
     ensure_libvirtd()
     pool = f"podium-vagrant-test-{os.getpid()}"

@@ -1,15 +1,22 @@
 """Role gateway, proved on each gateway node through its own API: it answers over TLS, refuses a
 wrong key (401) and a key on a model it may not use (404, as for no such model), serves a
 completion, and meters it; /metrics is served on the metrics listener only, /openapi.json
-needs a key, and the Open Inference Protocol's gRPC port answers over TLS and refuses a wrong key.
+needs a key, the Open Inference Protocol's gRPC port answers over TLS and refuses a wrong key, and
+the operator console refuses a node that is no admin source and shows its login page to one.
 
 Secrets stay on the node and out of every process's arguments: the admin token and the keys
 these tests create reach curl as header files (`-H @file`) in a 0700 folder of the node, and
 answers are written there too, never to a world-readable /tmp file."""
 
+import ipaddress
 import json
 import shlex
+import socket
+import ssl
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 
 import pytest
@@ -232,3 +239,70 @@ def test_090_the_gateways_address_is_on_exactly_one_gateway_node(host, settings,
     answer = host.run(f"curl -sS -o /dev/null -w '%{{http_code}}' --max-time 5 {ca} {url}")
     assert answer.stdout.strip() == "200", (
         f"GET {url} from {host.backend.get_hostname()}: expected 200, got {answer.stdout} {answer.stderr}")
+
+
+# What the console answers, whatever the path, to a client outside its sources (console_guard.py).
+CONSOLE_REFUSED = "the console answers the admin sources only"
+
+
+def outside_console_sources(stack, sources, gateway_node):
+    """A node that is no admin source, to ask the console from: the gateway node itself first,
+    else the first other node; None when every node of the stack is an admin source."""
+    nets = [ipaddress.ip_network(s) for s in sources]
+    names = [gateway_node, *(n for n in stack.node_names if n != gateway_node)]
+    return next((n for n in names if not any(stack.node(n).address in net for net in nets)), None)
+
+
+def console_answer_on(host, url, ca=None):
+    """GET `url` with curl on `host`: (status, body). ca: the CA file; None: the node's trust store."""
+    args = ["curl", "-sS", "--max-time", "10", "-w", "\\n%{http_code}", url]
+    if ca:
+        args[1:1] = ["--cacert", ca]
+    answer = host.run(" ".join(shlex.quote(a) for a in args))
+    body, _, status = answer.stdout.rpartition("\n")
+    return (int(status) if status.isdigit() else 0), body or answer.stderr
+
+
+def console_answer_here(url, ca=None):
+    """GET `url` from the control machine: (this machine's address towards it, status, body)."""
+    parsed = urllib.parse.urlsplit(url)
+    # The address the gateway sees this machine by is the one the console checks.
+    with socket.create_connection((parsed.hostname, parsed.port), timeout=10) as probe:
+        source = probe.getsockname()[0]
+    context = ssl.create_default_context(cafile=ca) if ca else None
+    try:
+        with urllib.request.urlopen(url, context=context, timeout=10) as answer:
+            return source, answer.status, answer.read().decode()
+    except urllib.error.HTTPError as refused:
+        return source, refused.code, refused.read().decode()
+
+
+def console_url(stack, settings, gateway_node, path):
+    scheme = "https" if settings["tls"] else "http"
+    return f"{scheme}://{stack.node(gateway_node).address}:{settings['port']}/console{path}"
+
+
+def test_100_the_console_refuses_a_node_that_is_no_admin_source(host, settings, stack, node):
+    gateway_node = host.backend.get_hostname()
+    asker = outside_console_sources(stack, settings["console_sources"], gateway_node)
+    if asker is None:
+        pytest.skip("every node of the stack is an admin source: none to be refused")
+    url = console_url(stack, settings, gateway_node, "/login")
+    ca = f"{ETC}/ca.crt" if settings["tls"] and asker in stack.gateway.nodes else None
+    status, body = console_answer_on(node(asker), url, ca)
+    assert status == 403 and CONSOLE_REFUSED in body, (
+        f"GET {url} from {asker} ({stack.node(asker).address}, no admin source): expected 403 "
+        f"{CONSOLE_REFUSED!r}, got {status} {body[:200]!r}")
+
+
+def test_110_the_console_shows_its_login_page_to_an_admin_source(host, settings, stack):
+    from podium.registry.ca import ca_certificate
+
+    url = console_url(stack, settings, host.backend.get_hostname(), "/login")
+    ca = str(ca_certificate(stack.name)) if settings["tls"] else None
+    source, status, body = console_answer_here(url, ca)
+    if not any(ipaddress.ip_address(source) in ipaddress.ip_network(s) for s in settings["console_sources"]):
+        pytest.skip(f"this machine reaches the gateway from {source}, no admin source")
+    assert status == 200 and 'name="token"' in body, (
+        f"GET {url} from this machine ({source}, an admin source): expected 200 and the login "
+        f"form, got {status} {body[:200]!r}")

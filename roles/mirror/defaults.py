@@ -1,6 +1,6 @@
 """Defaults of role mirror; the plan's settings arrive as host data `podium_mirror`."""
 
-from podium.plan.components import MIRROR_ETC, MIRROR_ROOT
+from podium.plan.mirror_settings import MIRROR_ETC, MIRROR_ROOT
 
 DEFAULTS = {
     "mirror_nginx_site": "/etc/nginx/conf.d/podium-mirror.conf",

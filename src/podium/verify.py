@@ -26,6 +26,8 @@ class Outcome:
     passed: bool = True
     tests: int = 0
     failures: list[str] = field(default_factory=list)
+    # The checks that ran (passed or failed), so a skipped one is seen to be missing.
+    checks: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -128,11 +130,12 @@ class VerifyPlugin:
         outcome = self.outcomes.get((component, host))
         if outcome is None:
             return
+        name = report.nodeid.split("::")[-1].split("[")[0]
         if report.when == "call":
             outcome.tests += 1
+            outcome.checks.append(name)
         if report.failed:
             outcome.passed = False
-            name = report.nodeid.split("::")[-1].split("[")[0]
             message = _short(report)
             outcome.failures.append(f"{name}: {message}")
 

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
@@ -18,7 +15,6 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from podium.commands import tool_output
 from podium.drivers.base import (
@@ -43,95 +39,16 @@ from podium.drivers.libvirt_machine import (
     spec_digest,
     volume_xml,
 )
+from podium.drivers.libvirtd import DEFAULT_URI, domain_type, ensure_libvirtd, is_local, libvirt_module
 from podium.errors import InvalidInput, PodiumError
 from podium.lab import network as labnet
 
 log = logging.getLogger(__name__)
 
-DEFAULT_URI = "qemu:///system"
 POOL_NAME = "podium"
 POOL_DIR = Path("/var/lib/podium/libvirt/pool")
 STATE_ROOT = Path("/var/lib/podium/libvirt")
-# kvm or qemu (TCG); the same variable picks vagrant-libvirt's driver in the Vagrantfile.
-DOMAIN_TYPE_ENV = "PODIUM_LIBVIRT_DRIVER"
 SSH_PORT = 22
-
-
-# -- where and how VMs run ---------------------------------------------------
-
-
-def is_local(uri: str) -> bool:
-    """True when `uri` names the hypervisor on this machine (no host, or localhost)."""
-    return urlparse(uri).hostname in (None, "", "localhost", "127.0.0.1")
-
-
-def domain_type(uri: str = DEFAULT_URI, override: str | None = None) -> str:
-    """`kvm` where guests really boot under KVM, `qemu` (TCG emulation) otherwise.
-
-    An explicit `override` or $PODIUM_LIBVIRT_DRIVER wins. Remote hypervisors
-    are assumed to run KVM. Locally, /dev/kvm is not enough: a kvm_pvm host
-    (a microVM's paravirtual KVM) offers it, but stock guest kernels hang there.
-    """
-    choice = override or os.environ.get(DOMAIN_TYPE_ENV)
-    if choice:
-        if choice not in ("kvm", "qemu"):
-            raise InvalidInput(
-                f"libvirt domain type {choice!r} (from {DOMAIN_TYPE_ENV} or the driver) is not "
-                "allowed; use kvm or qemu."
-            )
-        return choice
-    if not is_local(uri):
-        return "kvm"
-    if Path("/sys/module/kvm_pvm").exists() or not Path("/dev/kvm").exists():
-        return "qemu"
-    return "kvm"
-
-
-# libvirtd's parent where Podium starts it: a child subreaper that reaps every
-# orphan below it. Where PID 1 reaps nothing (some container and microVM
-# inits), each QEMU that libvirtd probes and kills stays a zombie, libvirtd
-# waits out its kill timeout on it, and defining one domain takes 80 s.
-SUBREAPER = """\
-import ctypes, os, subprocess, sys
-ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-child = subprocess.Popen(sys.argv[1:])
-while os.wait()[0] != child.pid:
-    pass
-"""
-
-
-def ensure_libvirtd(uri: str = DEFAULT_URI, timeout: float = 30.0) -> None:
-    """Start virtlogd and libvirtd here when `uri` is local and nothing answers on it.
-
-    Hosts whose PID 1 is not systemd (containers, microVMs) have no socket
-    activation, so the daemons are started directly: virtlogd as a daemon,
-    libvirtd in the foreground under SUBREAPER, detached from this process.
-    """
-    if not is_local(uri) or _answers(uri):
-        return
-    if os.geteuid() != 0:
-        raise PodiumError(f"libvirtd does not answer on {uri}; start it, or run as root.")
-    for daemon in ("virtlogd", "libvirtd"):
-        if shutil.which(daemon) is None:
-            raise PodiumError(
-                f"{daemon} is not installed; install it with "
-                "`apt-get install -y libvirt-daemon-system qemu-system-x86`."
-            )
-    if not _daemon_running("virtlogd"):
-        subprocess.run(["virtlogd", "--daemon"], capture_output=True)
-    if not _daemon_running("libvirtd"):
-        # setsid --fork: the supervisor outlives this process and belongs to no terminal.
-        subprocess.run(
-            ["setsid", "--fork", sys.executable, "-c", SUBREAPER, "libvirtd"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    deadline = time.monotonic() + timeout
-    while not _answers(uri):
-        if time.monotonic() > deadline:
-            raise PodiumError(f"libvirtd did not answer on {uri} within {timeout:.0f} s.")
-        time.sleep(0.2)
 
 
 # -- the driver --------------------------------------------------------------
@@ -399,7 +316,7 @@ class LibvirtDriver(MachineDriver):
             meta = _metadata(dom)
             if meta.get("lab") == [lab] and meta.get("node"):
                 names.add(meta["node"][0])
-        libvirt = _libvirt()
+        libvirt = libvirt_module()
         try:
             pool = conn.storagePoolLookupByName(self.pool)
         except libvirt.libvirtError:
@@ -438,7 +355,7 @@ class LibvirtDriver(MachineDriver):
 
     @contextmanager
     def _connect(self) -> Iterator[Any]:
-        libvirt = _libvirt()
+        libvirt = libvirt_module()
         try:
             conn = libvirt.open(self.uri)
         except libvirt.libvirtError as exc:
@@ -452,38 +369,8 @@ class LibvirtDriver(MachineDriver):
 # -- libvirt helpers ---------------------------------------------------------
 
 
-def _libvirt() -> Any:
-    try:
-        import libvirt
-    except ImportError:
-        raise PodiumError(
-            "The libvirt machines driver needs libvirt-python; install it with "
-            "`pip install 'podium[libvirt]'` (it builds against libvirt-dev and pkg-config)."
-        ) from None
-    # libvirt prints every error to stderr by default; Podium reports them itself.
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-    return libvirt
-
-
-def _answers(uri: str) -> bool:
-    libvirt = _libvirt()
-    try:
-        libvirt.open(uri).close()
-    except libvirt.libvirtError:
-        return False
-    return True
-
-
-def _daemon_running(daemon: str) -> bool:
-    try:
-        pid = int(Path(f"/run/{daemon}.pid").read_text())
-        return Path(f"/proc/{pid}/comm").read_text().strip() == daemon
-    except (OSError, ValueError):
-        return False
-
-
 def _lookup(conn: Any, name: str) -> Any:
-    libvirt = _libvirt()
+    libvirt = libvirt_module()
     try:
         return conn.lookupByName(name)
     except libvirt.libvirtError:
@@ -492,7 +379,7 @@ def _lookup(conn: Any, name: str) -> Any:
 
 def _metadata(dom: Any) -> dict[str, list[str]]:
     """Podium's metadata element of a domain as tag → texts; empty for foreign domains."""
-    libvirt = _libvirt()
+    libvirt = libvirt_module()
     try:
         xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, XMLNS, 0)
     except libvirt.libvirtError:
@@ -504,7 +391,7 @@ def _metadata(dom: Any) -> dict[str, list[str]]:
 
 
 def _volume(pool: Any, name: str) -> Any:
-    libvirt = _libvirt()
+    libvirt = libvirt_module()
     try:
         return pool.storageVolLookupByName(name)
     except libvirt.libvirtError:
@@ -519,7 +406,7 @@ def _delete_volume(pool: Any, name: str) -> None:
 
 def _upload(conn: Any, volume: Any, path: Path) -> None:
     """Stream a local file into a volume: the same call works for a remote hypervisor."""
-    libvirt = _libvirt()
+    libvirt = libvirt_module()
     size = path.stat().st_size
     stream = conn.newStream(0)
     volume.upload(stream, 0, size, 0)

@@ -56,7 +56,8 @@ def lab_parts(stack: Stack, machines: str | None = None, online: bool = False) -
     kinds = {n.machine.driver for n in created if n.machine}
     driver_name = machines or (kinds.pop() if len(kinds) == 1 else "nspawn")
     if driver_name == "libvirt":
-        from podium.drivers.libvirt import DEFAULT_URI, LibvirtDriver
+        from podium.drivers.libvirt import LibvirtDriver
+        from podium.drivers.libvirtd import DEFAULT_URI
 
         # The hypervisor the stack declares for its VMs, this machine's where it declares none.
         driver: MachineDriver = LibvirtDriver(uri=hypervisor(stack, DEFAULT_URI))

@@ -5,19 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Network
 from typing import Any
-from urllib.parse import urlsplit
 
-from podium.bundle.artifact_urls import filled_slots, mirror_form
-from podium.bundle.debs import KEY_FILE
-from podium.bundle.manifest import MANIFEST, file_sha256
-from podium.errors import InvalidInput
-from podium.monitoring.targets import EngineEndpoint, GatewayEndpoint, targets_from_components
+from podium.bundle.artifact_urls import mirror_form
+from podium.plan.audiences import audiences, source_address
 from podium.plan.egress import cluster_settings, egress_settings, ntp_servers
+from podium.plan.mirror_settings import mirror_hosts, mirror_settings, mirror_source
+from podium.plan.monitoring_settings import host_engines, monitoring_settings
 from podium.stack.devices import device, gpu_count, uses_gpu
 from podium.stack.model import Stack
-from podium.stack.ports import ALERTMANAGER_PORT, POSTGRESQL_PORT, listeners, replicas
+from podium.stack.ports import POSTGRESQL_PORT, listeners, replicas
 from podium.stack.sections import Model
 
 Settings = dict[str, Any]
@@ -50,21 +47,21 @@ def _ordered(stack: Stack, names: set[str]) -> list[str]:
 
 def _base_settings(stack: Stack, host: str) -> Settings:
     node = stack.node(host)
-    audiences = _audiences(stack)
+    allowed = audiences(stack)
     openings = []
     for item in listeners(stack):
         if item.node == host and "local" not in item.audience:
-            sources = sorted({s for who in item.audience for s in audiences[who]})
+            sources = sorted({s for who in item.audience for s in allowed[who]})
             if not sources and "any" not in item.audience:
                 # Nobody of that kind in the stack (no gateway, say): fall back to the control machine,
                 # never to "anyone".
-                sources = audiences["admin"]
+                sources = allowed["admin"]
             if "any" in item.audience or "0.0.0.0/0" in sources:
                 sources = []
             openings.append({"port": item.port, "protocol": "tcp", "sources": sources, "what": item.what})
     for opening in stack.network.openings:
         if host in opening.nodes:
-            sources = [_source(stack, s) for s in opening.sources] or audiences["stack"]
+            sources = [source_address(stack, s) for s in opening.sources] or allowed["stack"]
             openings.append(
                 {
                     "port": opening.port,
@@ -94,86 +91,6 @@ def _vrrp_peers(stack: Stack, host: str) -> list[str]:
     if gw is None or gw.address is None or host not in gw.nodes:
         return []
     return sorted(str(stack.node(n).address) for n in gw.nodes if n != host)
-
-
-def _audiences(stack: Stack) -> dict[str, list[str]]:
-    """Addresses allowed in for each kind of client a listener names."""
-
-    def addresses(names: list[str]) -> list[str]:
-        return sorted(str(stack.node(n).address) for n in names)
-
-    admin = [_source(stack, s) for s in stack.network.admin_sources]
-    if not admin:
-        if stack.host_network is None:
-            # Validation refuses this already; the plan fails closed too rather than open SSH
-            # and the admin ports to everyone for a stack that reached it some other way.
-            raise InvalidInput(
-                f"stack {stack.name!r}: network.admin_sources is required when the stack has no"
-                " host_network; name the subnets or nodes administrators connect from"
-            )
-        admin = [str(stack.host_network.gateway)]
-    return {
-        "any": [],
-        "stack": addresses(stack.node_names),
-        "admin": admin,
-        "gateway": addresses(stack.gateway.nodes) if stack.gateway else [],
-        "monitoring": addresses([stack.monitoring.node]) if stack.monitoring else [],
-    }
-
-
-def _source(stack: Stack, source: str) -> str:
-    if source in stack.node_names:
-        return str(stack.node(source).address)
-    return str(IPv4Network(source, strict=False))
-
-
-# Where the bundle's node keeps the bundle, and where every node keeps the CA apt trusts for it.
-MIRROR_ROOT = "/srv/podium-mirror"
-MIRROR_ETC = "/etc/podium/mirror"
-MIRROR_CA = "/etc/podium/mirror-ca.pem"
-
-
-def _mirror_hosts(stack: Stack) -> list[str]:
-    return [stack.mirror_node] if stack.mirror_node else []
-
-
-def _mirror_settings(stack: Stack, host: str) -> Settings:
-    """The bundle's node: what it serves, where, to whom, and which bundle (its manifest's
-    digest, so a changed bundle is shipped again and an unchanged one is kept, wherever it sits
-    on the control machine: roles find it as host data `podium_bundle`)."""
-    from podium.stack.versions import load_versions
-
-    bundle, folder = stack.mirror_bundle, stack.bundle_folder
-    assert bundle is not None and folder is not None
-    manifest = folder / MANIFEST
-    return {
-        # The operator's files are not in the manifest: a filled or refilled slot ships too.
-        # (Artifacts are the same at every version, so the table as it is names them.)
-        "slots": filled_slots(folder, load_versions()),
-        "port": bundle.port,
-        "address": str(stack.node(host).address),
-        "server_names": [host],
-        "bundle_digest": file_sha256(manifest),
-        "sources": _audiences(stack)["stack"],
-        "root": MIRROR_ROOT,
-        "etc": MIRROR_ETC,
-        "ca": MIRROR_CA,
-    }
-
-
-def mirror_source(stack: Stack) -> Settings | None:
-    """What every node's apt and pip take from the bundle's node; None without a bundle. The
-    manifest's digest is in it, so a new bundle reconfigures what installs from it."""
-    url, folder = stack.mirror_url, stack.bundle_folder
-    if not stack.mirror_bundle or url is None or folder is None:
-        return None
-    return {
-        "url": url,
-        "host": urlsplit(url).hostname,
-        "bundle_digest": file_sha256(folder / MANIFEST),
-        "keyring": f"/etc/apt/keyrings/{KEY_FILE}",
-        "ca": MIRROR_CA,
-    }
 
 
 def _network_hosts(stack: Stack) -> list[str]:
@@ -297,13 +214,13 @@ def _registry_settings(stack: Stack, host: str) -> Settings:
 
 def _engine_component(kind: str) -> Component:
     def hosts(stack: Stack) -> list[str]:
-        names = {r.node for e in _host_engines(stack, kind) for r in replicas(e)}
+        names = {r.node for e in host_engines(stack, kind) for r in replicas(e)}
         return _ordered(stack, names)
 
     def settings(stack: Stack, host: str) -> Settings:
         out = []
         gpu_ids = _gpu_ids(stack, host)
-        for engine in _host_engines(stack, kind):
+        for engine in host_engines(stack, kind):
             model = stack.model(engine.model)
             for rep in replicas(engine):
                 if rep.node != host:
@@ -373,85 +290,6 @@ def _gpu_ids(stack: Stack, host: str) -> dict[tuple[str, int], list[int]]:
     return out
 
 
-def _host_engines(stack: Stack, kind: str) -> list[Any]:
-    on_cluster = set(stack.kubernetes.engines) if stack.kubernetes else set()
-    return [e for e in stack.engines if e.kind == kind and e.name not in on_cluster]
-
-
-def _monitoring_settings(stack: Stack, host: str) -> Settings:
-    mon = stack.monitoring
-    assert mon is not None
-    server = host == mon.node
-    return {
-        "server": server,
-        "server_address": str(stack.node(mon.node).address),
-        **mon.model_dump(),
-        "alertmanager_port": ALERTMANAGER_PORT,
-        "stack": stack.name,
-        # GPU nodes also run the DCGM exporter, fetched from the stack's artifact mirror.
-        "gpu": stack.node(host).gpus > 0,
-        "artifact_mirror": stack.mirror_url,
-        # A bundle keeps dcgm-exporter in its slot, a site's mirror at the file's own path.
-        "mirror_form": mirror_form(stack),
-        # Only Prometheus' node needs the targets: a node exporter is not reconfigured when
-        # an engine moves.
-        "targets": _monitoring_targets(stack) if server else [],
-    }
-
-
-def _monitoring_targets(stack: Stack) -> list[dict[str, Any]]:
-    """Every metrics endpoint of the stack's hosts, as plain data for prometheus.yml."""
-    mon = stack.monitoring
-    assert mon is not None
-    ip = {n.name: str(n.address) for n in stack.nodes}
-    engines = [
-        EngineEndpoint(
-            f"engine-{engine.kind}",
-            rep.node,
-            ip[rep.node],
-            # MLServer serves metrics on a port of its own; the others on their API port.
-            rep.metrics_port if rep.metrics_port is not None else rep.port,
-            engine.name,
-            stack.model(engine.model).name,
-            str(rep.index),
-        )
-        for kind in ("llamacpp", "predictive", "vllm", "sglang")
-        for engine in _host_engines(stack, kind)
-        for rep in replicas(engine)
-    ]
-    gw = stack.gateway
-    gateways = []
-    if gw is not None:
-        gateways = [GatewayEndpoint(n, ip[n], gw.scrape_port, str(i)) for i, n in enumerate(gw.nodes)]
-    reg = stack.registry
-    targets = targets_from_components(
-        ip,
-        gpu_nodes=[n.name for n in stack.nodes if n.gpus > 0],
-        engines=engines,
-        gateways=gateways,
-        registry=(reg.node, ip[reg.node]) if reg else None,
-        prometheus=(mon.node, ip[mon.node]),
-        # The registry's debug listener (metrics) is the port after its API port.
-        registry_port=reg.port + 1 if reg else 5001,
-        prometheus_port=mon.port,
-    )
-    out = []
-    for t in targets:
-        # A TLS gateway serves its metrics listener over HTTPS too.
-        scheme = "https" if t.job == "gateway" and gw is not None and gw.tls else t.scheme
-        out.append(
-            {
-                "job": t.job,
-                "host": t.host,
-                "address": t.address,
-                "labels": dict(t.labels),
-                "scheme": scheme,
-                "metrics_path": t.metrics_path,
-            }
-        )
-    return out
-
-
 def _gateway_settings(stack: Stack, host: str) -> Settings:
     gw = stack.gateway
     assert gw is not None
@@ -493,7 +331,7 @@ def _gateway_settings(stack: Stack, host: str) -> Settings:
         "mirror": mirror_source(stack),
         "prices": {k: v.model_dump() for k, v in gw.prices.items()},
         # The operator console answers the admin sources alone; its overview asks Prometheus.
-        "console_sources": _audiences(stack)["admin"],
+        "console_sources": audiences(stack)["admin"],
         "prometheus_url": (f"http://{stack.node(stack.monitoring.node).address}:{stack.monitoring.port}"
                            if stack.monitoring else None),
         # Only when declared, so stacks without one keep their recorded gateway config.
@@ -565,7 +403,7 @@ def _when(attr: str, hosts: Callable[[Stack], list[str]]) -> Callable[[Stack], l
 
 COMPONENTS: tuple[Component, ...] = (
     # First: every other node's packages, base's included, come from the bundle it serves.
-    Component("mirror", (), _mirror_hosts, _mirror_settings),
+    Component("mirror", (), mirror_hosts, mirror_settings),
     Component("base", ("mirror",), _all, _base_settings),
     Component("network", ("base",), _network_hosts, _network_settings),
     Component("storage", ("network",), _storage_hosts, _storage_settings),
@@ -587,7 +425,7 @@ COMPONENTS: tuple[Component, ...] = (
         "monitoring",
         ("engine-llamacpp", "engine-vllm", "engine-sglang", "engine-predictive"),
         _when("monitoring", _all),
-        _monitoring_settings,
+        monitoring_settings,
     ),
     # The gateways' PostgreSQL, when several share limits and usage.
     Component("store", ("base",), _store_hosts, _store_settings),

@@ -14,8 +14,9 @@ from pydantic import BaseModel, ValidationError
 from podium.bundle.manifest import MANIFEST, MARKER
 from podium.errors import InvalidInput
 from podium.stack.model import RENAMED_KEYS, Stack
+from podium.stack.problems import Problem
 from podium.stack.reading import StackError, read_yaml
-from podium.stack.rules import Problem, check
+from podium.stack.rules import check
 
 MAX_SHOWN = 12
 

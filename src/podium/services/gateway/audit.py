@@ -13,7 +13,7 @@ from sqlalchemy import Connection, select, text
 
 from podium.errors import InvalidInput
 from podium.services.gateway.keys import KEY_PREFIX
-from podium.services.gateway.store import audit_table
+from podium.services.gateway.tables import audit_table
 
 GENESIS = "0" * 64
 # Actions the control machine reports about itself (the gateway writes the key and team

@@ -14,7 +14,7 @@ from sqlalchemy import Connection, select
 from podium.services.gateway.config import Price
 from podium.services.gateway.keys import ApiKey
 from podium.services.gateway.limits import Ask, Refusal, minute_window, period_window
-from podium.services.gateway.store import counters_table, keys_table, teams_table
+from podium.services.gateway.tables import counters_table, keys_table, teams_table
 
 MICRO = 1_000_000
 # Counter kinds of a budget's window, by its period.

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from podium.errors import InvalidInput
 from podium.services.gateway.config import parse_quota
-from podium.services.gateway.store import keys_table
+from podium.services.gateway.tables import keys_table
 
 if TYPE_CHECKING:
     from podium.services.gateway.teams import Team

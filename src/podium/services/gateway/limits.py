@@ -19,7 +19,7 @@ from podium.services.gateway.config import Limits, parse_quota
 from podium.services.gateway.keys import ApiKey
 from podium.services.gateway.reservation import COUNTER_ROW, Reservation, add
 from podium.services.gateway.statements import Prepared
-from podium.services.gateway.store import counters_table, in_flight_table, keys_table, upsert
+from podium.services.gateway.tables import counters_table, in_flight_table, keys_table, upsert
 
 
 @dataclass(frozen=True)

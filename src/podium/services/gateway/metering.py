@@ -11,7 +11,7 @@ from sqlalchemy import Connection
 from podium.services.gateway.config import Price
 from podium.services.gateway.reservation import Reservation, settle
 from podium.services.gateway.statements import RowInsert
-from podium.services.gateway.store import usage_table
+from podium.services.gateway.tables import usage_table
 
 
 @dataclass

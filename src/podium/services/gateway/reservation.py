@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, delete
 
 from podium.services.gateway.statements import Prepared
-from podium.services.gateway.store import counters_table, in_flight_table, upsert
+from podium.services.gateway.tables import counters_table, in_flight_table, upsert
 
 
 @dataclass(frozen=True)

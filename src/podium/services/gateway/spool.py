@@ -21,7 +21,8 @@ from sqlalchemy import Connection, select
 
 from podium.services.gateway.metering import UsageRecord, record_op
 from podium.services.gateway.reservation import Reservation
-from podium.services.gateway.store import Store, usage_table
+from podium.services.gateway.store import Store
+from podium.services.gateway.tables import usage_table
 
 log = logging.getLogger("podium.gateway")
 SPOOL_NAME = "usage-spool.jsonl"

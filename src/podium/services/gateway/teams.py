@@ -10,7 +10,7 @@ from sqlalchemy import Connection, delete, select, update
 
 from podium.errors import InvalidInput
 from podium.services.gateway.keys import NAME, parse_budget
-from podium.services.gateway.store import keys_table, teams_table
+from podium.services.gateway.tables import keys_table, teams_table
 
 TEAM_SETTINGS = ("models", "rpm", "tpm", "budget")
 

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, case, delete, func, select
 
 from podium.errors import InvalidInput
-from podium.services.gateway.store import keys_table, upsert, usage_daily_table, usage_table
+from podium.services.gateway.tables import keys_table, upsert, usage_daily_table, usage_table
 
 GROUPINGS = ("key", "model", "day", "team")
 _BATCH = 5000
