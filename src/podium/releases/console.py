@@ -176,12 +176,12 @@ def serve(stack_arg: str, port: int, print_url: Callable[[str], None]) -> None:
     ca = str(ca_certificate(stack.name)) if upstream.startswith("https") else None
     console = LocalConsole(stack_arg, upstream, ca)
     try:
-        runner_sock = _bind(port)
+        sock = _bind(port)
     except OSError as exc:
         raise InvalidInput(f"--port {port}: 127.0.0.1:{port} cannot be listened on ({exc.strerror});"
                            " give a free port") from None
     print_url(f"http://127.0.0.1:{port}{PREFIX}/")
-    web.run_app(console.app(), sock=runner_sock, print=None, handle_signals=True)
+    web.run_app(console.app(), sock=sock, print=None, handle_signals=True)
 
 
 def _bind(port: int) -> Any:
