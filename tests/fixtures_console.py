@@ -42,10 +42,11 @@ class ConsoleClient:
     source: str = "127.0.0.1"
     cookie: str | None = None
     origin: str | None = field(default=None)
+    timeout: float = 30
 
     def call(self, method: str, path: str, form: dict[str, str] | None = None,
              headers: dict[str, str] | None = None) -> Answer:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30,
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout,
                                           source_address=(self.source, 0))
         sent = {**(headers or {})}
         if self.cookie:

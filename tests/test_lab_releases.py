@@ -1,6 +1,8 @@
 """Releases on real lab machines: up (release 1); an upgrade (a firewall opening, a new model
 version and engine arg) killed after its first component, then re-run to convergence (release 2);
-a rollback (release 3) after which the node serves release 1's model digest and config again.
+a rollback (release 3) after which the node serves release 1's model digest and config again,
+and, last, once a gateway is added, one typed into its console as `podium console` serves it
+on 127.0.0.1.
 Two more upgrades are killed, one in the middle of the engine role (its new model pulled, its
 replica not yet restarted) and one after every component is laid down and recorded on the node
 but before the release is; each re-run converges to one new release."""
@@ -20,7 +22,11 @@ import pytest
 import yaml
 
 from podium.drivers.nspawn import NspawnDriver
+from podium.gateway_access import ADMIN_TOKEN
 from podium.render import REPO
+from podium.secrets import StackSecrets
+from tests.fixtures_console import ConsoleClient
+from tests.fixtures_gateway import free_port
 from tests.fixtures_lab import UniqueStack, podium, remove_stack_state, require_lab_host, unique_stack
 
 pytestmark = pytest.mark.lab
@@ -219,3 +225,57 @@ def test_kills_inside_the_engine_role_and_before_the_release_converge(lab: Uniqu
     assert json.loads(on_node(lab, "cat /var/lib/podium/releases/current.json"))["number"] == current + 2
     ok(podium("verify", str(lab.folder), timeout=600), "podium verify after the re-runs")
     print("\n".join(f"{k}: {v:.0f} s" for k, v in timings.items()))
+
+
+def test_a_rollback_typed_in_podium_console_runs_on_the_control_machine(lab: UniqueStack) -> None:
+    # Last: the console is the gateway's, and the runs killed above are left without one (a
+    # run killed while a replica is drained would leave it drained). A gateway on ctrl, then a
+    # release after it to roll back from.
+    path = lab.folder / "stack.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["gateway"] = {"nodes": ["ctrl"], "port": 8443}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    ok(podium("up", str(lab.folder), timeout=1800), "podium up with a gateway")
+    ctx = data["engines"][0]["args"]["ctx-size"]
+    data["engines"][0]["args"]["ctx-size"] = ctx + 64
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    ok(podium("up", str(lab.folder), timeout=1800), "podium up of another ctx-size")
+    before = history(lab)
+    target, number = before[-2], before[-1]["number"]
+    assert f"--ctx-size {ctx + 64}" in served(lab)
+    port, log = free_port(), lab.folder / "podium-console.log"
+    with log.open("w") as output:
+        console = subprocess.Popen([sys.executable, "-m", "podium", "console", str(lab.folder),
+                                    "--port", str(port)], cwd=REPO, stdout=output, stderr=output)
+    try:
+        operator = ConsoleClient(port, timeout=1800)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and console.poll() is None:
+            try:
+                if operator.call("GET", "/console/login").status == 200:
+                    break
+            except OSError:
+                time.sleep(0.2)
+        assert f"open http://127.0.0.1:{port}/console/" in log.read_text(), log.read_text()
+        assert operator.login(StackSecrets(lab.name).token(ADMIN_TOKEN)).status == 303
+        csrf = operator.csrf("/console/releases")
+        wrong = operator.call("POST", "/console/releases/rollback",
+                              {"csrf": csrf, "to": str(target["number"]), "confirm": "roll back to 1"})
+        assert wrong.status == 400 and history(lab) == before, wrong
+        start = time.monotonic()
+        done = operator.call("POST", "/console/releases/rollback",
+                             {"csrf": csrf, "to": str(target["number"]),
+                              "confirm": f"roll back to {target['number']}"})
+        took = time.monotonic() - start
+    finally:
+        console.terminate()
+        console.wait(30)
+    assert done.status == 200 and f"release: {number + 1}" in done.body, done.body[-3000:]
+    assert f"back to release {target['number']}" in done.body.splitlines()[0], done.body[:500]
+    after = history(lab)
+    assert (after[-1]["number"], after[-1]["kind"]) == (number + 1, f"rollback to {target['number']}")
+    assert after[-1]["hosts"] == target["hosts"], "the console's rollback did not lay its release down"
+    assert f"--ctx-size {ctx}" in served(lab)
+    audit = json.loads(ok(podium("audit", str(lab.folder), "--json", timeout=60), "podium audit"))
+    assert [e["detail"]["release"] for e in audit if e["action"] == "stack.rollback"][-1] == number + 1
+    print(f"rollback to release {target['number']} through podium console: {took:.0f} s")

@@ -1,4 +1,4 @@
-"""`podium history`, `diff` and `rollback`: the releases a stack has had, and going back to one."""
+"""`podium history`, `diff`, `rollback` and `console`: the releases a stack has had, and going back to one."""
 
 from __future__ import annotations
 
@@ -93,7 +93,22 @@ def rollback(
         out.print(f"release: {result.release}")
 
 
+def console(
+    stack: StackArg,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port on 127.0.0.1 to serve on.")] = 7780,
+) -> None:
+    """Serve the gateway's console on this machine's 127.0.0.1, with its rollback form: a rollback
+    needs this machine's release snapshots and its SSH to every node, which no gateway holds.
+
+    Example: podium console stacks/lab --port 7780, then open http://127.0.0.1:7780/console/
+    """
+    from podium.releases.console import serve
+
+    serve(stack, port, lambda url: out.print(f"open {url} (served on 127.0.0.1 only; Ctrl-C stops it)"))
+
+
 def register(app: typer.Typer) -> None:
     app.command()(history)
     app.command()(diff)
     app.command()(rollback)
+    app.command()(console)

@@ -27,6 +27,7 @@ from podium.services.gateway.console_guard import (
     forget_cookie,
     read_form,
     reading,
+    refusal,
     same_origin,
     set_cookie,
 )
@@ -238,8 +239,23 @@ class ConsolePages:
             except (ValueError, InvalidInput) as exc:
                 error = str(exc) if isinstance(exc, InvalidInput) else "a and b are release numbers"
         data = {"history": console_releases.history(found), "note": note, "changes": changes,
-                "a": q.get("a", ""), "b": q.get("b", ""), "error": error}
+                "a": q.get("a", ""), "b": q.get("b", ""), "error": error,
+                "local": request.headers.get(console_releases.LOCAL_CONSOLE) == "1"}
         return self.twin(request, session, "releases.html", data)
+
+    async def rollback_check(self, request: Request, session: ConsoleSession | None) -> Response:
+        """The gateway never rolls back: `podium console` on the control machine asks here first,
+        so a rollback form passes the gateway's own session, origin and CSRF checks (changing())
+        and its typed confirmation, then that console runs the rollback itself."""
+        if request.headers.get(console_releases.LOCAL_CONSOLE) != "1":
+            return refusal(request, 403, "a rollback runs on the control machine: open this console"
+                                         " there with `podium console STACK`, or run"
+                                         " `podium rollback STACK --to N`")
+        form = request.state.form
+        problem = console_releases.confirmation_problem(form.get("to"), form.get("confirm"))
+        if problem:
+            return JSONResponse({"error": {"message": problem}}, 400)
+        return JSONResponse({"to": int(form["to"])})
 
     async def audit(self, request: Request, session: ConsoleSession | None) -> Response:
         entries = (await call_admin(request, admin.audit_log, self.gw))["data"]
@@ -270,7 +286,8 @@ class ConsolePages:
             change("keys", self.create_key), change("keys/{name}/revoke", self.revoke_key),
             change("keys/{name}/rotate", self.rotate_key), change("keys/change", self.update_key),
             *read("usage", self.usage), *read("usage.csv", self.usage_csv, twin=False),
-            *read("releases", self.releases), *read("audit", self.audit),
+            *read("releases", self.releases), change("releases/rollback", self.rollback_check),
+            *read("audit", self.audit),
         ]
 
 

@@ -14,8 +14,25 @@ from podium.releases.diff import changed_components, release_changes
 from podium.releases.record import Release
 
 # Rollback needs the control machine: its snapshots of each release, its SSH access to every
-# node. A gateway has neither, so the console names the command instead of running it.
+# node. A gateway has neither, so the console names the command instead of running it, or, when
+# `podium console` on the control machine serves it (and says so in this header), shows the
+# form whose rollback that console runs.
 ROLLBACK = "podium rollback STACK --to {number}"
+LOCAL_CONSOLE = "x-podium-local-console"
+CONFIRM = "roll back to {number}"
+
+
+def confirmation_problem(to: str | None, typed: str | None) -> str | None:
+    """Why a rollback form may not run (one sentence, nothing run), else None: the operator must
+    type the release's number, or `roll back to N`, exactly."""
+    if not to or not to.isdigit() or int(to) < 1:
+        return f"release {to!r} is not a release number; pick one the history lists"
+    expected = CONFIRM.format(number=int(to))
+    if typed not in (str(int(to)), expected):
+        shown = (typed or "")[:60]
+        return (f"the confirmation {shown!r} is not {expected!r}; type {expected!r} (or {int(to)})"
+                f" exactly to roll back to release {int(to)}; nothing was run")
+    return None
 
 
 def node_releases(folder: Path | None) -> tuple[list[Release], str]:
