@@ -83,6 +83,10 @@ def main() -> None:
         start = time.perf_counter()
         verify = podium("verify", str(copy.folder))
         verified = "passed" if verify.returncode == 0 else "FAILED"
+        if verify.returncode:
+            # Which checks failed, kept with the figures: the machines are gone afterwards.
+            (work / "verify.log").write_text(verify.stdout + verify.stderr)
+            verified += ": " + " | ".join(x for x in verify.stdout.splitlines() if x.startswith("✗"))[:2000]
         figures["podium verify"] = time.perf_counter() - start
         first = load_stack(copy.folder).nodes[0].name
         start = time.perf_counter()
