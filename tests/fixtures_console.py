@@ -117,6 +117,29 @@ def log_in(driver: Any, base: str, token: str, shot: str | None = None) -> None:
     WebDriverWait(driver, 10).until(expected.url_to_be(base))
 
 
+def replaced(element: Any) -> Any:
+    """A wait condition: true once `element`'s page has been replaced (a form was submitted).
+
+    Selenium's staleness_of expects StaleElementReferenceException, but Chromium may instead
+    answer that the node "does not belong to the document" while the new page comes in; both
+    mean the old page is gone.
+    """
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+    def gone(_driver: Any) -> bool:
+        try:
+            element.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as exc:
+            if "does not belong to the document" not in str(exc):
+                raise
+            return True
+        return False
+
+    return gone
+
+
 def screenshot(driver: Any, name: str) -> Path:
     """Save the viewport as build/screenshots/NAME.png and check it shows something."""
     from PIL import Image

@@ -31,6 +31,7 @@ from tests.fixtures_console import (
     check_figures,
     every_page,
     log_in,
+    replaced,
     screenshot,
 )
 from tests.fixtures_engines import (
@@ -103,7 +104,6 @@ def _wait_tls(found: TlsGateway) -> None:
 def test_an_operator_makes_a_key_sees_it_used_and_revokes_it(browser: Any,
                                                                tls_gateway: TlsGateway) -> None:
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as expected
     from selenium.webdriver.support.ui import WebDriverWait
 
     base = tls_gateway.url + "/console/"
@@ -120,7 +120,7 @@ def test_an_operator_makes_a_key_sees_it_used_and_revokes_it(browser: Any,
     models.send_keys("tiny")
     create = browser.find_element(By.ID, "create")
     create.click()
-    WebDriverWait(browser, 10).until(expected.staleness_of(create))
+    WebDriverWait(browser, 10).until(replaced(create))
     secret = browser.find_element(By.ID, "secret").text
     assert secret.startswith("pdm-")
     screenshot(browser, "key-created")
@@ -149,7 +149,7 @@ def test_an_operator_makes_a_key_sees_it_used_and_revokes_it(browser: Any,
     browser.get(base + "keys")
     revoke = browser.find_element(By.ID, "revoke-browser-key")
     revoke.click()
-    WebDriverWait(browser, 10).until(expected.staleness_of(revoke))
+    WebDriverWait(browser, 10).until(replaced(revoke))
     state = browser.find_element(By.XPATH, "//tr[@data-key='browser-key']/td[2]").text
     assert state == "revoked"
     deadline = time.monotonic() + 3  # the gateway trusts a key lookup for key_cache_s (1 s)
