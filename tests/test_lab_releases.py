@@ -2,7 +2,8 @@
 version and engine arg) killed after its first component, then re-run to convergence (release 2);
 a rollback (release 3) after which the node serves release 1's model digest and config again,
 and, last, once a gateway is added, one typed into its console as `podium console` serves it
-on 127.0.0.1.
+on 127.0.0.1, then a run killed while the gateway holds the changed replica drained, whose
+re-run puts the replica back.
 Two more upgrades are killed, one in the middle of the engine role (its new model pulled, its
 replica not yet restarted) and one after every component is laid down and recorded on the node
 but before the release is; each re-run converges to one new release."""
@@ -228,9 +229,8 @@ def test_kills_inside_the_engine_role_and_before_the_release_converge(lab: Uniqu
 
 
 def test_a_rollback_typed_in_podium_console_runs_on_the_control_machine(lab: UniqueStack) -> None:
-    # Last: the console is the gateway's, and the runs killed above are left without one (a
-    # run killed while a replica is drained would leave it drained). A gateway on ctrl, then a
-    # release after it to roll back from.
+    # Last: the console is the gateway's, and the runs killed above run without one. A gateway
+    # on ctrl, then a release after it to roll back from.
     path = lab.folder / "stack.yaml"
     data = yaml.safe_load(path.read_text())
     data["gateway"] = {"nodes": ["ctrl"], "port": 8443}
@@ -279,3 +279,30 @@ def test_a_rollback_typed_in_podium_console_runs_on_the_control_machine(lab: Uni
     audit = json.loads(ok(podium("audit", str(lab.folder), "--json", timeout=60), "podium audit"))
     assert [e["detail"]["release"] for e in audit if e["action"] == "stack.rollback"][-1] == number + 1
     print(f"rollback to release {target['number']} through podium console: {took:.0f} s")
+
+    # A run killed once the engine's role has run, before the gateway takes its replica back:
+    # the replica is left drained, and the re-run, which finds the engine unchanged, puts it back.
+    data["engines"][0]["args"]["ctx-size"] = ctx + 128
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    recorded = engine_recorded(lab)
+    log = killed_up(lab, lambda _: engine_recorded(lab) not in ("", recorded))
+    assert drained_on_gateway(lab), "the kill did not leave the replica drained:\n" + log[-3000:]
+    rerun = podium("up", str(lab.folder), timeout=1800)
+    assert "left drained by an earlier run" in ok(rerun, "podium up after the kill") + rerun.stderr
+    assert not drained_on_gateway(lab), "the re-run left the replica drained"
+    ok(podium("verify", str(lab.folder), timeout=600), "podium verify after the re-run")
+
+
+def drained_on_gateway(stack: UniqueStack) -> list[str]:
+    """The replicas the stack's gateway keeps drained now, read on its control listener."""
+    from podium.registry.ca import ca_certificate
+    from podium.services.gateway.client import ReplicaAdmin
+    from podium.stack.loader import load_stack
+
+    loaded = load_stack(stack.folder)
+    gw = loaded.gateway
+    assert gw is not None
+    api = ReplicaAdmin(f"https://{loaded.node(gw.nodes[0]).address}:{gw.control_port}",
+                       StackSecrets(stack.name).token(ADMIN_TOKEN), timeout=30,
+                       ca_file=ca_certificate(stack.name))
+    return [r["replica"] for r in api.replicas() if r["drained"]]

@@ -131,6 +131,33 @@ class Gateways:
                 for rep in replicas if rep.url == url]
 
 
+def undrain_left(stack: Stack, states: dict[str, HostState], console: Console) -> list[str]:
+    """Put back the replicas an earlier run left drained; their names.
+
+    A run stopped after an engine's role has run but before its replicas were undrained (killed,
+    or its control machine lost) leaves them drained for the drain's hold, and the next run finds
+    that engine unchanged and never rolls it. Called once a whole run has laid every component
+    down, when no drain of this run is still wanted.
+    """
+    gateways = Gateways(stack, states, console)
+    left: set[str] = set()
+    for node, api in list(gateways.apis.items()):
+        try:
+            left |= {r["replica"] for r in api.replicas() if r["drained"]}
+        except PodiumError as exc:
+            console.print(f"[yellow]![/] gateway on {node}: its replicas cannot be listed ({exc})")
+    if not left:
+        return []
+    reps = [rep for component in ENGINES for host in stack.node_names
+            for rep in host_replicas(stack, component, host) if rep.url.rstrip("/") in left]
+    sick = gateways.undrain(reps)
+    names = [rep.name for rep in reps]
+    console.print(f"[yellow]![/] put back {', '.join(names)}, left drained by an earlier run that"
+                  " stopped before undraining them" + (f"; not healthy yet: {', '.join(sick)}" if sick else ""),
+                  soft_wrap=True)
+    return names
+
+
 def engine_ready(stack: Stack, component: str, host: str, settings: dict[str, Any]) -> str | None:
     """None once every replica of `component` on `host` passes verify's readiness check, else why."""
     import testinfra

@@ -220,6 +220,7 @@ def up(
                 f"removing {action.component} failed on {action.host}: {run.failed[action.host]}"
             )
     if not (dry_run or limit or only):
+        rolling.undrain_left(stack, new_states, console)
         # Only a whole run lays down a release; --limit and --only leave the current one.
         from podium.releases.publish import publish
 
