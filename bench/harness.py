@@ -141,12 +141,14 @@ def main() -> None:
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     began = os.getloadavg()[0]
     if args.lab:
-        from harness_lab import lab_targets, tokenizer_for
+        from harness_lab import lab_targets
+
+        from podium.models import make_tiny
 
         root = Path(tempfile.mkdtemp(prefix="podium-harness-"))
+        tokenizer = make_tiny("hf", root / "tiny-hf")  # the lab's tiny GGUF has its vocabulary
         with lab_targets(args.lab) as (targets, prefix, where):
-            results = measure(binary, targets, tokenizer_for(root), concurrencies, args, root,
-                              tuple(prefix))
+            results = measure(binary, targets, tokenizer, concurrencies, args, root, tuple(prefix))
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
         finish(began, where, report(results), results, args.json)

@@ -14,11 +14,9 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 from gateway import Target
 
-from podium.drivers import get_driver  # noqa: F401  (before lab.network, which the drivers import)
 from podium.gateway_access import admin_api, gateway_url
 from podium.lab.network import NETNS_DIR, netns_name
 from podium.registry.ca import ca_certificate
@@ -62,10 +60,3 @@ def lab_targets(folder: str) -> Iterator[tuple[list[Target], list[str], str]]:
         else:
             os.environ["SSL_CERT_FILE"] = previous
         api.revoke_key(name)
-
-
-def tokenizer_for(root: Path) -> Path:
-    """The tiny model's tokenizer folder (the lab's tiny GGUF has the same vocabulary)."""
-    from podium.models import make_tiny
-
-    return make_tiny("hf", root / "tiny-hf")

@@ -7,10 +7,15 @@ import ipaddress
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from podium.commands import run_tool
-from podium.drivers.base import LabNetwork
 from podium.errors import PodiumError
+
+if TYPE_CHECKING:
+    # For annotations only: the drivers import this module, so importing them here would
+    # make `podium.lab.network` unimportable on its own (a cycle through drivers/__init__).
+    from podium.drivers.base import LabNetwork
 
 log = logging.getLogger(__name__)
 
