@@ -8,7 +8,6 @@ import io
 import json
 import logging
 import ssl
-import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +18,7 @@ from rich.console import Console
 
 from podium.errors import InvalidInput, PodiumError
 from podium.services.gateway.console_guard import FORM_MAX, HEADERS, PREFIX
-from podium.services.gateway.console_releases import LOCAL_CONSOLE, confirmation_problem
+from podium.services.gateway.console_releases import LOCAL_CONSOLE
 
 log = logging.getLogger(__name__)
 
@@ -103,16 +102,13 @@ class LocalConsole:
         checked = await self._forward(request, body)
         if checked.status != 200:
             return checked
-        fields = urllib.parse.parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
-        to, typed = fields.get("to", [""])[0], fields.get("confirm", [""])[0]
-        problem = confirmation_problem(to, typed)
-        if problem or json.loads(checked.body or b"{}").get("to") != int(to):  # type: ignore[arg-type]
-            return _said(400, problem or "the gateway confirmed another release; nothing was run")
+        # The release the gateway confirmed, after checking what the operator typed for it.
+        to = int(json.loads(checked.body)["to"])  # type: ignore[arg-type]
         if self.running.locked():
             return _said(409, "a rollback started from this console is still running; wait for its"
                               " end (its page shows it) and look at the history again")
         async with self.running:
-            return await self._stream(request, int(to))
+            return await self._stream(request, to)
 
     async def _stream(self, request: web.Request, to: int) -> web.StreamResponse:
         """Run the rollback (the CLI's function) in a thread; what it prints goes to the
