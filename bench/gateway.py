@@ -176,21 +176,34 @@ class Stack:
         home.mkdir(exist_ok=True)
         store = f"sqlite:///{home / 'gateway.db'}"
         key = StoreAdmin(store).create_key(spec or KeySpec(name="bench"))["key"]
-        port = free_port()
         config = home / "gateway.yaml"
-        config.write_text(yaml.safe_dump({
-            "listen": {"host": "127.0.0.1", "port": port},
-            "store": store,
-            "workers": workers,
-            # The engine's own name, as the gateway role configures it in the appliance.
-            "models": {served: {"replicas": [url], "max_outstanding_per_replica": 256}
-                       for served, url in {model: engine, **(more or {})}.items()},
-        }))
-        proc = self.spawn([sys.executable, "-m", "podium.services.gateway", "--config",
-                           str(config), "--log-level", "warning"], name,
-                          cpus=cpus or self.proxy_cpus)
-        wait_http(f"http://127.0.0.1:{port}/v2/health/live", proc)
-        return Target(name, f"http://127.0.0.1:{port}/v1", model, key)
+        # A port free a moment ago can be taken before the gateway binds it (vLLM opens
+        # ports of its own while it runs): a gateway that says so is started on fresh ones.
+        for attempt in range(3):
+            port, metrics = free_port(), free_port()
+            while metrics == port:
+                metrics = free_port()
+            config.write_text(yaml.safe_dump({
+                "listen": {"host": "127.0.0.1", "port": port},
+                "metrics_listen": {"host": "127.0.0.1", "port": metrics},
+                "store": store,
+                "workers": workers,
+                # The engine's own name, as the gateway role configures it in the appliance.
+                "models": {served: {"replicas": [url], "max_outstanding_per_replica": 256}
+                           for served, url in {model: engine, **(more or {})}.items()},
+            }))
+            proc = self.spawn([sys.executable, "-m", "podium.services.gateway", "--config",
+                               str(config), "--log-level", "warning"], name,
+                              cpus=cpus or self.proxy_cpus)
+            try:
+                wait_http(f"http://127.0.0.1:{port}/v2/health/live", proc)
+            except RuntimeError as exc:
+                log = (self.root / f"{name}.log").read_text(errors="replace")
+                if attempt == 2 or "Address already in use" not in log:
+                    raise RuntimeError(f"the gateway {name} did not start:\n{log[-2000:]}") from exc
+                continue
+            return Target(name, f"http://127.0.0.1:{port}/v1", model, key)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def litellm(self, engine: str, model: str, venv: Path) -> Target:
         binary = venv / "bin" / "litellm"
