@@ -1,7 +1,8 @@
 """The whole lab appliance (the content of stacks/lab) end to end on real machines: `podium lab
 up` provisions every component and verifies it, then the official `openai` client gets answers
 through the gateway over TLS, a predictive model answers Open Inference Protocol v2, every
-request is metered, Prometheus has the gateway's TTFT histogram, a stopped engine replica fires
+request is metered, the trainer's venv comes from the bundle's locked wheelhouse, Prometheus has
+the gateway's TTFT histogram, a stopped engine replica fires
 its alert, the operator console answers the lab host (its pages' weight and first render measured
 in Chromium) and refuses a node, a second `podium up` changes nothing, and `lab down` leaves
 nothing behind.
@@ -22,7 +23,11 @@ from pathlib import Path
 
 import openai
 import pytest
+from roles.checks import VENV_MARK
 
+from podium.bundle.wheels import locks_mark
+from podium.finetune.job import TRAINER_HOME
+from podium.finetune.toolchain import TRAINER, trainer_requirements
 from podium.gateway_access import ADMIN_TOKEN
 from podium.lab.up import LAB_STATE
 from podium.monitoring.query import PrometheusClient
@@ -34,6 +39,7 @@ from tests.fixtures_lab import UniqueStack, podium, remove_stack_state, require_
 
 __all__ = ["browser"]  # a fixture, imported so pytest finds it
 pytestmark = pytest.mark.lab
+PINS = dict(r.split("==", 1) for r in trainer_requirements())
 
 
 def line(output: str, prefix: str) -> str:
@@ -45,7 +51,15 @@ def line(output: str, prefix: str) -> str:
 @pytest.fixture(scope="module")
 def appliance(tmp_path_factory: pytest.TempPathFactory) -> UniqueStack:
     require_lab_host()
-    return unique_stack(REPO / "stacks" / "lab", tmp_path_factory.mktemp("appliance"))
+    copy = unique_stack(REPO / "stacks" / "lab", tmp_path_factory.mktemp("appliance"))
+    # node2 labelled for training as well: the trainer's venv (torch and all) comes from the
+    # bundle like everything else, under the same capture.
+    text = (copy.folder / "stack.yaml").read_text()
+    worker = f"address: {copy.prefix}12\n    labels: {{role: worker}}"
+    assert worker in text, text
+    (copy.folder / "stack.yaml").write_text(
+        text.replace(worker, f'address: {copy.prefix}12\n    labels: {{role: worker, trainer: "true"}}'))
+    return copy
 
 
 class OutboundCapture:
@@ -163,6 +177,18 @@ def test_nothing_leaves_the_lab_subnet_during_up_verify_and_100_requests(lab, cl
         assert sites and all(x.startswith(f"{mirror}/apt") for x in sites), f"{node} reads apt from {sites}"
 
 
+def test_the_trainer_is_installed_from_the_bundles_locked_wheelhouse(lab):
+    """node2's trainer venv holds exactly what the bundle's trainer lock names (the venv's mark
+    is the lock's sha256) and imports the pinned torch and peft."""
+    bundle = Path(lab["stack"]) / "bundle"
+    mark = locks_mark(bundle, [TRAINER]).strip()
+    shown = podium("lab", "ssh", "node2", "--stack", lab["stack"], "--",
+                   f"cat {TRAINER_HOME}/venv/{VENV_MARK}; {TRAINER_HOME}/venv/bin/python -c "
+                   "'import importlib.metadata as m; print(*(m.version(d) for d in (\"torch\", \"peft\")))'")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines() == [mark, f"{PINS['torch']} {PINS['peft']}"], shown.stdout
+
+
 def test_lab_up_prints_a_curl_line_that_works(lab):
     curl = line(lab["output"], "try: ")
     result = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=60)
@@ -184,13 +210,16 @@ def test_lab_up_prints_the_console_the_lab_host_opens(lab):
 
 def test_verify_proves_the_console_refuses_a_node_and_answers_the_lab_host(lab):
     """podium verify asks the console from ctrl itself (no admin source: refused) and from the
-    lab host (the admin source: the login page); both checks ran and passed, none skipped."""
+    lab host (the admin source: the login page); both checks ran and passed, none skipped. It
+    proves the trainer on node2 too."""
     result = podium("verify", lab["stack"], "--json")
     outcomes = {(o["component"], o["host"]): o for o in json.loads(result.stdout)}
     gateway = outcomes[("gateway", "ctrl")]
     assert gateway["passed"], gateway["failures"]
     assert {"test_100_the_console_refuses_a_node_that_is_no_admin_source",
             "test_110_the_console_shows_its_login_page_to_an_admin_source"} <= set(gateway["checks"]), gateway
+    trainer = outcomes[("trainer", "node2")]
+    assert trainer["passed"] and len(trainer["checks"]) == 2, trainer
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 

@@ -8,8 +8,10 @@ from pathlib import Path
 
 from roles.trainer import tasks
 
-from podium.finetune.toolchain import trainer_build
+from podium.bundle.contents import Wheelhouse, bundle_contents
+from podium.finetune.toolchain import TRAINER, trainer_build, trainer_requirements
 from podium.plan import make_plan
+from podium.plan.components import BY_NAME
 from podium.stack import load_stack
 from podium.stack.versions import load_versions
 from tests.fixtures_local_deploy import run_locally
@@ -26,6 +28,28 @@ def test_the_trainer_is_planned_after_base_on_labelled_nodes_only() -> None:
         ("node2", "install", versions.components["trainer"].version)]
     order = [a.component for a in actions]
     assert order.index("base") < order.index("trainer") < order.index("engine-llamacpp")
+
+
+def test_a_bundle_stack_carries_the_trainers_wheelhouse_and_its_node_installs_from_the_mirror(
+    tmp_path: Path,
+) -> None:
+    """With `artifact_mirror: {bundle: …}` the bundle holds the trainer's pins as their own
+    wheelhouse (the download the role makes without a bundle, so torch is fetched once) and the
+    trainer node is told to install from the mirror; without one it is told nothing."""
+    folder = tmp_path / "lab"
+    folder.mkdir()
+    text = Path("stacks/lab/stack.yaml").read_text()
+    (folder / "stack.yaml").write_text(text.replace(
+        "address: 10.77.0.12\n    labels: {role: worker}",
+        'address: 10.77.0.12\n    labels: {role: worker, trainer: "true"}'))
+    stack, versions = load_stack(str(folder)), load_versions()
+    house = bundle_contents(stack, versions).wheelhouses[TRAINER]
+    assert house == Wheelhouse(trainer_requirements(versions), download=trainer_build(versions))
+    mirror = BY_NAME["trainer"].settings(stack, "node2")["mirror"]
+    assert mirror["url"] == "https://10.77.0.10:8440"
+    online = stack.model_copy(update={"artifact_mirror": None})
+    assert BY_NAME["trainer"].settings(online, "node2") == {"mirror": None}
+    assert TRAINER not in bundle_contents(load_stack("stacks/lab"), versions).wheelhouses
 
 
 def test_the_venv_and_script_are_laid_down_offline_once(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """Role trainer, its verbs: deploy, check, remove."""
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from pyinfra import host
@@ -23,19 +24,26 @@ def deploy() -> None:
         cache_time=24 * 3600,
         update=True,
     )
-    lay_down(host.data.trainer_home, host.data.trainer_wheelhouses)
+    mirror = (host.data.podium_trainer or {}).get("mirror")
+    lay_down(host.data.trainer_home, host.data.trainer_wheelhouses, mirror)
 
 
-def lay_down(home: str, wheelhouses: str) -> None:
-    """The trainer's venv, installed offline from the wheelhouse the control machine downloads
-    once, behind `<home>/venv`, and the training script beside it."""
+def lay_down(home: str, wheelhouses: str, mirror: Mapping[str, str] | None = None) -> None:
+    """The trainer's venv behind `<home>/venv`, and the training script beside it. The venv comes
+    from the bundle's wheelhouse on the mirror where the stack has one (nothing crosses the
+    control machine's link), else from the wheelhouse the control machine downloads once."""
     versions = node_versions()
-    requirements = trainer_requirements(versions)
-    folder = wheelhouse(trainer_build(versions), requirements)
-    remote = f"{wheelhouses}/{folder.name}"
-    folders.shipped(name=f"Wheelhouse {folder.name}", src=str(folder), dest=remote)
-    venv = f"{home}/{folder.name}"
-    steps.venv_from_wheelhouse(venv, remote, requirements, what=trainer_build(versions))
+    build = trainer_build(versions)
+    if mirror:
+        venv = f"{home}/{build}"
+        steps.venv_from_mirror(venv, mirror, TRAINER, [], what=build)
+    else:
+        requirements = trainer_requirements(versions)
+        folder = wheelhouse(build, requirements)
+        remote = f"{wheelhouses}/{folder.name}"
+        folders.shipped(name=f"Wheelhouse {folder.name}", src=str(folder), dest=remote)
+        venv = f"{home}/{folder.name}"
+        steps.venv_from_wheelhouse(venv, remote, requirements, what=build)
     # A job runs `<home>/venv/bin/python <home>/train.py`; an upgrade flips the link only.
     files.link(name=f"Use {venv}", path=f"{home}/venv", target=venv, force=True)
     files.put(name="Training script", src=str(Path(train.__file__)), dest=f"{home}/train.py",

@@ -9,6 +9,7 @@ from podium.bundle.artifact_urls import slot_path
 from podium.bundle.manifest import Slot
 from podium.bundle.wheels import VLLM_HOUSES
 from podium.errors import InvalidInput
+from podium.finetune.toolchain import TRAINER, trainer_build
 from podium.lab.image import DEBOOTSTRAP_BASE
 from podium.lab.image import PACKAGES as LAB_IMAGE_PACKAGES
 from podium.lab.vmimage import VM_PACKAGES
@@ -89,6 +90,9 @@ def bundle_contents(stack: Stack, table: VersionTable, lab_image: bool | None = 
             continue
         if name == "engine-vllm":
             houses.update(vllm_wheelhouses(stack, table))
+        elif name == TRAINER:
+            # torch alone is ~200 MB: the download the role makes without a bundle, shared.
+            houses[name] = Wheelhouse(list(entry.requirements), download=trainer_build(table))
         elif entry.requirements:
             houses[name] = Wheelhouse(list(entry.requirements), download=name)
         for key, art in sorted(entry.artifacts.items()):

@@ -416,7 +416,8 @@ COMPONENTS: tuple[Component, ...] = (
     ),
     Component("kubernetes", ("gpu", "registry"), _kubernetes_hosts, _kubernetes_settings),
     # Before the engines: a node that trains may also serve, and training needs nothing of theirs.
-    Component("trainer", ("base",), _trainer_hosts, lambda stack, host: {}),
+    # Its venv from the bundle's wheelhouse where the stack has one (air gap), else shipped.
+    Component("trainer", ("base",), _trainer_hosts, lambda stack, host: {"mirror": mirror_source(stack)}),
     _engine_component("llamacpp"),
     _engine_component("vllm"),
     _engine_component("sglang"),
