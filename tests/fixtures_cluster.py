@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -108,9 +108,14 @@ def small_stack(tmp_path: Path) -> Stack:
 
 
 # -- a fake Kubernetes API server on 127.0.0.1 -------------------------------------------------
-# It implements only what podium.cluster.apply uses: server-side apply PATCH, GET of one object,
-# GET of a collection with an equality label selector, and DELETE. Deployments report a finished
-# rollout after `ready_after` reads, or a progress deadline when their name is in `stuck`.
+# It implements only what podium.cluster.apply and podium.finetune.cluster_run use: server-side
+# apply PATCH, GET of one object, GET of a collection with an equality label selector, DELETE and
+# a pod's log. Deployments report a finished rollout after `ready_after` reads, or a progress
+# deadline when their name is in `stuck`. Jobs run nothing: `on_job` (set by a test) is called
+# when one is created, and a Job reports active until `ready_after` reads, then the condition
+# `job_outcomes` names for it. The log of a container named in `log_lines_per_read` grows by
+# that many lines per read, as a running container's does, until its Job (the pod's name starts
+# with the Job's) has reported its end.
 
 
 class FakeCluster:
@@ -121,6 +126,34 @@ class FakeCluster:
         self.stuck: set[str] = set()
         self.reads: dict[str, int] = {}
         self.lock = threading.Lock()
+        self.on_job: Callable[[FakeCluster, dict[str, Any]], None] | None = None
+        self.job_outcomes: dict[str, str] = {}  # Job name → Complete or Failed
+        self.logs: dict[tuple[str, str], str] = {}  # (pod, container) → its log
+        self.log_lines_per_read: dict[str, int] = {}  # container → lines added per read
+        self.log_reads: dict[tuple[str, str], int] = {}
+        self.delete_bodies: dict[str, Any] = {}
+        self.ended: set[str] = set()  # Jobs that have reported their outcome
+
+    def job_status(self, path: str, obj: dict[str, Any]) -> None:
+        self.reads[path] = self.reads.get(path, 0) + 1
+        outcome = self.job_outcomes.get(obj["metadata"]["name"])
+        if outcome and self.reads[path] > self.ready_after:
+            obj["status"] = {"conditions": [{"type": outcome, "status": "True"}],
+                             "succeeded" if outcome == "Complete" else "failed": 1}
+            self.ended.add(obj["metadata"]["name"])
+        else:
+            obj["status"] = {"active": 1}
+
+    def log(self, pod: str, container: str, tail: int | None) -> str | None:
+        text = self.logs.get((pod, container))
+        if text is None:
+            return None
+        lines = text.splitlines(keepends=True)
+        running = not any(pod.startswith(f"{job}-") for job in self.ended)
+        if container in self.log_lines_per_read and running:
+            reads = self.log_reads[(pod, container)] = self.log_reads.get((pod, container), 0) + 1
+            lines = lines[:reads * self.log_lines_per_read[container]]
+        return "".join(lines[-tail:] if tail else lines)
 
     def deployment_status(self, path: str, obj: dict[str, Any]) -> None:
         name = obj["metadata"]["name"]
@@ -197,17 +230,39 @@ def _handler(cluster: FakeCluster) -> type[BaseHTTPRequestHandler]:
                 obj["metadata"]["managedFields"] = [{"manager": query["fieldManager"][0],
                                                      "operation": "Apply"}]
                 cluster.objects[path] = obj
-                if obj["kind"] == "Deployment":
+                if obj["kind"] in ("Deployment", "Job"):
                     cluster.reads[path] = 0
+                if obj["kind"] == "Job" and cluster.on_job and not old:
+                    cluster.on_job(cluster, obj)
             self._send(200 if old else 201, obj)
+
+        def _pod_log(self, path: str, query: dict[str, list[str]]) -> None:
+            pod = path.split("/")[-2]
+            container = query.get("container", [""])[0]
+            tail = int(query["tailLines"][0]) if "tailLines" in query else None
+            with cluster.lock:
+                text = cluster.log(pod, container, tail)
+            if text is None:
+                return self._status(400, f'container "{container}" in pod "{pod}" is waiting '
+                                         "to start: PodInitializing")
+            data = text.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
 
         def do_GET(self) -> None:  # noqa: N802
             path, query, _ = self._route("GET")
+            if path.endswith("/log") and "/pods/" in path:
+                return self._pod_log(path, query)
             with cluster.lock:
                 if path in cluster.objects:
                     obj = cluster.objects[path]
                     if obj["kind"] == "Deployment":
                         cluster.deployment_status(path, obj)
+                    if obj["kind"] == "Job":
+                        cluster.job_status(path, obj)
                     return self._send(200, obj)
                 wanted = dict(
                     part.split("=", 1) for part in query.get("labelSelector", [""])[0].split(",")
@@ -218,15 +273,19 @@ def _handler(cluster: FakeCluster) -> type[BaseHTTPRequestHandler]:
                     if p.rsplit("/", 1)[0] == path
                     and all(o["metadata"].get("labels", {}).get(k) == v for k, v in wanted.items())
                 ]
+                for p, o in cluster.objects.items():
+                    if o in items and o["kind"] == "Job":
+                        cluster.job_status(p, o)
             match = _OBJECT.match(path)
             if match and match["name"] is None:
                 return self._send(200, {"kind": "List", "items": items})
             return self._status(404, f"{path} not found")
 
         def do_DELETE(self) -> None:  # noqa: N802
-            path, _, _ = self._route("DELETE")
+            path, _, body = self._route("DELETE")
             with cluster.lock:
                 gone = cluster.objects.pop(path, None)
+                cluster.delete_bodies[path] = body
             if gone is None:
                 return self._status(404, f"{path} not found")
             return self._send(200, {"kind": "Status", "status": "Success"})

@@ -58,17 +58,19 @@ def finetune(
     if info.format != "safetensors":
         raise InvalidInput(f"--base {base} is a {info.format} model; fine-tuning needs its Hugging Face "
                            "folder (safetensors, config.json, tokenizer.json): push that as the base.")
-    _run(loaded, reg, on, base_ref, info.digest, dataset, name, hyper, timeout)
+    from podium.finetune.cluster_run import trains_on_cluster
+
+    if trains_on_cluster(loaded):
+        _run_on_cluster(loaded, reg, node, base_ref, info.digest, dataset, name, hyper, timeout)
+    else:
+        _run(loaded, reg, on, base_ref, info.digest, dataset, name, hyper, timeout)
 
 
 def _run(loaded: Any, reg: Registry, on: str, base_ref: ModelRef, base_digest: str, dataset: Any,
          name: str, hyper: Any, timeout: float) -> None:
     from podium.finetune import job as jobs
-    from podium.finetune.convert import lora_to_gguf
     from podium.finetune.node import NodeShell
-    from podium.finetune.publish import lineage, push_adapter, push_dataset
-    from podium.finetune.toolchain import llamacpp_converters, trainer_build, trainer_venv
-    from podium.stack.versions import load_versions
+    from podium.finetune.publish import push_dataset
 
     dataset_digest = push_dataset(reg, dataset, name)
     err.print(f"dataset datasets/{name} {dataset_digest}", soft_wrap=True)
@@ -85,17 +87,60 @@ def _run(loaded: Any, reg: Registry, on: str, base_ref: ModelRef, base_digest: s
         err.print(f"job {job} on {on}")
         done = jobs.follow(shell, job, _show, timeout)
         adapter = shell.get(f"{home}/adapter", local / "trained")
-        version = load_versions().components["engine-llamacpp"].version
-        gguf = lora_to_gguf(adapter, base_dir, local / f"{name}.gguf",
-                            python=trainer_venv() / "bin" / "python",
-                            converters=llamacpp_converters(version))
-        tag = _next_version(reg, name)
-        recorded = lineage(base_ref, base_digest, name, dataset_digest, hyper.to_dict(),
-                           trainer_build())
-        digest = push_adapter(reg, gguf, name, tag, recorded)
-        size = gguf.stat().st_size
-    err.print(f"job {done.get('seconds')} s on {on}, {time.monotonic() - started:.0f} s in all; "
-              f"adapter {size} bytes")
+        _publish(reg, adapter, base_dir, base_ref, base_digest, name, dataset_digest, hyper,
+                 f"job {done.get('seconds')} s on {on}", started)
+
+
+def _run_on_cluster(loaded: Any, reg: Registry, node: str | None, base_ref: ModelRef,
+                    base_digest: str, dataset: Any, name: str, hyper: Any, timeout: float) -> None:
+    """The same run as a Kubernetes Job: the cluster pulls the base and the dataset by digest."""
+    from podium.cluster.trainer_job import TrainingRun, trainer_job
+    from podium.cluster.up import api_client
+    from podium.finetune import cluster_run
+    from podium.finetune import job as jobs
+    from podium.finetune.publish import push_dataset
+    from podium.finetune.toolchain import trainer_build
+    from podium.stack.versions import load_versions
+
+    # A stack without a reachable kubeconfig is refused before the dataset is pushed.
+    api = api_client(loaded)
+    dataset_digest = push_dataset(reg, dataset, name)
+    err.print(f"dataset datasets/{name} {dataset_digest}", soft_wrap=True)
+    # A Job's name is at most 63 characters: the id keeps 40 of the model's name.
+    job = jobs.new_job_id(name[:40])
+    run = TrainingRun(job=job, base=base_ref.name, base_digest=base_digest, dataset=name,
+                      dataset_digest=dataset_digest, data_file=dataset.path.name,
+                      hyperparameters=hyper.to_dict(), args=hyper.args(), trainer=trainer_build(),
+                      node=node)
+    namespace = loaded.kubernetes.namespace
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="podium-finetune-") as tmp:
+        local = Path(tmp)
+        cluster_run.create(api, namespace, trainer_job(loaded, load_versions(), run))
+        err.print(f"job {job} on the cluster (namespace {namespace})")
+        done = cluster_run.follow(api, namespace, job, _show, timeout, local / "adapter")
+        base_dir = reg.pull(base_ref, local / "base")
+        _publish(reg, local / "adapter", base_dir, base_ref, base_digest, name, dataset_digest,
+                 hyper, f"job {done.get('seconds')} s on the cluster", started)
+
+
+def _publish(reg: Registry, adapter: Path, base_dir: Path, base_ref: ModelRef, base_digest: str,
+             name: str, dataset_digest: str, hyper: Any, ran: str, started: float) -> None:
+    """Convert the PEFT adapter to a GGUF LoRA and push it as NAME's next version with its lineage."""
+    from podium.finetune.convert import lora_to_gguf
+    from podium.finetune.publish import lineage, push_adapter
+    from podium.finetune.toolchain import llamacpp_converters, trainer_build, trainer_venv
+    from podium.stack.versions import load_versions
+
+    version = load_versions().components["engine-llamacpp"].version
+    gguf = lora_to_gguf(adapter, base_dir, adapter.parent / f"{name}.gguf",
+                        python=trainer_venv() / "bin" / "python",
+                        converters=llamacpp_converters(version))
+    tag = _next_version(reg, name)
+    recorded = lineage(base_ref, base_digest, name, dataset_digest, hyper.to_dict(), trainer_build())
+    digest = push_adapter(reg, gguf, name, tag, recorded)
+    size = gguf.stat().st_size
+    err.print(f"{ran}, {time.monotonic() - started:.0f} s in all; adapter {size} bytes")
     out.print(f"{name}:{tag} {digest}", soft_wrap=True)
 
 
@@ -120,7 +165,13 @@ def jobs_ls(stack: StackArg, node: NodeOpt = None, as_json: JsonOpt = False) -> 
     from podium.finetune.node import NodeShell
 
     loaded = load_stack(stack)
-    found = [j for n in _trainer_nodes(loaded, node) for j in list_jobs(NodeShell(loaded, n))]
+    cluster = _cluster(loaded)
+    if cluster:
+        from podium.finetune import cluster_run
+
+        found = cluster_run.list_jobs(cluster, loaded)
+    else:
+        found = [j for n in _trainer_nodes(loaded, node) for j in list_jobs(NodeShell(loaded, n))]
     if as_json:
         print(json.dumps(found, indent=2))
         return
@@ -136,6 +187,12 @@ def jobs_logs(stack: StackArg, job: Annotated[str, typer.Argument(help="The job 
     from podium.finetune.node import NodeShell
 
     loaded = load_stack(stack)
+    cluster = _cluster(loaded)
+    if cluster:
+        from podium.finetune import cluster_run
+
+        print(cluster_run.logs(cluster, loaded, job), end="")
+        return
     for n in _trainer_nodes(loaded, node):
         print(logs(NodeShell(loaded, n), job), end="")
 
@@ -148,11 +205,31 @@ def jobs_cancel(stack: StackArg, job: Annotated[str, typer.Argument(help="The jo
     from podium.finetune.node import NodeShell
 
     loaded = load_stack(stack)
+    cluster = _cluster(loaded)
+    if cluster:
+        from podium.finetune import cluster_run
+
+        if not cluster_run.cancel(cluster, loaded, job):
+            raise InvalidInput(f"job {job} is not a Job of {loaded.name}'s cluster; "
+                               "see podium jobs ls.")
+        print(f"deleted Job {job} and its pod")
+        return
     stopped = [n for n in _trainer_nodes(loaded, node) if cancel(NodeShell(loaded, n), job)]
     if not stopped:
         raise InvalidInput(f"job {job} is not running on a trainer node of {loaded.name}; "
                            "see podium jobs ls.")
     print(f"stopped {job} on {stopped[0]}")
+
+
+def _cluster(loaded: Any) -> Any:
+    """A client of the stack's cluster when its jobs run there; None for jobs on nodes' units."""
+    from podium.finetune.cluster_run import trains_on_cluster
+
+    if not trains_on_cluster(loaded):
+        return None
+    from podium.cluster.up import api_client
+
+    return api_client(loaded)
 
 
 def _trainer_nodes(loaded: Any, node: str | None) -> list[str]:

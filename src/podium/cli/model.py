@@ -152,16 +152,21 @@ def pull(
     registry: RegistryOpt = None,
     insecure: InsecureOpt = False,
     ca: CaOpt = None,
+    dataset: Annotated[bool, typer.Option(
+        "--dataset", help="REF names a fine-tuning dataset (datasets/NAME), not a model.")] = False,
 ) -> None:
     """Pull a model, verifying every file's digest; resumes an interrupted pull."""
+    from podium.registry.ref import DatasetRef
+
     reg = connect(stack, registry, insecure, ca)
-    model = ModelRef.parse(ref)
+    kind = DatasetRef if dataset else ModelRef
+    model = kind.parse(ref)
     # Resolve once, then pull by digest: an alias moved meanwhile cannot mix two versions.
     manifest = reg.manifest(model)
     total = sum(int(layer["size"]) for layer in manifest.data.get("layers", []))
     with _bytes_progress(f"pulling {model}") as bar:
         task = bar.add_task("pull", total=total)
-        pinned = ModelRef(model.name, digest=manifest.digest)
+        pinned = kind(model.name, digest=manifest.digest)
         dest = reg.pull(pinned, to, lambda n: bar.advance(task, n))
     err.print(f"pulled {model} ({manifest.digest})")
     print(dest)

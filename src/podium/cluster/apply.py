@@ -3,23 +3,19 @@ the stack that it no longer declares, and wait for rollouts while showing progre
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import urllib3
 from kubernetes.client import ApiClient
-from kubernetes.client.exceptions import ApiException
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn
 
+from podium.cluster.api import APPLY, request
 from podium.cluster.kinds import KINDS, PRUNE_ORDER, kind_of
 from podium.cluster.meta import FIELD_MANAGER, STACK, Manifest, managed_selector
 from podium.errors import PodiumError
-
-APPLY = "application/apply-patch+yaml"
 
 
 @dataclass
@@ -29,33 +25,6 @@ class ApplyResult:
     # Volume claims of the stack no longer declared: kept, since deleting them loses data.
     kept_claims: list[str] = field(default_factory=list)
     rolled_out: list[str] = field(default_factory=list)
-
-
-def _request(api: ApiClient, method: str, path: str, *, query: Sequence[tuple[str, str]] = (),
-             body: Any = None, content_type: str = "application/json") -> dict[str, Any]:
-    try:
-        response = api.call_api(
-            path, method, query_params=list(query),
-            header_params={"Content-Type": content_type, "Accept": "application/json"},
-            body=body, auth_settings=["BearerToken"], _preload_content=False,
-            _return_http_data_only=True,
-        )
-    except ApiException as exc:
-        raise PodiumError(f"{method} {path}: {_reason(exc)}") from None
-    except (OSError, urllib3.exceptions.HTTPError) as exc:
-        # Refused, reset or timed out: urllib3 gives up after the client's retries.
-        raise PodiumError(f"{method} {path}: cannot reach the API server ({exc})") from None
-    data: bytes = response.data
-    return json.loads(data) if data else {}
-
-
-def _reason(exc: ApiException) -> str:
-    """The API server's own one-line message (a Status object) rather than the raw body."""
-    try:
-        status = json.loads(exc.body)
-        return f"{status.get('message') or exc.reason} (HTTP {exc.status})"
-    except (TypeError, ValueError):
-        return f"{exc.reason} (HTTP {exc.status})"
 
 
 def _id(obj: Manifest) -> str:
@@ -90,7 +59,7 @@ def apply(
         body = dict(obj)
         if kind.namespaced:
             body["metadata"] = {**obj["metadata"], "namespace": namespace}
-        _request(api_client, "PATCH", kind.path(namespace, obj["metadata"]["name"]),
+        request(api_client, "PATCH", kind.path(namespace, obj["metadata"]["name"]),
                  query=[("fieldManager", FIELD_MANAGER), ("force", "true")], body=body,
                  content_type=APPLY)
         result.applied.append(_id(obj))
@@ -110,7 +79,7 @@ def _prune(objects: Sequence[Manifest], api: ApiClient, namespace: str, stack_na
     for name in (*PRUNE_ORDER, "PersistentVolumeClaim"):
         kind = KINDS[name]
         query = [("labelSelector", selector)]
-        listing = _request(api, "GET", kind.collection(namespace), query=query)
+        listing = request(api, "GET", kind.collection(namespace), query=query)
         for item in listing.get("items", []):
             ident = f"{name}/{item['metadata']['name']}"
             if ident in wanted:
@@ -118,7 +87,7 @@ def _prune(objects: Sequence[Manifest], api: ApiClient, namespace: str, stack_na
             if name == "PersistentVolumeClaim":
                 result.kept_claims.append(ident)
                 continue
-            _request(api, "DELETE", kind.path(namespace, item["metadata"]["name"]),
+            request(api, "DELETE", kind.path(namespace, item["metadata"]["name"]),
                      body={"propagationPolicy": "Background"})
             result.pruned.append(ident)
 
@@ -162,7 +131,7 @@ def wait_for_rollouts(api: ApiClient, namespace: str, names: Sequence[str], *,
         task = bar.add_task("rollouts", total=len(names))
         while pending:
             for name in list(pending):
-                finished, why = rollout_state(_request(api, "GET", path(namespace, name)))
+                finished, why = rollout_state(request(api, "GET", path(namespace, name)))
                 if finished:
                     del pending[name]
                     done.append(name)

@@ -36,6 +36,9 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("Service", "v1", "services"),
     Kind("EndpointSlice", "discovery.k8s.io/v1", "endpointslices"),
     Kind("Deployment", "apps/v1", "deployments"),
+    # Fine-tuning runs: created by `podium finetune`, never by apply, so never pruned by it.
+    Kind("Job", "batch/v1", "jobs"),
+    Kind("Pod", "v1", "pods"),
 )}
 
 # Workloads go first so no pod is left pointing at a ConfigMap or Secret that is already gone.

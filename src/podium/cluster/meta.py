@@ -25,6 +25,7 @@ DEFAULT_IMAGES = {
     "engine-sglang": "podium/sglang",
     "engine-predictive": "podium/mlserver",
     "gateway": "podium/podium",
+    "trainer": "podium/trainer",
 }
 
 Manifest = dict[str, Any]

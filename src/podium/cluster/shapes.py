@@ -40,15 +40,24 @@ def model_pull(stack: Stack, podium_image: str, model: Model, inputs: ClusterInp
                what: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The init container running `podium model pull`, which checks every file's digest before it
     is moved into place, and the volumes it needs."""
-    address = registry_address(stack, what)
-    command = [
-        "podium", "model", "pull", f"{model.name}:{model.version}",
-        "--to", model_dir(model), "--registry", address,
-    ]
-    mounts: list[dict[str, Any]] = [{"name": "models", "mountPath": MODELS_MOUNT}]
     volumes: list[dict[str, Any]] = [
         {"name": "models", "hostPath": {"path": MODEL_CACHE, "type": "DirectoryOrCreate"}}
     ]
+    container, extra = registry_pull(stack, podium_image, "model-pull",
+                                     [f"{model.name}:{model.version}"], model_dir(model),
+                                     {"name": "models", "mountPath": MODELS_MOUNT}, inputs, what)
+    return container, volumes + extra
+
+
+def registry_pull(stack: Stack, podium_image: str, name: str, ref: list[str], to: str,
+                  mount: dict[str, Any], inputs: ClusterInputs,
+                  what: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """An init container `name` running `podium model pull REF... --to TO` into the volume of
+    `mount`, with the registry's credentials and CA; returns it and the CA volume it needs."""
+    address = registry_address(stack, what)
+    command = ["podium", "model", "pull", *ref, "--to", to, "--registry", address]
+    mounts: list[dict[str, Any]] = [mount]
+    volumes: list[dict[str, Any]] = []
     assert stack.registry is not None
     if not stack.registry.tls:
         command.append("--insecure")
@@ -57,7 +66,7 @@ def model_pull(stack: Stack, podium_image: str, model: Model, inputs: ClusterInp
         mounts.append({"name": "podium-ca", "mountPath": CA_MOUNT, "readOnly": True})
         volumes.append({"name": "podium-ca", "configMap": {"name": CA_CONFIGMAP}})
     container = {
-        "name": "model-pull",
+        "name": name,
         "image": podium_image,
         "command": command,
         # Optional: a registry without authentication needs no credentials.

@@ -4,6 +4,7 @@ objects server-side, prune what the stack no longer declares and wait for rollou
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
@@ -11,6 +12,9 @@ from podium.errors import PodiumError
 from podium.secrets import StackSecrets
 from podium.stack.model import Stack
 from podium.stack.versions import VersionTable
+
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
 
 
 def kubeconfig_path(stack_name: str) -> Path:
@@ -30,6 +34,19 @@ def apply_cluster(stack: Stack, versions: VersionTable, console: Console, dry_ru
     if dry_run:
         console.print(f"cluster: would apply {len(objects)} objects to namespace {kube.namespace}")
         return 0
+    client = api_client(stack)
+    result = apply(objects, client, kube.namespace, prune=True, wait=True, stack_name=stack.name, console=console)
+    console.print(
+        f"[green]✓[/] cluster: applied {len(result.applied)}, pruned {len(result.pruned)}, "
+        f"rolled out {len(result.rolled_out)}"
+    )
+    return len(result.applied) + len(result.pruned)
+
+
+def api_client(stack: Stack) -> ApiClient:
+    """A client of the stack's cluster, from kubernetes.kubeconfig or the one k3s left here."""
+    kube = stack.kubernetes
+    assert kube is not None
     config = Path(kube.kubeconfig).expanduser() if kube.kubeconfig else kubeconfig_path(stack.name)
     if not config.is_file():
         raise PodiumError(
@@ -38,10 +55,4 @@ def apply_cluster(stack: Stack, versions: VersionTable, console: Console, dry_ru
         )
     from kubernetes import config as kube_config
 
-    client = kube_config.new_client_from_config(str(config))
-    result = apply(objects, client, kube.namespace, prune=True, wait=True, stack_name=stack.name, console=console)
-    console.print(
-        f"[green]✓[/] cluster: applied {len(result.applied)}, pruned {len(result.pruned)}, "
-        f"rolled out {len(result.rolled_out)}"
-    )
-    return len(result.applied) + len(result.pruned)
+    return kube_config.new_client_from_config(str(config))

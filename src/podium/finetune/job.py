@@ -102,7 +102,7 @@ def follow(shell: NodeShell, job: str, show: Callable[[dict[str, Any]], None],
         content, _, state = out.rstrip("\n").rpartition("\n#state ")
         # The last piece is a line still being written (or empty): it is read whole next time.
         complete = content.split("\n")[:-1]
-        for event in _events(complete[seen:]):
+        for event in events(complete[seen:]):
             show(event)
             if event.get("event") == "done":
                 return event
@@ -116,7 +116,8 @@ def follow(shell: NodeShell, job: str, show: Callable[[dict[str, Any]], None],
         time.sleep(POLL_S)
 
 
-def _events(lines: list[str]) -> Iterator[dict[str, Any]]:
+def events(lines: list[str]) -> Iterator[dict[str, Any]]:
+    """The JSON objects among progress lines; anything else a trainer printed is passed over."""
     for line in lines:
         try:
             event = json.loads(line)
@@ -142,7 +143,7 @@ def list_jobs(shell: NodeShell) -> list[dict[str, Any]]:
                 "done" if len(parts) > 3 else ("failed" if parts[2] == "failed" else "stopped"))
             jobs.append({"job": parts[1], "node": shell.node, "state": state, "loss": None})
         elif jobs and line.strip():
-            with_loss = next(_events([line]), {})
+            with_loss = next(events([line]), {})
             jobs[-1]["loss"] = with_loss.get("loss", jobs[-1]["loss"])
     return jobs
 

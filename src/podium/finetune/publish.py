@@ -8,10 +8,8 @@ from typing import Any
 from podium.finetune.dataset import ChatDataset
 from podium.registry import ModelRef, Registry, media
 from podium.registry.artifact import ModelFile, canonical_json, sha256_hex
-from podium.registry.ref import check_name
+from podium.registry.ref import DATASET_PREFIX, check_name
 
-# Datasets live beside models, not among them: `podium model ls` lists only models/.
-DATASET_PREFIX = "datasets/"
 DATASET_MEDIA_TYPE = "application/vnd.podium.dataset.chat.v1+jsonl"
 
 

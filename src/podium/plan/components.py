@@ -393,7 +393,10 @@ def _kubernetes_settings(stack: Stack, host: str) -> Settings:
 
 
 def _trainer_hosts(stack: Stack) -> list[str]:
-    """Nodes the stack labels for training (`labels: {trainer: "true"}`)."""
+    """Nodes the stack labels for training (`labels: {trainer: "true"}`); none when its jobs run
+    on the cluster, where the trainer image holds what the role would lay down."""
+    if stack.kubernetes and stack.kubernetes.trainer:
+        return []
     return [n.name for n in stack.nodes if n.labels.get(TRAINER_LABEL) == "true"]
 
 

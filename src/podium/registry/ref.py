@@ -13,6 +13,8 @@ NAME = re.compile(r"^[a-z][a-z0-9-]{0,40}$")
 TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 REPOSITORY_PREFIX = "models/"
+# Datasets live beside models, not among them: `podium model ls` lists only models/.
+DATASET_PREFIX = "datasets/"
 
 
 def check_name(name: str) -> str:
@@ -74,3 +76,12 @@ class ModelRef:
                 f"or NAME@sha256:DIGEST (e.g. {text}:v1)"
             )
         return cls(check_name(name), tag=check_tag(tag))
+
+
+@dataclass(frozen=True)
+class DatasetRef(ModelRef):
+    """A fine-tuning dataset in the registry, pulled as a model is but kept under datasets/."""
+
+    @property
+    def repository(self) -> str:
+        return DATASET_PREFIX + self.name

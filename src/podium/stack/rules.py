@@ -282,6 +282,13 @@ def _kubernetes(stack: Stack) -> Iterator[Problem]:
     for i, name in enumerate(kube.engines):
         if name not in engines:
             yield Problem(("kubernetes", "engines", i), name, "is not an engine of this stack")
+    if kube.trainer and kube.distribution == "k3s":
+        members = {kube.server, *kube.agents}
+        for name in [n.name for n in stack.nodes if n.labels.get("trainer") == "true"]:
+            if name not in members:
+                yield Problem(("kubernetes", "trainer"), True,
+                              f"runs fine-tuning Jobs on nodes labelled for training, but {name} "
+                              "is not a cluster node; add it to kubernetes.agents or drop its label")
 
 
 def _ports(stack: Stack) -> Iterator[Problem]:

@@ -259,3 +259,5 @@ class Kubernetes(Strict):
     # Engines (by name) that run as Deployments instead of systemd units.
     engines: list[Name] = []
     gateway: bool = False
+    # Fine-tuning jobs run as Kubernetes Jobs on the nodes labelled for training, not as units.
+    trainer: bool = False
