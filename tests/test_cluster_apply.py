@@ -3,13 +3,25 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
+from typing import Any
+
 import pytest
+import yaml
+from cryptography import x509
 from kubernetes.client import ApiClient, Configuration
 from rich.console import Console
 
 from podium.cluster import ClusterInputs, apply, build_objects
 from podium.cluster.apply import rollout_state
+from podium.cluster.inputs import CA_CONFIGMAP, GATEWAY_STORE, GATEWAY_TLS, REGISTRY_AUTH
+from podium.cluster.stack_inputs import stack_inputs
 from podium.errors import PodiumError
+from podium.gateway_access import ADMIN_TOKEN
+from podium.registry.ca import CaScope, ca_certificate
+from podium.secrets import StackSecrets
 from podium.stack.model import Stack
 from podium.stack.versions import VersionTable
 from tests.fixtures_cluster import (
@@ -159,6 +171,53 @@ def test_podium_up_cluster_step_against_fake_api_server_reads_the_stacks_kubecon
         "contexts: [{name: fake, context: {cluster: fake, user: fake}}]\n"
         "users: [{name: fake, user: {token: t}}]\n"
     )
+    # The host layer ran first in a real `podium up`: it made the stack CA.
+    ca_certificate(cluster_stack.name, CaScope.of(cluster_stack))
     changed = apply_cluster(cluster_stack, versions, QUIET)
-    assert changed == len(build_objects(cluster_stack, versions))
+    assert changed == len(build_objects(cluster_stack, versions, stack_inputs(cluster_stack)))
     assert any(r[0] == "PATCH" for r in cluster.requests)
+    # Every Secret and ConfigMap a pod names was applied with it, filled from the stack's
+    # secrets: the registry pull account, the stack CA, the gateway's certificate and store
+    # password, and the admin token's hash in the gateway's config.
+    applied = {(o["kind"], o["metadata"]["name"]): o for o in cluster.objects.values()}
+    named = referenced(list(applied.values()))
+    assert named and named <= set(applied), named - set(applied)
+    assert {("Secret", REGISTRY_AUTH), ("ConfigMap", CA_CONFIGMAP), ("Secret", GATEWAY_TLS),
+            ("Secret", GATEWAY_STORE)} <= named
+    secrets = StackSecrets(cluster_stack.name)
+    pull = base64.b64decode(applied[("Secret", REGISTRY_AUTH)]["data"]["PODIUM_REGISTRY_PASSWORD"])
+    assert pull.decode() == secrets.token("registry-pull")
+    ca = ca_certificate(cluster_stack.name).read_text()
+    assert applied[("ConfigMap", CA_CONFIGMAP)]["data"]["ca.pem"] == ca
+    cert = x509.load_pem_x509_certificate(
+        base64.b64decode(applied[("Secret", GATEWAY_TLS)]["data"]["tls.crt"]))
+    assert cert.issuer == x509.load_pem_x509_certificate(ca.encode()).subject
+    config = yaml.safe_load(applied[("ConfigMap", "gateway-config")]["data"]["gateway.yaml"])
+    token = secrets.token(ADMIN_TOKEN)
+    assert config["admin_token_sha256"] == hashlib.sha256(token.encode()).hexdigest()
+    assert token not in json.dumps(list(applied.values())), "the admin token itself was applied"
+
+
+def referenced(objects: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """The (kind, name) of every Secret and ConfigMap the pods of `objects` mount or read
+    (optional ones too: this stack's registry has accounts, so its pulls need theirs)."""
+    out: set[tuple[str, str]] = set()
+    for obj in objects:
+        pod = obj.get("spec", {}).get("template", {}).get("spec")
+        if not pod:
+            continue
+        for volume in pod.get("volumes", []):
+            if "secret" in volume:
+                out.add(("Secret", volume["secret"]["secretName"]))
+            if "configMap" in volume:
+                out.add(("ConfigMap", volume["configMap"]["name"]))
+        for container in [*pod.get("initContainers", []), *pod.get("containers", [])]:
+            for source in container.get("envFrom", []):
+                ref = source.get("secretRef")
+                if ref:
+                    out.add(("Secret", ref["name"]))
+            for env in container.get("env", []):
+                ref = env.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    out.add(("Secret", ref["name"]))
+    return out

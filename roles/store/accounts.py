@@ -8,10 +8,12 @@ import base64
 import hashlib
 import hmac
 
+from podium.plan.components import STORE_PASSWORD
 from podium.secrets import StackSecrets
 
+__all__ = ["STORE_PASSWORD", "account_sql", "passfile", "scram_verifier", "stack_verifier"]
+
 # The stack's secrets (0600 on the control machine) for the gateways' store account.
-STORE_PASSWORD = "store-password"
 STORE_SALT = "store-scram-salt"
 # PostgreSQL's own default for the verifiers it makes.
 ITERATIONS = 4096

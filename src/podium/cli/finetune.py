@@ -94,6 +94,7 @@ def _run(loaded: Any, reg: Registry, on: str, base_ref: ModelRef, base_digest: s
 def _run_on_cluster(loaded: Any, reg: Registry, node: str | None, base_ref: ModelRef,
                     base_digest: str, dataset: Any, name: str, hyper: Any, timeout: float) -> None:
     """The same run as a Kubernetes Job: the cluster pulls the base and the dataset by digest."""
+    from podium.cluster.stack_inputs import stack_inputs
     from podium.cluster.trainer_job import TrainingRun, trainer_job
     from podium.cluster.up import api_client
     from podium.finetune import cluster_run
@@ -116,7 +117,7 @@ def _run_on_cluster(loaded: Any, reg: Registry, node: str | None, base_ref: Mode
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="podium-finetune-") as tmp:
         local = Path(tmp)
-        cluster_run.create(api, namespace, trainer_job(loaded, load_versions(), run))
+        cluster_run.create(api, namespace, trainer_job(loaded, load_versions(), run, stack_inputs(loaded)))
         err.print(f"job {job} on the cluster (namespace {namespace})")
         done = cluster_run.follow(api, namespace, job, _show, timeout, local / "adapter")
         base_dir = reg.pull(base_ref, local / "base")

@@ -26,15 +26,20 @@ def apply_cluster(stack: Stack, versions: VersionTable, console: Console, dry_ru
     """Apply the cluster objects; returns how many objects were applied or pruned."""
     from podium.cluster import build_objects
     from podium.cluster.apply import apply
+    from podium.cluster.stack_inputs import stack_inputs
 
     kube = stack.kubernetes
     if kube is None:
         return 0
-    objects = build_objects(stack, versions)
     if dry_run:
+        # Counted without the stack's secrets: a dry run writes no certificate or token.
+        objects = build_objects(stack, versions)
         console.print(f"cluster: would apply {len(objects)} objects to namespace {kube.namespace}")
         return 0
     client = api_client(stack)
+    # The Secrets and CA the pods name, from the stack's secrets: without them a pod that
+    # mounts the gateway's certificate or pulls from the registry never starts.
+    objects = build_objects(stack, versions, stack_inputs(stack))
     result = apply(objects, client, kube.namespace, prune=True, wait=True, stack_name=stack.name, console=console)
     console.print(
         f"[green]✓[/] cluster: applied {len(result.applied)}, pruned {len(result.pruned)}, "

@@ -20,6 +20,8 @@ from podium.stack.sections import Model
 Settings = dict[str, Any]
 # The gateways' database and its account on the store node.
 STORE_DATABASE = STORE_USER = "podium"
+# The name of its password among the stack's secrets (the store role and the gateways read it).
+STORE_PASSWORD = "store-password"
 TRAINER_LABEL = "trainer"
 
 
