@@ -45,7 +45,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -79,6 +79,43 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> 
                 return
         time.sleep(0.1)
     raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` different ports free on 127.0.0.1 right now."""
+    ports: list[int] = []
+    while len(ports) < count:
+        if (port := free_port()) not in ports:
+            ports.append(port)
+    return ports
+
+
+def start_gateway(path: Path, config: dict[str, Any], log: Path,
+                  spawn: Callable[[], subprocess.Popen[bytes]], grpc: bool = False) -> tuple[int, int]:
+    """Write `config` with listeners on free ports (API, metrics and, with `grpc`, gRPC) to
+    `path`, start the gateway with `spawn` and wait until it answers; its API and gRPC ports
+    (0 without gRPC).
+
+    A port free a moment ago can be taken before the gateway binds it (engines and clients
+    open ports of their own meanwhile): a gateway that exits saying so is started again on
+    fresh ports, at most three times; any other exit raises with the gateway's log."""
+    for attempt in range(3):
+        port, metrics, grpc_port = free_ports(3)
+        listeners = {"listen": {"host": "127.0.0.1", "port": port},
+                     "metrics_listen": {"host": "127.0.0.1", "port": metrics}}
+        if grpc:
+            listeners["grpc_listen"] = {"host": "127.0.0.1", "port": grpc_port}
+        path.write_text(yaml.safe_dump({**config, **listeners}))
+        proc = spawn()
+        try:
+            wait_http(f"http://127.0.0.1:{port}/v2/health/live", proc)
+        except RuntimeError as exc:
+            said = log.read_text(errors="replace") if log.exists() else ""
+            if attempt == 2 or "Address already in use" not in said:
+                raise RuntimeError(f"the gateway did not start ({exc}):\n{said[-2000:]}") from exc
+            continue
+        return port, grpc_port if grpc else 0
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 @dataclass
@@ -176,34 +213,19 @@ class Stack:
         home.mkdir(exist_ok=True)
         store = f"sqlite:///{home / 'gateway.db'}"
         key = StoreAdmin(store).create_key(spec or KeySpec(name="bench"))["key"]
-        config = home / "gateway.yaml"
-        # A port free a moment ago can be taken before the gateway binds it (vLLM opens
-        # ports of its own while it runs): a gateway that says so is started on fresh ones.
-        for attempt in range(3):
-            port, metrics = free_port(), free_port()
-            while metrics == port:
-                metrics = free_port()
-            config.write_text(yaml.safe_dump({
-                "listen": {"host": "127.0.0.1", "port": port},
-                "metrics_listen": {"host": "127.0.0.1", "port": metrics},
-                "store": store,
-                "workers": workers,
-                # The engine's own name, as the gateway role configures it in the appliance.
-                "models": {served: {"replicas": [url], "max_outstanding_per_replica": 256}
-                           for served, url in {model: engine, **(more or {})}.items()},
-            }))
-            proc = self.spawn([sys.executable, "-m", "podium.services.gateway", "--config",
-                               str(config), "--log-level", "warning"], name,
-                              cpus=cpus or self.proxy_cpus)
-            try:
-                wait_http(f"http://127.0.0.1:{port}/v2/health/live", proc)
-            except RuntimeError as exc:
-                log = (self.root / f"{name}.log").read_text(errors="replace")
-                if attempt == 2 or "Address already in use" not in log:
-                    raise RuntimeError(f"the gateway {name} did not start:\n{log[-2000:]}") from exc
-                continue
-            return Target(name, f"http://127.0.0.1:{port}/v1", model, key)
-        raise AssertionError("unreachable: the last attempt returns or raises")
+        config = {
+            "store": store,
+            "workers": workers,
+            # The engine's own name, as the gateway role configures it in the appliance.
+            "models": {served: {"replicas": [url], "max_outstanding_per_replica": 256}
+                       for served, url in {model: engine, **(more or {})}.items()},
+        }
+        command = [sys.executable, "-m", "podium.services.gateway", "--config",
+                   str(home / "gateway.yaml"), "--log-level", "warning"]
+        port, _ = start_gateway(
+            home / "gateway.yaml", config, self.root / f"{name}.log",
+            lambda: self.spawn(command, name, cpus=cpus or self.proxy_cpus))
+        return Target(name, f"http://127.0.0.1:{port}/v1", model, key)
 
     def litellm(self, engine: str, model: str, venv: Path) -> Target:
         binary = venv / "bin" / "litellm"

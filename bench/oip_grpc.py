@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import tritonclient.grpc as triton
-import yaml
 
 import podium
 from podium.artifacts import mlserver_venv
@@ -37,7 +36,7 @@ from podium.services.gateway.client import StoreAdmin
 from podium.services.gateway.keys import KeySpec
 
 # The gateway benchmark's helpers (this folder is on the path when a bench script runs).
-from gateway import free_port, wait_http  # noqa: E402  isort: skip
+from gateway import free_port, start_gateway, wait_http  # noqa: E402  isort: skip
 
 ROWS = np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float64)
 
@@ -65,21 +64,25 @@ def start(root: Path) -> tuple[list[subprocess.Popen[bytes]], dict[str, tuple[st
     wait_http(f"http://127.0.0.1:{http}/v2/models/iris/ready", procs[0])
     store = f"sqlite:///{root / 'gateway.db'}"
     key = StoreAdmin(store).create_key(KeySpec(name="bench"))["key"]
-    port, gateway_grpc = free_port(), free_port()
-    (root / "gateway.yaml").write_text(yaml.safe_dump({
-        "listen": {"host": "127.0.0.1", "port": port}, "store": store,
-        "grpc_listen": {"host": "127.0.0.1", "port": gateway_grpc},
+    config = {
+        "store": store,
         "models": {"iris": {"kind": "predictive", "replicas": [f"http://127.0.0.1:{http}"],
                             "grpc_replicas": [f"127.0.0.1:{grpc}"],
                             "max_outstanding_per_replica": 256},
                    "iris-rest": {"kind": "predictive", "served_name": "iris",
                                  "replicas": [f"http://127.0.0.1:{http}"],
-                                 "max_outstanding_per_replica": 256}}}))
-    log = (root / "gateway.log").open("ab")
-    procs.append(subprocess.Popen([sys.executable, "-m", "podium.services.gateway", "--config",
-                                   str(root / "gateway.yaml"), "--log-level", "warning"],
-                                  stdout=log, stderr=subprocess.STDOUT))
-    wait_http(f"http://127.0.0.1:{port}/v2/health/live", procs[1])
+                                 "max_outstanding_per_replica": 256}}}
+    log_path = root / "gateway.log"
+
+    def spawn() -> subprocess.Popen[bytes]:
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "podium.services.gateway", "--config",
+                                     str(root / "gateway.yaml"), "--log-level", "warning"],
+                                    stdout=log, stderr=subprocess.STDOUT)
+        procs.append(proc)
+        return proc
+
+    _, gateway_grpc = start_gateway(root / "gateway.yaml", config, log_path, spawn, grpc=True)
     auth = {"authorization": f"Bearer {key}"}
     return procs, {"direct": (f"127.0.0.1:{grpc}", {}, "iris"),
                    "podium": (f"127.0.0.1:{gateway_grpc}", auth, "iris"),
