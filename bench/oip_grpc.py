@@ -41,9 +41,9 @@ from gateway import free_port, start_gateway, wait_http  # noqa: E402  isort: sk
 ROWS = np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float64)
 
 
-def start(root: Path) -> tuple[list[subprocess.Popen[bytes]], dict[str, tuple[str, dict[str, str], str]]]:
-    """MLServer and the gateway; returns the processes and, per target, its gRPC address, the
-    metadata its calls carry and the model name it answers to."""
+def start(root: Path, procs: list[subprocess.Popen[bytes]]) -> dict[str, tuple[str, dict[str, str], str]]:
+    """MLServer and the gateway, each added to `procs` as it starts; per target, its gRPC
+    address, the metadata its calls carry and the model name it answers to."""
     repo = root / "models"
     make_tiny("sklearn", repo / "iris" / "iris.skops")
     (repo / "iris" / "model-settings.json").write_text(json.dumps({
@@ -58,9 +58,9 @@ def start(root: Path) -> tuple[list[subprocess.Popen[bytes]], dict[str, tuple[st
     path.mkdir()
     (path / "podium").symlink_to(Path(podium.__file__).parent, target_is_directory=True)
     log = (root / "mlserver.log").open("ab")
-    procs = [subprocess.Popen([str(mlserver_venv() / "bin" / "mlserver"), "start", str(repo)],
-                              stdout=log, stderr=subprocess.STDOUT, cwd=repo,
-                              env={"PYTHONPATH": str(path), "PATH": "/usr/bin:/bin"})]
+    procs.append(subprocess.Popen([str(mlserver_venv() / "bin" / "mlserver"), "start", str(repo)],
+                                  stdout=log, stderr=subprocess.STDOUT, cwd=repo,
+                                  env={"PYTHONPATH": str(path), "PATH": "/usr/bin:/bin"}))
     wait_http(f"http://127.0.0.1:{http}/v2/models/iris/ready", procs[0])
     store = f"sqlite:///{root / 'gateway.db'}"
     key = StoreAdmin(store).create_key(KeySpec(name="bench"))["key"]
@@ -84,7 +84,7 @@ def start(root: Path) -> tuple[list[subprocess.Popen[bytes]], dict[str, tuple[st
 
     _, gateway_grpc = start_gateway(root / "gateway.yaml", config, log_path, spawn, grpc=True)
     auth = {"authorization": f"Bearer {key}"}
-    return procs, {"direct": (f"127.0.0.1:{grpc}", {}, "iris"),
+    return {"direct": (f"127.0.0.1:{grpc}", {}, "iris"),
                    "podium": (f"127.0.0.1:{gateway_grpc}", auth, "iris"),
                    "podium-rest": (f"127.0.0.1:{gateway_grpc}", auth, "iris-rest")}
 
@@ -148,8 +148,10 @@ def main() -> None:
     args = parser.parse_args()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     with tempfile.TemporaryDirectory(prefix="podium-bench-grpc-") as tmp:
-        procs, targets = start(Path(tmp))
+        # Filled as each process starts, so one that started is stopped even when a later one fails.
+        procs: list[subprocess.Popen[bytes]] = []
         try:
+            targets = start(Path(tmp), procs)
             runs: dict[str, dict[int, list[dict[str, Any]]]] = {
                 name: {c: [] for c in concurrencies} for name in targets}
             for _ in range(args.rounds):
