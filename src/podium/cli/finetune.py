@@ -58,9 +58,8 @@ def finetune(
     if info.format != "safetensors":
         raise InvalidInput(f"--base {base} is a {info.format} model; fine-tuning needs its Hugging Face "
                            "folder (safetensors, config.json, tokenizer.json): push that as the base.")
-    from podium.finetune.cluster_run import trains_on_cluster
-
-    if trains_on_cluster(loaded):
+    # Only a stack whose jobs run on the cluster needs the kubernetes client (an extra).
+    if loaded.trains_on_cluster:
         _run_on_cluster(loaded, reg, node, base_ref, info.digest, dataset, name, hyper, timeout)
     else:
         _run(loaded, reg, on, base_ref, info.digest, dataset, name, hyper, timeout)
@@ -224,9 +223,7 @@ def jobs_cancel(stack: StackArg, job: Annotated[str, typer.Argument(help="The jo
 
 def _cluster(loaded: Any) -> Any:
     """A client of the stack's cluster when its jobs run there; None for jobs on nodes' units."""
-    from podium.finetune.cluster_run import trains_on_cluster
-
-    if not trains_on_cluster(loaded):
+    if not loaded.trains_on_cluster:
         return None
     from podium.cluster.up import api_client
 
@@ -235,12 +232,11 @@ def _cluster(loaded: Any) -> Any:
 
 def _trainer_nodes(loaded: Any, node: str | None) -> list[str]:
     from podium.finetune.job import trainer_node
-    from podium.plan.components import TRAINER_LABEL
 
     if node is not None:
         return [trainer_node(loaded, node)]
     trainer_node(loaded, None)  # refuses a stack with none
-    return [n.name for n in loaded.nodes if n.labels.get(TRAINER_LABEL) == "true"]
+    return list(loaded.trainer_nodes)
 
 
 def register(root: typer.Typer) -> None:

@@ -11,8 +11,7 @@ from podium.cluster.inputs import ClusterInputs
 from podium.cluster.meta import Manifest, metadata, podium_image
 from podium.cluster.meta import image as component_image
 from podium.cluster.shapes import registry_pull
-from podium.plan.components import TRAINER_LABEL
-from podium.stack.model import Stack
+from podium.stack.model import TRAINER_LABEL, Stack
 from podium.stack.versions import VersionTable
 
 JOB_LABEL = "podium.io/job"

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from podium.errors import PodiumError
+from podium.finetune.job import events
 
 PART_BYTES = 48 * 1024
 
@@ -45,13 +46,7 @@ def read_adapter(lines: Iterable[str], dest: Path) -> Path:
     """Write the adapter the lines carry into `dest`; PodiumError when they are cut or altered."""
     parts: list[bytes] = []
     end: dict[str, object] | None = None
-    for line in lines:
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(event, dict):
-            continue
+    for event in events(lines):
         if event.get("event") == "adapter-part":
             parts.append(base64.b64decode(str(event.get("data", ""))))
         elif event.get("event") == "adapter-end":

@@ -23,11 +23,6 @@ POLL_S = 1.0
 JOBS, PODS = KINDS["Job"], KINDS["Pod"]
 
 
-def trains_on_cluster(stack: Stack) -> bool:
-    """Whether the stack's fine-tuning runs as Kubernetes Jobs (`kubernetes: {trainer: true}`)."""
-    return bool(stack.kubernetes and stack.kubernetes.trainer)
-
-
 def create(api: ApiClient, namespace: str, job: Manifest) -> None:
     """Create the Job (server-side apply, as every object Podium makes)."""
     request(api, "PATCH", JOBS.path(namespace, job["metadata"]["name"]),

@@ -8,15 +8,15 @@ import re
 import secrets
 import shlex
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from podium.errors import InvalidInput, PodiumError
 from podium.finetune.node import NodeShell
-from podium.plan.components import TRAINER_LABEL
 from podium.stack import Stack
+from podium.stack.model import TRAINER_LABEL
 
 JOBS_DIR = "/var/lib/podium/jobs"
 TRAINER_HOME = "/opt/podium/trainer"
@@ -51,7 +51,7 @@ class Hyperparameters:
 
 def trainer_node(stack: Stack, node: str | None) -> str:
     """The node to train on: `node` when the stack labels it for training, else the first one that is."""
-    labelled = [n.name for n in stack.nodes if n.labels.get(TRAINER_LABEL) == "true"]
+    labelled = stack.trainer_nodes
     if not labelled:
         raise InvalidInput(f"stack {stack.name!r} labels no node for training; add "
                            f'labels: {{{TRAINER_LABEL}: "true"}} to a node and run podium up.')
@@ -116,7 +116,7 @@ def follow(shell: NodeShell, job: str, show: Callable[[dict[str, Any]], None],
         time.sleep(POLL_S)
 
 
-def events(lines: list[str]) -> Iterator[dict[str, Any]]:
+def events(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
     """The JSON objects among progress lines; anything else a trainer printed is passed over."""
     for line in lines:
         try:

@@ -22,7 +22,6 @@ Settings = dict[str, Any]
 STORE_DATABASE = STORE_USER = "podium"
 # The name of its password among the stack's secrets (the store role and the gateways read it).
 STORE_PASSWORD = "store-password"
-TRAINER_LABEL = "trainer"
 
 
 @dataclass(frozen=True)
@@ -397,9 +396,7 @@ def _kubernetes_settings(stack: Stack, host: str) -> Settings:
 def _trainer_hosts(stack: Stack) -> list[str]:
     """Nodes the stack labels for training (`labels: {trainer: "true"}`); none when its jobs run
     on the cluster, where the trainer image holds what the role would lay down."""
-    if stack.kubernetes and stack.kubernetes.trainer:
-        return []
-    return [n.name for n in stack.nodes if n.labels.get(TRAINER_LABEL) == "true"]
+    return [] if stack.trains_on_cluster else stack.trainer_nodes
 
 
 def _when(attr: str, hosts: Callable[[Stack], list[str]]) -> Callable[[Stack], list[str]]:

@@ -22,6 +22,9 @@ from podium.stack.sections import (
 )
 from podium.stack.types import Name, Text, Url, Version, Word
 
+# The node label that asks for the trainer component (and where fine-tuning jobs run).
+TRAINER_LABEL = "trainer"
+
 # Keys that were removed or renamed, and what replaced them: a stack using one gets told.
 RENAMED_KEYS: dict[tuple[str, ...], str] = {
     ("engines", "*", "placement"): "`placement` was renamed to `nodes` in 0.1",
@@ -89,6 +92,17 @@ class Stack(Strict):
     @property
     def node_names(self) -> list[str]:
         return [node.name for node in self.nodes]
+
+    @property
+    def trainer_nodes(self) -> list[str]:
+        """Nodes labelled for fine-tuning (`labels: {trainer: "true"}`), in declared order."""
+        return [node.name for node in self.nodes if node.labels.get(TRAINER_LABEL) == "true"]
+
+    @property
+    def trains_on_cluster(self) -> bool:
+        """Whether fine-tuning runs as Kubernetes Jobs (`kubernetes: {trainer: true}`) rather
+        than as transient units on the trainer nodes."""
+        return bool(self.kubernetes and self.kubernetes.trainer)
 
     @property
     def mirror_bundle(self) -> MirrorBundle | None:

@@ -284,7 +284,7 @@ def _kubernetes(stack: Stack) -> Iterator[Problem]:
             yield Problem(("kubernetes", "engines", i), name, "is not an engine of this stack")
     if kube.trainer and kube.distribution == "k3s":
         members = {kube.server, *kube.agents}
-        for name in [n.name for n in stack.nodes if n.labels.get("trainer") == "true"]:
+        for name in stack.trainer_nodes:
             if name not in members:
                 yield Problem(("kubernetes", "trainer"), True,
                               f"runs fine-tuning Jobs on nodes labelled for training, but {name} "
