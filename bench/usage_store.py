@@ -10,7 +10,12 @@ Then the tail, one record at a time: each record's wall time (p50, p99, p99.9, w
 the store as it runs (its own thread checkpoints SQLite's log every second) against the same
 store whose commits checkpoint the log themselves (SQLite's default, every 1,000 pages).
 
-    .venv/bin/python bench/usage_store.py [--records 3000] [--tail-records 12000]
+Last, steady load: one commit after another for --steady-seconds, as a gateway that is never
+idle, with the store as it runs against the store as it was (4 KiB pages, passive checkpoints
+only, which never let SQLite start the log over under steady load): the log file's size at
+the end and the commits' p99 and worst, each as a ratio to the store as it was.
+
+    .venv/bin/python bench/usage_store.py [--records 3000] [--tail-records 12000] [--steady-seconds 10]
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pathlib import Path
 
 import uvloop
 
+import podium.services.gateway.store as store_module
 from podium.services.gateway.metering import UsageRecord, record_op
 from podium.services.gateway.store import Store
 
@@ -101,10 +107,44 @@ def tail(path: Path, n: int, checkpoint_in_commits: bool) -> list[float]:
         store.close()
 
 
+def _passive_only(raw: object) -> None:
+    cursor = raw.cursor()  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    cursor.close()
+
+
+def steady(path: Path, seconds: float, as_it_was: bool) -> tuple[float, list[float]]:
+    """The log file's size in MB after `seconds` of back-to-back commits, and each commit's
+    wall time in ms, sorted."""
+    now = store_module._checkpoint, store_module.PAGE_SIZE
+    if as_it_was:
+        store_module._checkpoint, store_module.PAGE_SIZE = _passive_only, 4096
+    try:
+        store = Store(f"sqlite:///{path}")
+        store.create_schema()
+        store.start()
+        took = []
+        deadline, i = time.monotonic() + seconds, 0
+        try:
+            while time.monotonic() < deadline:
+                began = time.perf_counter()
+                store.submit(record_op(record(i), None)).result(timeout=60)
+                took.append((time.perf_counter() - began) * 1000)
+                i += 1
+            # Before close: the last connection to close copies the log and removes it.
+            log_mb = path.with_name(path.name + "-wal").stat().st_size / 1e6
+        finally:
+            store.close()
+    finally:
+        store_module._checkpoint, store_module.PAGE_SIZE = now
+    return log_mb, sorted(took)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=3000)
     parser.add_argument("--tail-records", type=int, default=12000)
+    parser.add_argument("--steady-seconds", type=float, default=10.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="podium-bench-") as tmp:
         root = Path(tmp)
@@ -116,6 +156,9 @@ def main() -> None:
         tails = [(name, tail(root / f"tail{k}.db", args.tail_records, k))
                  for k, name in ((True, "commits checkpoint (SQLite's default)"),
                                  (False, "a thread checkpoints (the store now)"))]
+        steadies = [(name, *steady(root / f"steady{k}.db", args.steady_seconds, k))
+                    for k, name in ((True, "as it was (4 KiB, passive only)"),
+                                    (False, "the store now (1 KiB, RESTART)"))]
     print(f"{'per usage record':32} {'CPU us':>8} {'wall us':>8} {'CPU/bare':>9} {'wall/bare':>9}")
     for name, cpu, wall in rows:
         print(f"{name:32} {cpu * 1e6:8.0f} {wall * 1e6:8.0f} {cpu / base_cpu:8.2f}x"
@@ -124,6 +167,13 @@ def main() -> None:
     for name, ms in tails:
         at = [ms[min(len(ms) - 1, int(q * len(ms)))] for q in (0.5, 0.99, 0.999)]
         print(f"{name:38} {at[0]:6.2f} {at[1]:6.2f} {at[2]:6.2f} {ms[-1]:6.2f}")
+    print(f"\n{f'steady load, {args.steady_seconds:.0f} s':32} {'commits':>8} {'log MB':>8}"
+          f" {'p99 ms':>7} {'worst ms':>8} {'log/was':>8} {'p99/was':>8}")
+    was_log, was_ms = steadies[0][1], steadies[0][2]
+    for name, log_mb, ms in steadies:
+        p99 = ms[int(0.99 * len(ms))]
+        print(f"{name:32} {len(ms):8} {log_mb:8.1f} {p99:7.2f} {ms[-1]:8.1f}"
+              f" {log_mb / was_log:7.2f}x {p99 / was_ms[int(0.99 * len(was_ms))]:7.2f}x")
 
 
 if __name__ == "__main__":

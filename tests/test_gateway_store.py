@@ -1,4 +1,5 @@
-"""The gateway store's writer threads: a held connection that recovers, bounded queue, batches."""
+"""The gateway store's writer threads (a held connection that recovers, bounded queue,
+batches) and its checkpoints (a log that starts over under load, small pages)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -221,3 +223,91 @@ def test_commits_never_checkpoint_sqlites_log_a_thread_of_the_store_does(tmp_pat
         assert found == 50
     finally:
         store.close()
+
+
+def _steady_commits(store: Store, seconds: float) -> list[float]:
+    """Commit one record after another for `seconds`, as a gateway under steady load does;
+    each commit's time in seconds."""
+    took: list[float] = []
+    deadline = time.monotonic() + seconds
+    i = 0
+    while time.monotonic() < deadline:
+        began = time.monotonic()
+        store.submit(record_op(_record(i), None)).result(timeout=60)
+        took.append(time.monotonic() - began)
+        i += 1
+    return took
+
+
+@pytest.fixture
+def busy_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
+    """A started SQLite store at tmp_path/g.db that checkpoints every 50 ms, so under steady
+    commits every checkpoint overlaps a commit."""
+    import podium.services.gateway.store as store_module
+
+    monkeypatch.setattr(store_module, "CHECKPOINT_S", 0.05)
+    store = Store(f"sqlite:///{tmp_path / 'g.db'}")
+    store.create_schema()
+    store.start()
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def test_the_log_starts_over_under_steady_commits_so_it_stays_bounded(
+        busy_store: Store, tmp_path: Path) -> None:
+    from podium.services.gateway.store import PAGE_SIZE
+
+    took = _steady_commits(busy_store, 3.0)
+    written = len(took) * PAGE_SIZE  # at least one page per commit
+    log = (tmp_path / "g.db-wal").stat().st_size
+    # Had the log never started over, it would hold every commit's pages.
+    assert len(took) > 1000
+    assert log < written / 4, (log, written)
+
+
+def test_a_long_report_never_holds_commits_up_while_the_log_is_started_over(
+        busy_store: Store, tmp_path: Path) -> None:
+    import sqlite3
+
+    store = busy_store
+    reader = sqlite3.connect(tmp_path / "g.db", isolation_level=None)
+    try:
+        _steady_commits(store, 0.3)
+        # A long report, begun after the last commit: the checkpoints that run while no
+        # commit comes copy the whole log, and the one that would start it over must wait
+        # for this reader, holding commits back meanwhile: only a few ms, then it gives up.
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM gateway_usage").fetchone()
+        time.sleep(0.3)
+        took = _steady_commits(store, 1.5)
+        reader.execute("COMMIT")
+        took += _steady_commits(store, 0.5)
+        assert max(took) < 0.5, max(took)
+    finally:
+        reader.close()
+
+
+def test_a_new_store_has_small_pages_and_an_old_store_keeps_its_own(tmp_path: Path) -> None:
+    import sqlite3
+
+    from podium.services.gateway.store import PAGE_SIZE
+
+    old = tmp_path / "old.db"
+    with sqlite3.connect(old) as db:  # made by a gateway before pages were made smaller
+        db.execute("PRAGMA page_size=4096")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE gateway_note (x INTEGER)")
+    for path, pages in ((tmp_path / "new.db", PAGE_SIZE), (old, 4096)):
+        store = Store(f"sqlite:///{path}")
+        store.create_schema()
+        store.start()
+        try:
+            for fut in [store.submit(record_op(_record(i), None)) for i in range(20)]:
+                fut.result(timeout=30)
+            size = store.submit(lambda conn: conn.exec_driver_sql("PRAGMA page_size").scalar())
+            assert size.result(timeout=30) == pages
+            assert store.run_sync(_count) == 20
+        finally:
+            store.close()
