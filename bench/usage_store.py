@@ -108,9 +108,7 @@ def tail(path: Path, n: int, checkpoint_in_commits: bool) -> list[float]:
 
 
 def _passive_only(raw: object) -> None:
-    cursor = raw.cursor()  # type: ignore[attr-defined]
-    cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
-    cursor.close()
+    store_module._execute(raw, "PRAGMA wal_checkpoint(PASSIVE)")
 
 
 def steady(path: Path, seconds: float, as_it_was: bool) -> tuple[float, list[float]]:

@@ -368,9 +368,7 @@ def _execute(raw: Any, sql: str) -> Any:
 
 
 def _no_checkpoints(dbapi_conn: Any, _record: Any) -> None:
-    cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA wal_autocheckpoint=0")
-    cursor.close()
+    _execute(dbapi_conn, "PRAGMA wal_autocheckpoint=0")
 
 
 def _deliver(batch: Sequence[Item], outcomes: Sequence[Outcome | None]) -> None:
